@@ -1,0 +1,80 @@
+"""Pure-jnp tree attention: the oracle for the Pallas kernels and the XLA path on every backend.
+
+Query token t of row b sees
+  * every cache slot s < lengths[b] (the row's committed prefix), and
+  * new token j iff mask[t, j] (causal for prefill, the ancestor mask for a draft tree).
+Cache slots at or beyond lengths[b] are never read into the result, whatever they hold (NaN included).
+
+The prefix is read in blocks of `block_size` slots by an online-softmax loop whose trip count is
+ceil(max(lengths) / block_size): the cost follows the used length, not the allocated cache size.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NEG = -1e30  # finite "minus infinity": a fully masked block leaves the running max unchanged
+
+
+def _scores(q_BKGTD, k_BSKD, scale):
+    # -> [B, K, G, T, S] in float32
+    return jnp.einsum("bkgtd,bskd->bkgts", q_BKGTD, k_BSKD, preferred_element_type=jnp.float32) * scale
+
+
+def _online_update(carry, s_BKGTS, valid, v_BSKD):
+    """Folds one block of scores into the running (max, denominator, accumulator)."""
+    m_BKGT, l_BKGT, acc_BKGTD = carry
+    s = jnp.where(valid, s_BKGTS, _NEG)
+    m_new = jnp.maximum(m_BKGT, s.max(axis=-1))
+    p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
+    alpha = jnp.exp(m_BKGT - m_new)
+    l_new = alpha * l_BKGT + p.sum(axis=-1)
+    pv = jnp.einsum("bkgts,bskd->bkgtd", p.astype(v_BSKD.dtype), v_BSKD, preferred_element_type=jnp.float32)
+    return m_new, l_new, alpha[..., None] * acc_BKGTD + pv
+
+
+def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BSKD, v_cache_BSKD, lengths_B, mask_TT, *,
+                             block_size=256):
+    """Attention of T new tokens over each row's cache prefix plus the new tokens.
+
+    q_BTHD: [B, T, H, D] queries (RoPE applied). k_new_BTKD / v_new_BTKD: [B, T, K, D] the new tokens' keys and
+    values (K = kv heads, H % K == 0: grouped-query attention). k_cache_BSKD / v_cache_BSKD: [B, S, K, D] or None
+    (no prefix, e.g. a cache-free full forward). lengths_B: int32 [B] committed prefix length per row.
+    mask_TT: bool [T, T] or [B, T, T], mask[t, j] = query t sees new token j (must include j == t).
+    Returns [B, T, H, D] in q's dtype; softmax in float32.
+    """
+    B, T, H, D = q_BTHD.shape
+    K = k_new_BTKD.shape[2]
+    if H % K:
+        raise ValueError(f"query heads {H} not a multiple of kv heads {K}")
+    G = H // K
+    scale = D ** -0.5
+    q_BKGTD = q_BTHD.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4)
+
+    carry = (jnp.full((B, K, G, T), _NEG, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
+             jnp.zeros((B, K, G, T, D), jnp.float32))
+
+    if k_cache_BSKD is not None:
+        S = k_cache_BSKD.shape[1]
+        bs = min(block_size, S)
+        n_blocks = (jnp.max(lengths_B) + bs - 1) // bs
+
+        def body(i, carry):
+            start = i * bs
+            start_c = jnp.minimum(start, S - bs)  # dynamic_slice clamps: do it ourselves, mask the overlap
+            kb = lax.dynamic_slice_in_dim(k_cache_BSKD, start_c, bs, axis=1)  # [B, bs, K, D]
+            vb = lax.dynamic_slice_in_dim(v_cache_BSKD, start_c, bs, axis=1)
+            slots = start_c + jnp.arange(bs)
+            valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
+            vb = jnp.where(valid_BS[:, :, None, None], vb, 0)  # 0 * NaN would poison the sum
+            return _online_update(carry, _scores(q_BKGTD, kb, scale), valid_BS[:, None, None, None, :], vb)
+
+        carry = lax.fori_loop(0, n_blocks, body, carry)
+
+    mask = jnp.asarray(mask_TT, bool)
+    mask_B11TT = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+    m, l, acc = _online_update(carry, _scores(q_BKGTD, k_new_BTKD, scale), mask_B11TT, v_new_BTKD)
+    out_BKGTD = acc / l[..., None]
+    return out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D).astype(q_BTHD.dtype)

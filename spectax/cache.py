@@ -1,0 +1,48 @@
+"""KVCache: a preallocated per-row key/value cache, written in place inside the decode loop."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from spectax.models.config import ModelConfig
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every committed token but the newest (the root), one array pair per layer.
+
+    k, v: tuples of L arrays [B, S, K, D] (K = kv heads). lengths: int32 [B] committed slots per row; slots at or
+    beyond a row's length are dead (never read, free to hold anything). Layers are separate leaves so a layer's
+    update never copies the others and XLA updates each buffer in place inside the loop.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    lengths: jax.Array
+
+    @classmethod
+    def create(cls, config: ModelConfig, batch: int, size: int, dtype, fill: float = 0.0) -> "KVCache":
+        """An empty cache of `size` slots per row; `fill` (e.g. NaN in tests) is what dead slots hold."""
+        shape = (batch, size, config.num_kv_heads, config.head_dim)
+        layer = lambda: jnp.full(shape, fill, dtype)
+        return cls(k=tuple(layer() for _ in range(config.num_layers)),
+                   v=tuple(layer() for _ in range(config.num_layers)),
+                   lengths=jnp.zeros((batch,), jnp.int32))
+
+    @property
+    def size(self) -> int:
+        return self.k[0].shape[1]
+
+    def advance(self, n_B: jax.Array) -> "KVCache":
+        """Commits the first n_B[b] written-but-uncommitted slots of each row."""
+        return self.replace(lengths=self.lengths + n_B.astype(jnp.int32))
+
+
+def write_block(cache_BSKD: jax.Array, new_BTKD: jax.Array, lengths_B: jax.Array) -> jax.Array:
+    """Writes T new entries per row at slots lengths[b] .. lengths[b] + T - 1 (uncommitted until `advance`)."""
+    B, T = new_BTKD.shape[:2]
+    rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+    slots_BT = lengths_B[:, None] + jnp.arange(T)[None, :]
+    return cache_BSKD.at[rows_BT, slots_BT].set(new_BTKD.astype(cache_BSKD.dtype), mode="drop")

@@ -1,0 +1,72 @@
+"""Static, hashable model configuration shared by every architecture."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+ARCHITECTURES = ("llama", "gpt2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape-defining description of a decoder-only transformer (a static jit argument).
+
+    `arch` selects the block: "llama" (RMSNorm, RoPE, GQA, SwiGLU; also Mistral, Qwen2, SmolLM2) or
+    "gpt2" (LayerNorm, learned positions, gelu_new). `rope_scaling` is a sorted tuple of (key, value)
+    pairs so the config stays hashable.
+    """
+
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position: int
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    bos_id: int | None = None
+    eos_id: int | None = None
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}; spectax supports {ARCHITECTURES}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "head_dim", "intermediate_size",
+                     "max_position"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def rope_scaling_dict(self) -> dict[str, Any] | None:
+        return None if self.rope_scaling is None else dict(self.rope_scaling)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        d = json.loads(text)
+        if d.get("rope_scaling") is not None:
+            d["rope_scaling"] = tuple((k, v) for k, v in d["rope_scaling"])
+        return cls(**d)
+
+
+def freeze_rope_scaling(scaling: dict[str, Any] | None) -> tuple[tuple[str, Any], ...] | None:
+    """Turns an HF `rope_scaling` / `rope_parameters` dict into the hashable form ModelConfig keeps."""
+    if not scaling:
+        return None
+    items = []
+    for k, v in sorted(scaling.items()):
+        if isinstance(v, list):
+            v = tuple(v)
+        items.append((k, v))
+    return tuple(items)

@@ -1,0 +1,73 @@
+"""GPT-2 decoder: pre-LayerNorm blocks, learned positions, fused q|k|v projection, gelu_new, tied LM head."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from spectax.models.attention import cached_attention
+from spectax.models.config import ModelConfig
+
+
+class _GPT2Attention(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype
+    attn_impl: str
+
+    @nn.compact
+    def __call__(self, x_BTD, layer_kv, lengths_B, mask_TT):
+        c = self.config
+        B, T, D = x_BTD.shape
+        qkv = nn.Dense(3 * D, dtype=self.dtype, param_dtype=self.dtype, name="qkv")(x_BTD)
+        q, k, v = (a.reshape(B, T, c.num_heads, c.head_dim) for a in jnp.split(qkv, 3, axis=-1))
+        out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl)
+        return nn.Dense(D, dtype=self.dtype, param_dtype=self.dtype, name="o")(out.reshape(B, T, D)), layer_kv
+
+
+class _GPT2MLP(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.dtype, name=name)
+        h = jax.nn.gelu(dense(self.config.intermediate_size, "fc")(x_BTD), approximate=True)  # gelu_new
+        return dense(self.config.hidden_size, "proj")(h)
+
+
+class _GPT2Block(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype
+    attn_impl: str
+
+    @nn.compact
+    def __call__(self, x_BTD, layer_kv, lengths_B, mask_TT):
+        norm = lambda name: nn.LayerNorm(epsilon=self.config.norm_eps, dtype=self.dtype, param_dtype=self.dtype,
+                                         name=name)
+        h, layer_kv = _GPT2Attention(self.config, self.dtype, self.attn_impl, name="attn")(
+            norm("ln_1")(x_BTD), layer_kv, lengths_B, mask_TT)
+        x_BTD = x_BTD + h
+        return x_BTD + _GPT2MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(x_BTD)), layer_kv
+
+
+class GPT2Decoder(nn.Module):
+    """Same forward contract as `LlamaDecoder`; positions index the learned position table (clipped)."""
+
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+    attn_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT):
+        c = self.config
+        wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="wte")
+        wpe = nn.Embed(c.max_position, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="wpe")
+        x = wte(tokens_BT) + wpe(jnp.minimum(positions_BT, c.max_position - 1))
+        new_kv = []
+        for i in range(c.num_layers):
+            x, layer_kv = _GPT2Block(c, self.dtype, self.attn_impl, name=f"layers_{i}")(
+                x, None if kv is None else kv[i], lengths_B, mask_TT)
+            new_kv.append(layer_kv)
+        hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)
+        return wte.attend(hidden).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))

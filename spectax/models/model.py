@@ -1,0 +1,100 @@
+"""Model: a static ModelConfig plus a params pytree, with the one forward every decoding method uses."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from spectax.models.config import ModelConfig
+from spectax.models.gpt2 import GPT2Decoder
+from spectax.models.llama import LlamaDecoder
+from spectax.models.rope import check_rope
+
+_DECODERS = {"llama": LlamaDecoder, "gpt2": GPT2Decoder}
+
+
+def decoder_module(config: ModelConfig, dtype, attn_impl: str = "xla"):
+    """The Flax module for `config.arch`."""
+    return _DECODERS[config.arch](config, dtype=dtype, attn_impl=attn_impl)
+
+
+def _param_shapes(config: ModelConfig, dtype) -> Any:
+    one = jnp.zeros((1, 1), jnp.int32)
+    mask = jnp.ones((1, 1), bool)
+    variables = jax.eval_shape(lambda: decoder_module(config, dtype).init(jax.random.key(0), one, one, None,
+                                                                          one[:, 0], mask))
+    return variables["params"]
+
+
+def check_params(config: ModelConfig, params: Any) -> None:
+    """Raises ValueError naming the first missing, unexpected or mis-shaped tensor."""
+    expected = {jax.tree_util.keystr(p): v.shape for p, v in
+                jax.tree_util.tree_leaves_with_path(_param_shapes(config, jnp.float32))}
+    got = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(params)}
+    for name, shape in expected.items():
+        if name not in got:
+            raise ValueError(f"params are missing tensor {name} (expected shape {shape})")
+        if tuple(got[name]) != tuple(shape):
+            raise ValueError(f"tensor {name} has shape {tuple(got[name])}, expected {tuple(shape)}")
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        raise ValueError(f"params have unexpected tensors {extra[:5]} for architecture {config.arch!r}")
+
+
+@struct.dataclass
+class Model:
+    """A decoder-only LM: `config` is static (hashable, part of the jit cache key), `params` a pytree of arrays."""
+
+    config: ModelConfig = struct.field(pytree_node=False)
+    params: Any
+
+    @classmethod
+    def create(cls, config: ModelConfig, params: Any, dtype=None) -> "Model":
+        """Validates params against the architecture and moves them to device arrays of `dtype`."""
+        check_rope(config)
+        check_params(config, params)
+        cast = (lambda a: jnp.asarray(a, dtype)) if dtype is not None else jnp.asarray
+        return cls(config=config, params=jax.tree_util.tree_map(cast, params))
+
+    @classmethod
+    def random(cls, config: ModelConfig, seed: int = 0, dtype=jnp.float32, scale: float = 1.0) -> "Model":
+        """A randomly initialised model (tests, benchmarks); `scale` multiplies every initial weight."""
+        one = jnp.zeros((1, 1), jnp.int32)
+        params = decoder_module(config, dtype).init(jax.random.key(seed), one, one, None, one[:, 0],
+                                                    jnp.ones((1, 1), bool))["params"]
+        return cls(config=config, params=jax.tree_util.tree_map(lambda a: a * jnp.asarray(scale, a.dtype), params))
+
+    @property
+    def dtype(self):
+        return jax.tree_util.tree_leaves(self.params)[0].dtype
+
+    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla"):
+        """One forward over T new tokens per row.
+
+        tokens_BT, positions_BT: int32 [B, T]. kv: tuple of per-layer (k [B, S, K, D], v) or None (no cache).
+        lengths_B: int32 [B] committed cache length per row (new K/V are written from there). mask_TT: bool [T, T]
+        or [B, T, T] visibility among the new tokens. Returns logits [B, T, V] float32, hidden [B, T, D], kv.
+        """
+        module = decoder_module(self.config, self.dtype, attn_impl)
+        return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT)
+
+    def logits(self, tokens_BT) -> jax.Array:
+        """Full causal forward without a cache: int32 [B, T] -> float32 logits [B, T, V]."""
+        tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+        if tokens_BT.ndim != 2:
+            raise ValueError(f"tokens must be [B, T], got shape {tokens_BT.shape}")
+        return _full_logits(self, tokens_BT)
+
+
+@functools.partial(jax.jit)
+def _full_logits(model: Model, tokens_BT):
+    B, T = tokens_BT.shape
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    mask = jnp.tril(jnp.ones((T, T), bool))
+    logits, _, _ = model.forward(tokens_BT, positions, None, jnp.zeros((B,), jnp.int32), mask)
+    return logits
