@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from spectax.models.config import ModelConfig
+if TYPE_CHECKING:
+    from spectax.models.config import ModelConfig
 
 
 @struct.dataclass
@@ -35,6 +38,14 @@ class KVCache:
     def size(self) -> int:
         return self.k[0].shape[1]
 
+    @property
+    def layers(self) -> tuple[tuple[jax.Array, jax.Array], ...]:
+        """Per-layer (k, v) pairs, the form `Model.forward` takes and returns."""
+        return tuple(zip(self.k, self.v))
+
+    def with_layers(self, layers) -> "KVCache":
+        return self.replace(k=tuple(k for k, _ in layers), v=tuple(v for _, v in layers))
+
     def advance(self, n_B: jax.Array) -> "KVCache":
         """Commits the first n_B[b] written-but-uncommitted slots of each row."""
         return self.replace(lengths=self.lengths + n_B.astype(jnp.int32))
@@ -46,3 +57,21 @@ def write_block(cache_BSKD: jax.Array, new_BTKD: jax.Array, lengths_B: jax.Array
     rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
     slots_BT = lengths_B[:, None] + jnp.arange(T)[None, :]
     return cache_BSKD.at[rows_BT, slots_BT].set(new_BTKD.astype(cache_BSKD.dtype), mode="drop")
+
+
+def commit_path(cache: KVCache, path_BD: jax.Array, n_accepted_B: jax.Array, active_B: jax.Array) -> KVCache:
+    """Commits one step: the root (step slot 0) plus the accepted path, compacted into contiguous slots.
+
+    Step token j was written at slot lengths + j. path_BD holds the accepted nodes' step indices by depth (-1 past
+    n_accepted); node d moves to slot lengths + 1 + d. Inactive rows (finished) commit nothing.
+    """
+    B, D = path_BD.shape
+    k, v = cache.k, cache.v
+    if D:
+        rows_BD = jnp.broadcast_to(jnp.arange(B)[:, None], (B, D))
+        dst_BD = cache.lengths[:, None] + 1 + jnp.arange(D)[None, :]
+        src_BD = jnp.where(path_BD >= 0, cache.lengths[:, None] + path_BD, dst_BD)
+        move = lambda a: a.at[rows_BD, dst_BD].set(a[rows_BD, src_BD], mode="drop")
+        k, v = tuple(move(a) for a in k), tuple(move(a) for a in v)
+    n = jnp.where(active_B, 1 + n_accepted_B, 0)
+    return cache.replace(k=k, v=v).advance(n)

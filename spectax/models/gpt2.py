@@ -59,7 +59,7 @@ class GPT2Decoder(nn.Module):
     attn_impl: str = "xla"
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT):
+    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):
         c = self.config
         wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="wte")
         wpe = nn.Embed(c.max_position, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="wpe")
@@ -70,4 +70,5 @@ class GPT2Decoder(nn.Module):
                 x, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
         hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)
-        return wte.attend(hidden).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))
+        head_in = hidden if logits_at_BK is None else jnp.take_along_axis(hidden, logits_at_BK[..., None], axis=1)
+        return wte.attend(head_in).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))

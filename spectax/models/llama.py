@@ -52,7 +52,7 @@ class LlamaDecoder(nn.Module):
     attn_impl: str = "xla"
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT):
+    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):
         c = self.config
         norm = lambda name: nn.RMSNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name=name)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="embed")
@@ -63,11 +63,12 @@ class LlamaDecoder(nn.Module):
             x, layer_kv = layer(x, positions_BT, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
         hidden = norm("final_norm")(x)
+        head_in = hidden if logits_at_BK is None else jnp.take_along_axis(hidden, logits_at_BK[..., None], axis=1)
         if c.tie_embeddings:
-            logits = embed.attend(hidden)
+            logits = embed.attend(head_in)
         else:
             logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
-                              name="lm_head")(hidden)
+                              name="lm_head")(head_in)
         return logits.astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))
 
 

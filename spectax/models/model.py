@@ -73,15 +73,17 @@ class Model:
     def dtype(self):
         return jax.tree_util.tree_leaves(self.params)[0].dtype
 
-    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla"):
+    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla", logits_at_BK=None):
         """One forward over T new tokens per row.
 
         tokens_BT, positions_BT: int32 [B, T]. kv: tuple of per-layer (k [B, S, K, D], v) or None (no cache).
         lengths_B: int32 [B] committed cache length per row (new K/V are written from there). mask_TT: bool [T, T]
-        or [B, T, T] visibility among the new tokens. Returns logits [B, T, V] float32, hidden [B, T, D], kv.
+        or [B, T, T] visibility among the new tokens. logits_at_BK: optional int32 [B, K] token indices: compute the
+        LM head only there (prefill needs one position per row). Returns logits [B, T or K, V] float32,
+        hidden [B, T, D] (after the final norm), kv.
         """
         module = decoder_module(self.config, self.dtype, attn_impl)
-        return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT)
+        return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK)
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward without a cache: int32 [B, T] -> float32 logits [B, T, V]."""

@@ -1,0 +1,8 @@
+"""spectax: several tokens per target-model call, in one jitted JAX loop."""
+
+from spectax import drafters
+from spectax.api import DecodeResult, decode
+from spectax.models import Model, ModelConfig
+from spectax.tree import DraftTree
+
+__all__ = ["DecodeResult", "DraftTree", "Model", "ModelConfig", "decode", "drafters"]

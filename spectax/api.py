@@ -1,0 +1,145 @@
+"""spectax.decode(): validate on the host (clear ValueError before tracing), bucket shapes, run one jitted program."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from pallas_kernels.tree_attention import IMPLS
+from spectax.cache import KVCache
+from spectax.drafters import NoDraft
+from spectax.loop import DecodeStats, LoopSpec, prefill, run
+from spectax.models import Model
+from spectax.sampling import SamplingParams, make_sampling
+
+MIN_BUCKET = 16
+
+
+@struct.dataclass
+class DecodeResult:
+    tokens: jax.Array    # int32 [B, max_new_tokens], pad_id after each row's end (EOS included when hit)
+    lengths: jax.Array   # int32 [B] new tokens per row
+    stats: DecodeStats
+
+
+def bucket(n: int) -> int:
+    """The shape bucket for a length n: the next power of two, at least MIN_BUCKET."""
+    return max(MIN_BUCKET, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def prepare_prompt(prompt, prompt_lengths, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validates a prompt batch and returns (int32 [B, P] right-padded tokens, int32 [B] lengths)."""
+    if isinstance(prompt, (list, tuple)):
+        if prompt_lengths is not None:
+            raise ValueError("prompt_lengths goes with an array prompt, not a list of token lists")
+        rows = [np.asarray(r) for r in prompt]
+        if not rows:
+            raise ValueError("the prompt batch is empty")
+        for i, r in enumerate(rows):
+            if r.ndim != 1 or (r.size and not np.issubdtype(r.dtype, np.integer)):
+                raise ValueError(f"prompt row {i} is not a flat list of int token ids")
+        lengths = np.array([r.size for r in rows], np.int32)
+        tokens = np.zeros((len(rows), max(lengths.max(), 1)), np.int64)
+        for i, r in enumerate(rows):
+            tokens[i, :r.size] = r
+    else:
+        tokens = np.asarray(prompt)
+        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"an array prompt must be integer [B, P], got {tokens.dtype} {tokens.shape}")
+        if tokens.shape[0] == 0:
+            raise ValueError("the prompt batch is empty")
+        lengths = (np.full((tokens.shape[0],), tokens.shape[1], np.int32) if prompt_lengths is None
+                   else np.asarray(prompt_lengths))
+        if lengths.shape != (tokens.shape[0],) or not np.issubdtype(lengths.dtype, np.integer):
+            raise ValueError(f"prompt_lengths must be int [B={tokens.shape[0]}], got {lengths.dtype} {lengths.shape}")
+        if (lengths > tokens.shape[1]).any():
+            raise ValueError(f"prompt_lengths {lengths.tolist()} exceed the prompt width {tokens.shape[1]}")
+    if (lengths < 1).any():
+        raise ValueError(f"empty prompt in rows {np.flatnonzero(lengths < 1).tolist()}: every row needs >= 1 token")
+    live = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    bad = live & ((tokens < 0) | (tokens >= vocab_size))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"token id {int(tokens[r, c])} at row {r}, position {c} is outside the vocabulary "
+                         f"[0, {vocab_size})")
+    return np.where(live, tokens, 0).astype(np.int32), lengths.astype(np.int32)
+
+
+def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=None, drafter=None,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=0, eos_id: int | None = None,
+           pad_id: int = 0, attn_impl: str = "auto", cache_size: int | None = None) -> DecodeResult:
+    """Decodes up to `max_new_tokens` new tokens per row in one jitted program (prefill + lax.while_loop).
+
+    prompt: a list of token-id lists (ragged), or int [B, P] right-padded with `prompt_lengths` int [B].
+    drafter: None (plain decoding) or a spectax drafter. temperature 0 is greedy; otherwise temperature / top_k
+    (0 = off) / top_p (1 = off) warp the target distribution; `rng` (int seed or jax key) makes sampling
+    deterministic. A row stops after emitting `eos_id` (kept in the output). Prompt and output lengths are bucketed
+    to powers of two, so a new prompt length in the same bucket does not recompile. `cache_size` overrides the KV
+    cache slots per row (default: prompt bucket + output bucket + draft nodes + 1).
+    Returns DecodeResult(tokens [B, max_new_tokens], lengths [B], stats).
+    """
+    return _decode(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
+                   temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, eos_id=eos_id, pad_id=pad_id,
+                   attn_impl=attn_impl, cache_size=cache_size, poison_cache=False)
+
+
+def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
+            pad_id, attn_impl, cache_size, poison_cache) -> DecodeResult:
+    """decode() with a test knob: `poison_cache` fills every unwritten cache slot with NaN."""
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a spectax Model (spectax.load(...)), got {type(model).__name__}")
+    config = model.config
+    drafter = NoDraft() if drafter is None else drafter
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    sampler, sp = make_sampling(temperature, top_k, top_p)
+    if not sampler.greedy and drafter.tree.num_nodes:
+        raise ValueError("speculative sampling (temperature > 0 with a drafter) is not available yet")
+    if eos_id is not None and (not _is_int(eos_id) or not 0 <= eos_id < config.vocab_size):
+        raise ValueError(f"eos_id must be None or a token id in [0, {config.vocab_size}), got {eos_id!r}")
+    if not _is_int(pad_id):
+        raise ValueError(f"pad_id must be an int, got {pad_id!r}")
+    impl = "xla" if attn_impl == "auto" else attn_impl
+    if impl not in IMPLS:
+        raise ValueError(f"attn_impl must be 'auto' or one of {IMPLS}, got {attn_impl!r}")
+    tokens, lengths = prepare_prompt(prompt, prompt_lengths, config.vocab_size)
+    longest = int(lengths.max())
+    if longest + max_new_tokens > config.max_position:
+        raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the model's context "
+                         f"of {config.max_position} positions")
+    p_bucket, out_bucket = bucket(longest), bucket(max_new_tokens)
+    needed = p_bucket + out_bucket + drafter.tree.num_nodes + 1
+    if cache_size is None:
+        cache_size = needed
+    elif not _is_int(cache_size) or cache_size < needed:
+        raise ValueError(f"cache_size must be an int >= {needed} for this prompt bucket, output bucket and draft "
+                         f"tree, got {cache_size!r}")
+    prompt_BP = np.zeros((tokens.shape[0], p_bucket), np.int32)
+    width = min(tokens.shape[1], p_bucket)
+    prompt_BP[:, :width] = tokens[:, :width]
+    key = jax.random.key(rng) if _is_int(rng) else rng
+    spec = LoopSpec(sampler=sampler, out_size=out_bucket, attn_impl=impl)
+    out, n_out, stats = _decode_program(model, drafter, prompt_BP, lengths, np.int32(max_new_tokens),
+                                        np.int32(-1 if eos_id is None else eos_id), np.int32(pad_id), sp, key,
+                                        spec=spec, cache_size=int(cache_size), poison_cache=poison_cache)
+    return DecodeResult(tokens=out[:, :max_new_tokens], lengths=n_out, stats=stats)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "cache_size", "poison_cache"))
+def _decode_program(model, drafter, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp: SamplingParams, rng, *,
+                    spec: LoopSpec, cache_size: int, poison_cache: bool):
+    B = prompt_BP.shape[0]
+    cache = KVCache.create(model.config, B, cache_size, model.dtype, jnp.nan if poison_cache else 0.0)
+    state = prefill(model, drafter, spec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp, rng, cache)
+    state = run(model, drafter, spec, state, max_new, eos_id, sp)
+    return state.tokens, state.n_out, state.stats

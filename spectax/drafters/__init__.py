@@ -1,0 +1,5 @@
+"""Drafters fill the nodes of a static DraftTree each step. `None` (no drafter) is the zero-node `NoDraft`."""
+
+from spectax.drafters.base import Draft, NoDraft
+
+__all__ = ["Draft", "NoDraft"]

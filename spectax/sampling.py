@@ -1,0 +1,74 @@
+"""Logit warping (temperature, top-k, top-p) and token sampling, identical for draft and target.
+
+`SamplingParams` carries the values as data (changing them does not recompile); `Sampler` is the static part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Static sampling mode: greedy (argmax) or random; `filtered` turns the top-k / top-p masks on."""
+
+    greedy: bool
+    filtered: bool
+
+
+@struct.dataclass
+class SamplingParams:
+    temperature: jax.Array  # f32 []
+    top_k: jax.Array        # i32 [] (0 = off)
+    top_p: jax.Array        # f32 [] (1 = off)
+
+
+def make_sampling(temperature: float, top_k: int, top_p: float) -> tuple[Sampler, SamplingParams]:
+    """Validates the user's values (ValueError on bad input) and splits them into static and data parts."""
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+    if not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    greedy = temperature == 0
+    sampler = Sampler(greedy=greedy, filtered=not greedy and (top_k > 0 or top_p < 1.0))
+    params = SamplingParams(temperature=jnp.float32(max(temperature, 1e-6)), top_k=jnp.int32(top_k),
+                            top_p=jnp.float32(top_p))
+    return sampler, params
+
+
+def warp(logits_xV: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:
+    """Temperature-scaled float32 logits with tokens outside top-k / top-p set to -inf (ties at the cut kept)."""
+    logits = logits_xV.astype(jnp.float32) / params.temperature
+    if not sampler.filtered:
+        return logits
+    V = logits.shape[-1]
+    sorted_desc = -jnp.sort(-logits, axis=-1)  # [..., V]
+    k = jnp.where(params.top_k > 0, jnp.minimum(params.top_k, V), V)
+    kth = jnp.take_along_axis(sorted_desc, jnp.broadcast_to(k - 1, logits.shape[:-1])[..., None], axis=-1)
+    probs = jax.nn.softmax(jnp.where(sorted_desc >= kth, sorted_desc, -jnp.inf), axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # keep the smallest prefix of the sorted tokens whose mass reaches top_p (the first token always stays)
+    keep_sorted = (mass_before < params.top_p) & (sorted_desc >= kth)
+    cut = jnp.min(jnp.where(keep_sorted, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= cut, logits, -jnp.inf)
+
+
+def probabilities(logits_xV: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:
+    """The warped distribution float32 [..., V] (one-hot on the argmax when greedy)."""
+    if sampler.greedy:
+        return jax.nn.one_hot(jnp.argmax(logits_xV, axis=-1), logits_xV.shape[-1], dtype=jnp.float32)
+    return jax.nn.softmax(warp(logits_xV, sampler, params), axis=-1)
+
+
+def sample(logits_xV: jax.Array, rng: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:
+    """One token id per leading index, int32 [...]: argmax when greedy, else a draw from the warped logits."""
+    if sampler.greedy:
+        return jnp.argmax(logits_xV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, warp(logits_xV, sampler, params), axis=-1).astype(jnp.int32)

@@ -1,0 +1,34 @@
+"""Verdict: what a verifier decided for each row of one step."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from spectax.tree import DraftTree
+
+
+@struct.dataclass
+class Verdict:
+    path_BD: jax.Array      # int32 [B, D] step indices (1..N) of the accepted nodes by depth; -1 past n_accepted
+    n_accepted: jax.Array   # int32 [B] accepted draft tokens (0..D)
+    next_root: jax.Array    # int32 [B] the bonus / correction token (the new root)
+
+    def new_tokens(self, draft_BN: jax.Array) -> jax.Array:
+        """int32 [B, D + 1]: the accepted draft tokens in path order, then the bonus token (garbage past it)."""
+        draft_BT = jnp.concatenate([jnp.zeros_like(draft_BN[:, :1]), draft_BN], axis=1)  # step 0 = root slot
+        path_tokens = jnp.take_along_axis(draft_BT, jnp.maximum(self.path_BD, 0), axis=1)
+        tokens = jnp.concatenate([path_tokens, self.next_root[:, None]], axis=1)
+        at_bonus = jnp.arange(tokens.shape[1])[None, :] == self.n_accepted[:, None]
+        return jnp.where(at_bonus, self.next_root[:, None], tokens)
+
+
+def path_from_best(tree: DraftTree, best_step_B: jax.Array) -> jax.Array:
+    """int32 [B, D]: the step indices of best_step's ancestors (itself included) ordered by depth, -1 padded."""
+    mask = jnp.asarray(tree.step_mask)              # [T, T]
+    depth = jnp.asarray(tree.step_depth)            # [T]
+    on_path_BT = mask[best_step_B]                  # ancestors of the chosen step (root included)
+    levels = jnp.arange(1, tree.max_depth + 1)      # [D]
+    hit_BDT = on_path_BT[:, None, :] & (depth[None, None, :] == levels[None, :, None])
+    return jnp.where(hit_BDT.any(-1), jnp.argmax(hit_BDT, axis=-1), -1).astype(jnp.int32)
