@@ -1,0 +1,63 @@
+"""spectax checkpoints: a directory with `spectax.json` (format + config) and `params/` (orbax), written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from spectax.models import Model, ModelConfig
+
+MANIFEST = "spectax.json"
+FORMAT_VERSION = 1
+
+
+def is_checkpoint(path) -> bool:
+    """True when `path` is a directory written by `save`."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def save(model: Model, path, overwrite: bool = False) -> Path:
+    """Writes `model` to the directory `path` (a sibling temp dir renamed into place: never half-written)."""
+    if not isinstance(model, Model):
+        raise ValueError(f"save() takes a spectax Model, got {type(model).__name__}")
+    path = Path(path).expanduser().absolute()
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} already exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / "params", model.params)
+        checkpointer.wait_until_finished()
+        manifest = {"format": "spectax", "version": FORMAT_VERSION, "dtype": str(model.dtype),
+                    "config": json.loads(model.config.to_json())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_checkpoint(path, dtype=None) -> Model:
+    """Reads a directory written by `save`; `dtype` casts the params (default: as saved)."""
+    path = Path(path).expanduser().absolute()
+    if not is_checkpoint(path):
+        raise ValueError(f"{path} is not a spectax checkpoint (no {MANIFEST})")
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != "spectax" or manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path / MANIFEST}: unsupported checkpoint format {manifest.get('format')!r} "
+                         f"version {manifest.get('version')!r}")
+    config = ModelConfig.from_json(json.dumps(manifest["config"]))
+    params = ocp.StandardCheckpointer().restore(path / "params")
+    params = jax.tree_util.tree_map(np.asarray, params)
+    return Model.create(config, params, dtype=dtype)

@@ -1,0 +1,82 @@
+"""The jnp tree-attention reference against a dense softmax over an explicit visibility mask."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.tree_attention import tree_attention, tree_attention_reference
+
+
+def dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask):
+    """Naive oracle: concatenate each row's live prefix with the new tokens, one masked softmax."""
+    B, T, H, D = q.shape
+    K = k_new.shape[2]
+    out = np.zeros((B, T, H, D), np.float64)
+    for b in range(B):
+        L = int(lengths[b])
+        keys = np.concatenate([k_cache[b, :L], k_new[b]], 0).astype(np.float64)   # [L + T, K, D]
+        vals = np.concatenate([v_cache[b, :L], v_new[b]], 0).astype(np.float64)
+        m = mask if mask.ndim == 2 else mask[b]
+        visible = np.concatenate([np.ones((T, L), bool), m], 1)                   # [T, L + T]
+        for h in range(H):
+            kh = h // (H // K)
+            s = q[b, :, h].astype(np.float64) @ keys[:, kh].T / np.sqrt(D)
+            s = np.where(visible, s, -np.inf)
+            p = np.exp(s - s.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            out[b, :, h] = p @ vals[:, kh]
+    return out
+
+
+def random_tree_mask(rng, T):
+    parents = [-1] + [int(rng.integers(0, i)) for i in range(1, T)]
+    m = np.eye(T, dtype=bool)
+    for i in range(1, T):
+        m[i] |= m[parents[i]]
+    return m
+
+
+@pytest.mark.parametrize("block_size", [4, 7, 256])
+@pytest.mark.parametrize("T", [1, 5])
+def test_reference_matches_dense_with_poisoned_slots(block_size, T):
+    rng = np.random.default_rng(T * 100 + block_size)
+    B, S, H, K, D = 3, 37, 6, 2, 8
+    q = rng.normal(size=(B, T, H, D)).astype(np.float32)
+    k_new, v_new = (rng.normal(size=(B, T, K, D)).astype(np.float32) for _ in range(2))
+    k_cache, v_cache = (rng.normal(size=(B, S, K, D)).astype(np.float32) for _ in range(2))
+    lengths = np.array([0, 13, 30], np.int32)
+    for b, L in enumerate(lengths):  # dead slots hold NaN: they must not leak into the result
+        k_cache[b, L:] = np.nan
+        v_cache[b, L:] = np.nan
+    mask = np.stack([random_tree_mask(rng, T) for _ in range(B)])
+    got = tree_attention_reference(q, k_new, v_new, k_cache, v_cache, lengths, mask, block_size=block_size)
+    want = dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask)
+    assert np.isfinite(np.asarray(got)).all()
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=2e-5)
+
+
+def test_causal_without_cache_and_shared_mask():
+    rng = np.random.default_rng(0)
+    B, T, H, D = 2, 9, 4, 16
+    q, k, v = (rng.normal(size=(B, T, H, D)).astype(np.float32) for _ in range(3))
+    mask = np.tril(np.ones((T, T), bool))
+    got = tree_attention(q, k, v, None, None, np.zeros(B, np.int32), mask)
+    want = dense_attention(q, k, v, np.zeros((B, 0, H, D)), np.zeros((B, 0, H, D)), np.zeros(B, int), mask)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=2e-5)
+
+
+def test_prefix_loop_trip_count_follows_used_length():
+    """The prefix loop reads ceil(max(lengths) / block) blocks: the jaxpr has a while loop with a dynamic bound."""
+    B, S, K, D = 1, 64, 1, 4
+    f = lambda kc, L: tree_attention_reference(jnp.ones((B, 1, K, D)), jnp.ones((B, 1, K, D)),
+                                               jnp.ones((B, 1, K, D)), kc, kc, L, jnp.ones((1, 1), bool),
+                                               block_size=8)
+    jaxpr = jax.make_jaxpr(f)(jnp.ones((B, S, K, D)), jnp.array([5]))
+    assert "while" in str(jaxpr)
+
+
+def test_unknown_impl_is_rejected():
+    with pytest.raises(ValueError, match="impl"):
+        tree_attention(*(np.zeros((1, 1, 1, 4)),) * 3, None, None, np.zeros(1, np.int32), np.ones((1, 1), bool),
+                       impl="cuda-magic")

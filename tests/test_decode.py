@@ -1,0 +1,155 @@
+"""Plain decoding through the final loop shape: exactness, per-row behaviour, cache invariance, one compile."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import spectax
+import spectax.api as api
+from spectax.api import _decode
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3]]
+
+
+def greedy_by_full_forward(model, prompt, n):
+    """Oracle: re-run the cache-free causal forward for every new token (fixed width: later slots cannot matter)."""
+    seq = list(prompt)
+    buf = np.zeros((1, 64), np.int32)
+    for _ in range(n):
+        buf[0, :len(seq)] = seq
+        seq.append(int(jnp.argmax(model.logits(buf)[0, len(seq) - 1])))
+    return seq[len(prompt):]
+
+
+def run(model, prompts, n, **kw):
+    args = dict(prompt_lengths=None, drafter=None, temperature=0.0, top_k=0, top_p=1.0, rng=0, eos_id=None,
+                pad_id=0, attn_impl="auto", cache_size=None, poison_cache=False)
+    args.update(kw)
+    return _decode(model, prompts, n, **args)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_greedy_matches_full_forward_ragged_batch(name, request):
+    model = request.getfixturevalue(name)
+    out = spectax.decode(model, PROMPTS, max_new_tokens=24)
+    assert out.tokens.shape == (4, 24) and out.tokens.dtype == jnp.int32
+    np.testing.assert_array_equal(out.lengths, [24] * 4)
+    for i, p in enumerate(PROMPTS):
+        assert out.tokens[i].tolist() == greedy_by_full_forward(model, p, 24), f"row {i}"
+    assert out.stats.tau == pytest.approx(1.0)
+    assert int(out.stats.target_calls) == 23  # the first token comes from the prefill
+
+
+def test_batch_rows_are_independent(tiny_llama):
+    together = spectax.decode(tiny_llama, PROMPTS, max_new_tokens=16).tokens
+    for i, p in enumerate(PROMPTS):
+        np.testing.assert_array_equal(spectax.decode(tiny_llama, [p], max_new_tokens=16).tokens[0], together[i])
+
+
+def test_array_prompt_with_lengths_equals_list_prompt(tiny_llama):
+    arr = np.zeros((4, 11), np.int32)
+    for i, p in enumerate(PROMPTS):
+        arr[i, :len(p)] = p
+        arr[i, len(p):] = 55  # padding content must not matter
+    a = spectax.decode(tiny_llama, arr, max_new_tokens=12, prompt_lengths=[len(p) for p in PROMPTS])
+    b = spectax.decode(tiny_llama, PROMPTS, max_new_tokens=12)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
+def test_bigger_and_nan_poisoned_cache_change_nothing(tiny_llama):
+    base = run(tiny_llama, PROMPTS, 20)
+    needed = 16 + 32 + 1
+    big = run(tiny_llama, PROMPTS, 20, cache_size=4 * needed)
+    poisoned = run(tiny_llama, PROMPTS, 20, cache_size=4 * needed, poison_cache=True)
+    np.testing.assert_array_equal(big.tokens, base.tokens)
+    np.testing.assert_array_equal(poisoned.tokens, base.tokens)
+
+
+def test_eos_stops_each_row_and_pads(tiny_llama):
+    free = spectax.decode(tiny_llama, PROMPTS, max_new_tokens=20)
+    eos = int(free.tokens[0, 6])  # a token row 0 emits at step 6
+    out = spectax.decode(tiny_llama, PROMPTS, max_new_tokens=20, eos_id=eos, pad_id=-1)
+    for i in range(4):
+        row = free.tokens[i].tolist()
+        stop = row.index(eos) + 1 if eos in row else 20
+        assert int(out.lengths[i]) == stop
+        assert out.tokens[i, :stop].tolist() == row[:stop]
+        assert (np.asarray(out.tokens[i, stop:]) == -1).all()
+    assert int(out.lengths[0]) <= 7
+
+
+def test_max_new_tokens_one(tiny_llama):
+    out = spectax.decode(tiny_llama, PROMPTS, max_new_tokens=1)
+    assert out.tokens.shape == (4, 1) and int(out.stats.target_calls) == 0
+    for i, p in enumerate(PROMPTS):
+        assert out.tokens[i, 0] == greedy_by_full_forward(tiny_llama, p, 1)[0]
+
+
+def test_sampling_is_deterministic_per_seed(tiny_llama):
+    kw = dict(max_new_tokens=16, temperature=1.0, top_k=20, top_p=0.9)
+    a = spectax.decode(tiny_llama, PROMPTS, rng=3, **kw).tokens
+    b = spectax.decode(tiny_llama, PROMPTS, rng=3, **kw).tokens
+    c = spectax.decode(tiny_llama, PROMPTS, rng=4, **kw).tokens
+    np.testing.assert_array_equal(a, b)
+    assert (np.asarray(a) != np.asarray(c)).any()
+    d = spectax.decode(tiny_llama, PROMPTS, rng=jax.random.key(3), **kw).tokens
+    np.testing.assert_array_equal(a, d)
+
+
+def test_one_compile_per_bucket(tiny_llama, monkeypatch):
+    traces = []
+    original = api.run
+    monkeypatch.setattr(api, "run", lambda *a, **k: (traces.append(1), original(*a, **k))[1])
+    spectax.decode(tiny_llama, [[5] * 3], max_new_tokens=9)   # prompt bucket 16, output bucket 16
+    after_first = len(traces)
+    spectax.decode(tiny_llama, [[6] * 14], max_new_tokens=13)  # same buckets: no new trace
+    assert len(traces) == after_first
+    spectax.decode(tiny_llama, [[6] * 20], max_new_tokens=13)  # prompt bucket 32: one new trace
+    assert len(traces) == after_first + 1
+
+
+BAD = [
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_new_tokens=2.5), "max_new_tokens"),
+    (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(top_k=-1), "top_k"),
+    (dict(eos_id=97), "eos_id"),
+    (dict(attn_impl="magic"), "attn_impl"),
+    (dict(cache_size=10), "cache_size"),
+]
+
+
+@pytest.mark.parametrize("kwargs,word", BAD)
+def test_bad_arguments_raise_before_tracing(tiny_llama, kwargs, word, monkeypatch):
+    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    kw = dict(max_new_tokens=4)
+    kw.update(kwargs)
+    with pytest.raises(ValueError, match=word):
+        spectax.decode(tiny_llama, [[1, 2]], **kw)
+
+
+@pytest.mark.parametrize("prompt,word", [
+    ([], "empty"), ([[1, 2], []], "empty prompt"), ([[1, 97]], "outside the vocabulary"),
+    ([[-1]], "outside the vocabulary"), ([[1.5, 2]], "int"), (np.zeros((2,), np.int32), r"\[B, P\]"),
+])
+def test_bad_prompts_raise(tiny_llama, prompt, word, monkeypatch):
+    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    with pytest.raises(ValueError, match=word):
+        spectax.decode(tiny_llama, prompt, max_new_tokens=4)
+
+
+def test_prompt_longer_than_context(tiny_gpt2, monkeypatch):
+    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    with pytest.raises(ValueError, match="context"):
+        spectax.decode(tiny_gpt2, [[1] * 300], max_new_tokens=4)
+    with pytest.raises(ValueError, match="context"):
+        spectax.decode(tiny_gpt2, [[1] * 250], max_new_tokens=10)
+
+
+def test_not_a_model():
+    with pytest.raises(ValueError, match="spectax Model"):
+        spectax.decode(object(), [[1]], max_new_tokens=2)
