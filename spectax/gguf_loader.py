@@ -135,16 +135,21 @@ def _config_from_metadata(reader, path: str, tensors: dict) -> ModelConfig:
     )
 
 
-def read_gguf_config(path: str | os.PathLike) -> ModelConfig:
-    """Reads only the ModelConfig of a llama GGUF file (no tensor data is dequantized)."""
-    path = os.fspath(path)
-    reader = _open(path)
+def read_gguf_config(source) -> ModelConfig:
+    """Reads only the ModelConfig of a llama GGUF file (a path or an `open_gguf` reader; nothing is dequantized)."""
+    reader, path = _reader_and_name(source)
     return _config_from_metadata(reader, path, {t.name: t for t in reader.tensors})
 
 
-def _open(path: str):
+def open_gguf(path: str | os.PathLike):
+    """Opens a GGUF file with `gguf.GGUFReader` (ValueError if missing or unreadable).
+
+    Parsing the metadata of a real model takes seconds (SmolLM2: ~6 s, its 49k-token vocabulary); pass the reader
+    to `load_gguf`, `read_gguf_config` and `spectax.tokenizer.from_gguf` to parse it once.
+    """
     import gguf
 
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"GGUF file {path} does not exist")
     try:
@@ -153,17 +158,25 @@ def _open(path: str):
         raise ValueError(f"{path} is not a readable GGUF file: {e}") from e
 
 
-def load_gguf(path: str | os.PathLike, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
-    """Loads a llama-architecture GGUF file into (ModelConfig, params).
+def _reader_and_name(source) -> tuple[Any, str]:
+    """(reader, file name for messages) from a path or an already open GGUFReader."""
+    if isinstance(source, (str, os.PathLike)):
+        return open_gguf(source), os.fspath(source)
+    if hasattr(source, "fields") and hasattr(source, "tensors"):
+        return source, str(getattr(getattr(source, "data", None), "filename", "<GGUF reader>"))
+    raise ValueError(f"expected a GGUF path or gguf.GGUFReader, got {type(source)}")
+
+
+def load_gguf(path, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
+    """Loads a llama-architecture GGUF file (a path or an `open_gguf` reader) into (ModelConfig, params).
 
     Quantized tensors are dequantized with `gguf.dequantize` (float32) and then cast to `dtype`; q/k rows are
     un-permuted back to the Hugging Face layout; matrices are transposed to kernels [in, out]. The params pytree
     is the spectax llama layout (see `spectax.hf`); `lm_head` is absent when the file has no `output.weight`
     (tied embeddings). Raises ValueError for other architectures or missing / mis-shaped tensors.
     """
-    path = os.fspath(path)
     dtype = np.dtype(dtype)
-    reader = _open(path)
+    reader, path = _reader_and_name(path)
     tensors = {t.name: t for t in reader.tensors}
     cfg = _config_from_metadata(reader, path, tensors)
     D, H, Hkv, hd, F, V = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
