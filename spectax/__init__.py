@@ -2,7 +2,8 @@
 
 from spectax import drafters
 from spectax.api import DecodeResult, decode
+from spectax.loader import load, save
 from spectax.models import Model, ModelConfig
 from spectax.tree import DraftTree
 
-__all__ = ["DecodeResult", "DraftTree", "Model", "ModelConfig", "decode", "drafters"]
+__all__ = ["DecodeResult", "DraftTree", "Model", "ModelConfig", "decode", "drafters", "load", "save"]
