@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax import lax
 
 if TYPE_CHECKING:
     from spectax.models.config import ModelConfig
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 class KVCache:
     """Keys and values of every committed token but the newest (the root), one array pair per layer.
 
-    k, v: tuples of L arrays [B, S, K, D] (K = kv heads). lengths: int32 [B] committed slots per row; slots at or
+    k, v: tuples of L arrays [B, K, S, D] (K = kv heads; head-major so attention reads contiguous slot ranges). lengths: int32 [B] committed slots per row; slots at or
     beyond a row's length are dead (never read, free to hold anything). Layers are separate leaves so a layer's
     update never copies the others and XLA updates each buffer in place inside the loop.
     """
@@ -28,7 +29,7 @@ class KVCache:
     @classmethod
     def create(cls, config: ModelConfig, batch: int, size: int, dtype, fill: float = 0.0) -> "KVCache":
         """An empty cache of `size` slots per row; `fill` (e.g. NaN in tests) is what dead slots hold."""
-        shape = (batch, size, config.num_kv_heads, config.head_dim)
+        shape = (batch, config.num_kv_heads, size, config.head_dim)
         layer = lambda: jnp.full(shape, fill, dtype)
         return cls(k=tuple(layer() for _ in range(config.num_layers)),
                    v=tuple(layer() for _ in range(config.num_layers)),
@@ -36,7 +37,7 @@ class KVCache:
 
     @property
     def size(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
     @property
     def layers(self) -> tuple[tuple[jax.Array, jax.Array], ...]:
@@ -51,12 +52,15 @@ class KVCache:
         return self.replace(lengths=self.lengths + n_B.astype(jnp.int32))
 
 
-def write_block(cache_BSKD: jax.Array, new_BTKD: jax.Array, lengths_B: jax.Array) -> jax.Array:
-    """Writes T new entries per row at slots lengths[b] .. lengths[b] + T - 1 (uncommitted until `advance`)."""
-    B, T = new_BTKD.shape[:2]
-    rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-    slots_BT = lengths_B[:, None] + jnp.arange(T)[None, :]
-    return cache_BSKD.at[rows_BT, slots_BT].set(new_BTKD.astype(cache_BSKD.dtype), mode="drop")
+def write_block(cache_BKSD: jax.Array, new_BTKD: jax.Array, lengths_B: jax.Array) -> jax.Array:
+    """Writes T new entries per row at slots lengths[b] .. lengths[b] + T - 1 (uncommitted until `advance`).
+
+    One dynamic_update_slice per row: XLA updates the buffer in place (callers keep lengths + T <= S).
+    """
+    new_BKTD = new_BTKD.transpose(0, 2, 1, 3).astype(cache_BKSD.dtype)
+    for b in range(cache_BKSD.shape[0]):
+        cache_BKSD = lax.dynamic_update_slice(cache_BKSD, new_BKTD[b:b + 1], (b, 0, lengths_B[b], 0))
+    return cache_BKSD
 
 
 def commit_path(cache: KVCache, path_BD: jax.Array, n_accepted_B: jax.Array, active_B: jax.Array) -> KVCache:
@@ -71,7 +75,7 @@ def commit_path(cache: KVCache, path_BD: jax.Array, n_accepted_B: jax.Array, act
         rows_BD = jnp.broadcast_to(jnp.arange(B)[:, None], (B, D))
         dst_BD = cache.lengths[:, None] + 1 + jnp.arange(D)[None, :]
         src_BD = jnp.where(path_BD >= 0, cache.lengths[:, None] + path_BD, dst_BD)
-        move = lambda a: a.at[rows_BD, dst_BD].set(a[rows_BD, src_BD], mode="drop")
+        move = lambda a: a.at[rows_BD, :, dst_BD].set(a[rows_BD, :, src_BD], mode="drop")  # [B, D, K, hd] moves
         k, v = tuple(move(a) for a in k), tuple(move(a) for a in v)
     n = jnp.where(active_B, 1 + n_accepted_B, 0)
     return cache.replace(k=k, v=v).advance(n)

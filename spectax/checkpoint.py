@@ -53,11 +53,26 @@ def load_checkpoint(path, dtype=None) -> Model:
     path = Path(path).expanduser().absolute()
     if not is_checkpoint(path):
         raise ValueError(f"{path} is not a spectax checkpoint (no {MANIFEST})")
-    manifest = json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path / MANIFEST} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path / MANIFEST} does not hold a JSON object")
     if manifest.get("format") != "spectax" or manifest.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path / MANIFEST}: unsupported checkpoint format {manifest.get('format')!r} "
                          f"version {manifest.get('version')!r}")
-    config = ModelConfig.from_json(json.dumps(manifest["config"]))
+    if not isinstance(manifest.get("config"), dict):
+        raise ValueError(f"{path / MANIFEST} has no 'config' object")
+    try:
+        config = ModelConfig.from_json(json.dumps(manifest["config"]))
+    except (TypeError, ValueError) as e:  # unknown / missing fields, bad values
+        raise ValueError(f"{path / MANIFEST}: invalid model config: {e}") from e
+    if not (path / "params").is_dir():
+        raise ValueError(f"{path} has no params/ directory (incomplete checkpoint)")
     params = ocp.StandardCheckpointer().restore(path / "params")
     params = jax.tree_util.tree_map(np.asarray, params)
-    return Model.create(config, params, dtype=dtype)
+    try:
+        return Model.create(config, params, dtype=dtype)
+    except ValueError as e:  # params that do not fit the config
+        raise ValueError(f"{path}: {e}") from e

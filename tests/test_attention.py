@@ -9,7 +9,9 @@ from pallas_kernels.tree_attention import tree_attention, tree_attention_referen
 
 
 def dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask):
-    """Naive oracle: concatenate each row's live prefix with the new tokens, one masked softmax."""
+    """Naive oracle: concatenate each row's live prefix with the new tokens, one masked softmax.
+
+    Cache in [B, S, K, D] (slot-major) here: an independent layout from the kernel's [B, K, S, D]."""
     B, T, H, D = q.shape
     K = k_new.shape[2]
     out = np.zeros((B, T, H, D), np.float64)
@@ -50,7 +52,8 @@ def test_reference_matches_dense_with_poisoned_slots(block_size, T):
         k_cache[b, L:] = np.nan
         v_cache[b, L:] = np.nan
     mask = np.stack([random_tree_mask(rng, T) for _ in range(B)])
-    got = tree_attention_reference(q, k_new, v_new, k_cache, v_cache, lengths, mask, block_size=block_size)
+    got = tree_attention_reference(q, k_new, v_new, k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3),
+                                   lengths, mask, block_size=block_size)
     want = dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask)
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=2e-5)
@@ -68,11 +71,11 @@ def test_causal_without_cache_and_shared_mask():
 
 def test_prefix_loop_trip_count_follows_used_length():
     """The prefix loop reads ceil(max(lengths) / block) blocks: the jaxpr has a while loop with a dynamic bound."""
-    B, S, K, D = 1, 64, 1, 4
+    B, K, S, D = 1, 1, 64, 4
     f = lambda kc, L: tree_attention_reference(jnp.ones((B, 1, K, D)), jnp.ones((B, 1, K, D)),
                                                jnp.ones((B, 1, K, D)), kc, kc, L, jnp.ones((1, 1), bool),
                                                block_size=8)
-    jaxpr = jax.make_jaxpr(f)(jnp.ones((B, S, K, D)), jnp.array([5]))
+    jaxpr = jax.make_jaxpr(f)(jnp.ones((B, K, S, D)), jnp.array([5]))
     assert "while" in str(jaxpr)
 
 

@@ -9,12 +9,12 @@ from pallas_kernels.tree_attention.reference import tree_attention_reference
 IMPLS = ("xla",)
 
 
-def tree_attention(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BSKD, v_cache_BSKD, lengths_B, mask_TT, *,
-                   block_size=256, impl="xla"):
+def tree_attention(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
+                   block_size=512, impl="xla"):
     """Dispatches to the implementation named by `impl` (see `tree_attention_reference` for the contract)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; available: {IMPLS}")
-    return tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BSKD, v_cache_BSKD, lengths_B,
+    return tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B,
                                     mask_TT, block_size=block_size)
 
 

@@ -18,30 +18,31 @@ from jax import lax
 _NEG = -1e30  # finite "minus infinity": a fully masked block leaves the running max unchanged
 
 
-def _scores(q_BKGTD, k_BSKD, scale):
-    # -> [B, K, G, T, S] in float32
-    return jnp.einsum("bkgtd,bskd->bkgts", q_BKGTD, k_BSKD, preferred_element_type=jnp.float32) * scale
+def _scores(q_BKMD, k_BKSD, scale):
+    # -> [B, K, M, S] in float32 (M = query heads per kv head x query tokens)
+    return jnp.einsum("bkmd,bksd->bkms", q_BKMD, k_BKSD, preferred_element_type=jnp.float32) * scale
 
 
-def _online_update(carry, s_BKGTS, valid, v_BSKD):
+def _online_update(carry, s_BKMS, valid, v_BKSD):
     """Folds one block of scores into the running (max, denominator, accumulator)."""
-    m_BKGT, l_BKGT, acc_BKGTD = carry
-    s = jnp.where(valid, s_BKGTS, _NEG)
-    m_new = jnp.maximum(m_BKGT, s.max(axis=-1))
+    m_BKM, l_BKM, acc_BKMD = carry
+    s = jnp.where(valid, s_BKMS, _NEG)
+    m_new = jnp.maximum(m_BKM, s.max(axis=-1))
     p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
-    alpha = jnp.exp(m_BKGT - m_new)
-    l_new = alpha * l_BKGT + p.sum(axis=-1)
-    pv = jnp.einsum("bkgts,bskd->bkgtd", p.astype(v_BSKD.dtype), v_BSKD, preferred_element_type=jnp.float32)
-    return m_new, l_new, alpha[..., None] * acc_BKGTD + pv
+    alpha = jnp.exp(m_BKM - m_new)
+    l_new = alpha * l_BKM + p.sum(axis=-1)
+    pv = jnp.einsum("bkms,bksd->bkmd", p.astype(v_BKSD.dtype), v_BKSD, preferred_element_type=jnp.float32)
+    return m_new, l_new, alpha[..., None] * acc_BKMD + pv
 
 
-def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BSKD, v_cache_BSKD, lengths_B, mask_TT, *,
-                             block_size=256):
+def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
+                             block_size=512):
     """Attention of T new tokens over each row's cache prefix plus the new tokens.
 
     q_BTHD: [B, T, H, D] queries (RoPE applied). k_new_BTKD / v_new_BTKD: [B, T, K, D] the new tokens' keys and
-    values (K = kv heads, H % K == 0: grouped-query attention). k_cache_BSKD / v_cache_BSKD: [B, S, K, D] or None
-    (no prefix, e.g. a cache-free full forward). lengths_B: int32 [B] committed prefix length per row.
+    values (K = kv heads, H % K == 0: grouped-query attention). k_cache_BKSD / v_cache_BKSD: [B, K, S, D] (head-major:
+    each head's slots are contiguous, so the score and value products need no transposes) or None (no prefix, e.g. a
+    cache-free full forward). lengths_B: int32 [B] committed prefix length per row.
     mask_TT: bool [T, T] or [B, T, T], mask[t, j] = query t sees new token j (must include j == t).
     Returns [B, T, H, D] in q's dtype; softmax in float32.
     """
@@ -50,31 +51,34 @@ def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BSKD, v_cac
     if H % K:
         raise ValueError(f"query heads {H} not a multiple of kv heads {K}")
     G = H // K
+    M = G * T
     scale = D ** -0.5
-    q_BKGTD = q_BTHD.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4)
+    q_BKMD = q_BTHD.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, M, D)  # m = g * T + t
 
-    carry = (jnp.full((B, K, G, T), _NEG, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
-             jnp.zeros((B, K, G, T, D), jnp.float32))
+    carry = (jnp.full((B, K, M), _NEG, jnp.float32), jnp.zeros((B, K, M), jnp.float32),
+             jnp.zeros((B, K, M, D), jnp.float32))
 
-    if k_cache_BSKD is not None:
-        S = k_cache_BSKD.shape[1]
+    if k_cache_BKSD is not None:
+        S = k_cache_BKSD.shape[2]
         bs = min(block_size, S)
         n_blocks = (jnp.max(lengths_B) + bs - 1) // bs
 
         def body(i, carry):
             start = i * bs
             start_c = jnp.minimum(start, S - bs)  # dynamic_slice clamps: do it ourselves, mask the overlap
-            kb = lax.dynamic_slice_in_dim(k_cache_BSKD, start_c, bs, axis=1)  # [B, bs, K, D]
-            vb = lax.dynamic_slice_in_dim(v_cache_BSKD, start_c, bs, axis=1)
+            kb = lax.dynamic_slice_in_dim(k_cache_BKSD, start_c, bs, axis=2)  # [B, K, bs, D]
+            vb = lax.dynamic_slice_in_dim(v_cache_BKSD, start_c, bs, axis=2)
             slots = start_c + jnp.arange(bs)
             valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
-            vb = jnp.where(valid_BS[:, :, None, None], vb, 0)  # 0 * NaN would poison the sum
-            return _online_update(carry, _scores(q_BKGTD, kb, scale), valid_BS[:, None, None, None, :], vb)
+            vb = jnp.where(valid_BS[:, None, :, None], vb, 0)  # 0 * NaN would poison the sum
+            return _online_update(carry, _scores(q_BKMD, kb, scale), valid_BS[:, None, None, :], vb)
 
         carry = lax.fori_loop(0, n_blocks, body, carry)
 
     mask = jnp.asarray(mask_TT, bool)
-    mask_B11TT = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
-    m, l, acc = _online_update(carry, _scores(q_BKGTD, k_new_BTKD, scale), mask_B11TT, v_new_BTKD)
-    out_BKGTD = acc / l[..., None]
+    mask_BTT = jnp.broadcast_to(mask, (B, T, T)) if mask.ndim == 2 else mask
+    mask_B1MT = jnp.tile(mask_BTT, (1, G, 1))[:, None]                                   # row m = g * T + t
+    k_new_BKTD, v_new_BKTD = k_new_BTKD.transpose(0, 2, 1, 3), v_new_BTKD.transpose(0, 2, 1, 3)
+    m, l, acc = _online_update(carry, _scores(q_BKMD, k_new_BKTD, scale), mask_B1MT, v_new_BKTD)
+    out_BKGTD = (acc / l[..., None]).reshape(B, K, G, T, D)
     return out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D).astype(q_BTHD.dtype)

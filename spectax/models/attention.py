@@ -1,4 +1,4 @@
-"""The attention step every architecture shares: attend over cache prefix + new tokens, then write the new K/V."""
+"""The attention step every architecture shares: write the new K/V, then attend over cache prefix + new tokens."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from spectax.cache import write_block
 def cached_attention(q_BTHD, k_BTKD, v_BTKD, layer_kv, lengths_B, mask_TT, impl):
     """Returns (out [B, T, H, D], updated (k, v) layer cache or None).
 
-    layer_kv: None (no cache: attend over the new tokens only) or (k_BSKD, v_BSKD); the new K/V are written at each
-    row's slots lengths[b] .. lengths[b] + T - 1, uncommitted until the caller advances the lengths.
+    layer_kv: None (no cache: attend over the new tokens only) or (k_BKSD, v_BKSD); the new K/V are written at each
+    row's slots lengths[b] .. lengths[b] + T - 1, uncommitted until the caller advances the lengths. The write comes
+    first so that the attention only ever reads the buffer XLA then hands on: no copy of the cache per step.
     """
     if layer_kv is None:
         zeros = jnp.zeros((q_BTHD.shape[0],), jnp.int32)
         return tree_attention(q_BTHD, k_BTKD, v_BTKD, None, None, zeros, mask_TT, impl=impl), None
-    k_BSKD, v_BSKD = layer_kv
-    out = tree_attention(q_BTHD, k_BTKD, v_BTKD, k_BSKD, v_BSKD, lengths_B, mask_TT, impl=impl)
-    return out, (write_block(k_BSKD, k_BTKD, lengths_B), write_block(v_BSKD, v_BTKD, lengths_B))
+    k_BKSD = write_block(layer_kv[0], k_BTKD, lengths_B)
+    v_BKSD = write_block(layer_kv[1], v_BTKD, lengths_B)
+    out = tree_attention(q_BTHD, k_BTKD, v_BTKD, k_BKSD, v_BKSD, lengths_B, mask_TT, impl=impl)
+    return out, (k_BKSD, v_BKSD)

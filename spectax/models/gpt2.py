@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
+from spectax.models.head import tied_logits
 
 
 class _GPT2Attention(nn.Module):
@@ -71,4 +72,4 @@ class GPT2Decoder(nn.Module):
             new_kv.append(layer_kv)
         hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)
         head_in = hidden if logits_at_BK is None else jnp.take_along_axis(hidden, logits_at_BK[..., None], axis=1)
-        return wte.attend(head_in).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))
+        return tied_logits(wte.embedding, head_in).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
+from spectax.models.head import tied_logits
 from spectax.models.rope import apply_rope, inv_frequencies
 
 
@@ -65,7 +66,7 @@ class LlamaDecoder(nn.Module):
         hidden = norm("final_norm")(x)
         head_in = hidden if logits_at_BK is None else jnp.take_along_axis(hidden, logits_at_BK[..., None], axis=1)
         if c.tie_embeddings:
-            logits = embed.attend(head_in)
+            logits = tied_logits(embed.embedding, head_in)
         else:
             logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
                               name="lm_head")(head_in)
