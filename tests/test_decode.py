@@ -1,5 +1,7 @@
 """Plain decoding through the final loop shape: exactness, per-row behaviour, cache invariance, one compile."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import spectax
 import spectax.api as api
 from spectax.api import _decode
+from conftest import TINY_LLAMA
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3]]
 
@@ -97,7 +100,9 @@ def test_sampling_is_deterministic_per_seed(tiny_llama):
     np.testing.assert_array_equal(a, d)
 
 
-def test_one_compile_per_bucket(tiny_llama, monkeypatch):
+def test_one_compile_per_bucket(monkeypatch):
+    # a config no other test uses: the process-wide jit cache cannot already hold its programs
+    tiny_llama = spectax.Model.random(dataclasses.replace(TINY_LLAMA, max_position=777), seed=5, scale=3.0)
     traces = []
     original = api.run
     monkeypatch.setattr(api, "run", lambda *a, **k: (traces.append(1), original(*a, **k))[1])
