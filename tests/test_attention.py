@@ -39,15 +39,17 @@ def random_tree_mask(rng, T):
     return m
 
 
+@pytest.mark.parametrize("lengths", [(0, 13, 30), (17, 13, 30), (36, 36, 36)])
 @pytest.mark.parametrize("block_size", [4, 7, 256])
 @pytest.mark.parametrize("T", [1, 5])
-def test_reference_matches_dense_with_poisoned_slots(block_size, T):
+def test_reference_matches_dense_with_poisoned_slots(block_size, T, lengths):
+    """Covers blocks live for every row (unmasked path), edge blocks, a clamped last block and an empty prefix."""
     rng = np.random.default_rng(T * 100 + block_size)
-    B, S, H, K, D = 3, 37, 6, 2, 8
+    B, S, H, K, D = 3, 41, 6, 2, 8
     q = rng.normal(size=(B, T, H, D)).astype(np.float32)
     k_new, v_new = (rng.normal(size=(B, T, K, D)).astype(np.float32) for _ in range(2))
     k_cache, v_cache = (rng.normal(size=(B, S, K, D)).astype(np.float32) for _ in range(2))
-    lengths = np.array([0, 13, 30], np.int32)
+    lengths = np.array(lengths, np.int32)
     for b, L in enumerate(lengths):  # dead slots hold NaN: they must not leak into the result
         k_cache[b, L:] = np.nan
         v_cache[b, L:] = np.nan

@@ -6,7 +6,8 @@ Query token t of row b sees
 Cache slots at or beyond lengths[b] are never read into the result, whatever they hold (NaN included).
 
 The prefix is read in blocks of `block_size` slots by an online-softmax loop whose trip count is
-ceil(max(lengths) / block_size): the cost follows the used length, not the allocated cache size.
+ceil(max(lengths) / block_size): the cost follows the used length, not the allocated cache size. Blocks live for
+every row skip the masking; only blocks holding some row's end pay for it.
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ _NEG = -1e30  # finite "minus infinity": a fully masked block leaves the running
 
 
 def _scores(q_BKMD, k_BKSD, scale):
-    # -> [B, K, M, S] in float32 (M = query heads per kv head x query tokens)
-    return jnp.einsum("bkmd,bksd->bkms", q_BKMD, k_BKSD, preferred_element_type=jnp.float32) * scale
+    # -> [B, K, M, S] in float32 (M = query heads per kv head x query tokens). The keys are the dot's left operand,
+    # contracted on their minor dim: XLA:CPU streams the block as stored.
+    s_BKSM = lax.dot_general(k_BKSD, q_BKMD, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
+    return jnp.swapaxes(s_BKSM, 2, 3) * scale
 
 
-def _online_update(carry, s_BKMS, valid, v_BKSD):
-    """Folds one block of scores into the running (max, denominator, accumulator)."""
+def _online_update(carry, s_BKMS, v_BKSD, valid=None):
+    """Folds one block of scores into the running (max, denominator, accumulator); `valid` masks slots."""
     m_BKM, l_BKM, acc_BKMD = carry
-    s = jnp.where(valid, s_BKMS, _NEG)
+    s = s_BKMS if valid is None else jnp.where(valid, s_BKMS, _NEG)
     m_new = jnp.maximum(m_BKM, s.max(axis=-1))
-    p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
+    p = jnp.exp(s - m_new[..., None])
+    if valid is not None:
+        p = jnp.where(valid, p, 0.0)
     alpha = jnp.exp(m_BKM - m_new)
     l_new = alpha * l_BKM + p.sum(axis=-1)
     pv = jnp.einsum("bkms,bksd->bkmd", p.astype(v_BKSD.dtype), v_BKSD, preferred_element_type=jnp.float32)
@@ -61,24 +66,31 @@ def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cac
     if k_cache_BKSD is not None:
         S = k_cache_BKSD.shape[2]
         bs = min(block_size, S)
+        full_blocks = jnp.min(lengths_B) // bs            # live for every row: no masking needed
         n_blocks = (jnp.max(lengths_B) + bs - 1) // bs
 
-        def body(i, carry):
+        def full_body(i, carry):
+            kb = lax.dynamic_slice_in_dim(k_cache_BKSD, i * bs, bs, axis=2)  # [B, K, bs, D]
+            vb = lax.dynamic_slice_in_dim(v_cache_BKSD, i * bs, bs, axis=2)
+            return _online_update(carry, _scores(q_BKMD, kb, scale), vb)
+
+        def edge_body(i, carry):  # blocks holding some row's end: dead slots masked, their values zeroed
             start = i * bs
             start_c = jnp.minimum(start, S - bs)  # dynamic_slice clamps: do it ourselves, mask the overlap
-            kb = lax.dynamic_slice_in_dim(k_cache_BKSD, start_c, bs, axis=2)  # [B, K, bs, D]
+            kb = lax.dynamic_slice_in_dim(k_cache_BKSD, start_c, bs, axis=2)
             vb = lax.dynamic_slice_in_dim(v_cache_BKSD, start_c, bs, axis=2)
             slots = start_c + jnp.arange(bs)
             valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
             vb = jnp.where(valid_BS[:, None, :, None], vb, 0)  # 0 * NaN would poison the sum
-            return _online_update(carry, _scores(q_BKMD, kb, scale), valid_BS[:, None, None, :], vb)
+            return _online_update(carry, _scores(q_BKMD, kb, scale), vb, valid_BS[:, None, None, :])
 
-        carry = lax.fori_loop(0, n_blocks, body, carry)
+        carry = lax.fori_loop(0, full_blocks, full_body, carry)
+        carry = lax.fori_loop(full_blocks, n_blocks, edge_body, carry)
 
     mask = jnp.asarray(mask_TT, bool)
     mask_BTT = jnp.broadcast_to(mask, (B, T, T)) if mask.ndim == 2 else mask
     mask_B1MT = jnp.tile(mask_BTT, (1, G, 1))[:, None]                                   # row m = g * T + t
     k_new_BKTD, v_new_BKTD = k_new_BTKD.transpose(0, 2, 1, 3), v_new_BTKD.transpose(0, 2, 1, 3)
-    m, l, acc = _online_update(carry, _scores(q_BKMD, k_new_BKTD, scale), mask_B1MT, v_new_BKTD)
+    m, l, acc = _online_update(carry, _scores(q_BKMD, k_new_BKTD, scale), v_new_BKTD, mask_B1MT)
     out_BKGTD = (acc / l[..., None]).reshape(B, K, G, T, D)
     return out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D).astype(q_BTHD.dtype)
