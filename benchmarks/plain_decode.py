@@ -2,8 +2,10 @@
 
 Measured in one process, interleaved, medians over repeats:
   * step time at a used context of ~128 and ~2048 tokens: the prompt is ctx - new/2 tokens of real text (Spec-Bench
-    prompts), `--new` tokens are generated, so the mean context over the steps is ctx; the prefill (timed with
-    max_new_tokens=1, same prompt bucket) is subtracted;
+    prompts), `--new` tokens are generated, so the mean context over the steps is ctx. The decode loop
+    (spectax.loop.run, the same jitted while_loop decode() runs) is timed on its own from a prefilled state;
+  * the same step time with the KV cache allocated 8x larger (cost must follow the used length, not the allocation);
+  * end to end `spectax.decode` (prefill + loop, compile excluded);
   * the weights floor: every weight matmul of one decode step (q, k, v, o, gate, up, down per layer + LM head) on one
     token, iterated inside a jitted fori_loop like the decode loop — no attention, norms, RoPE or sampling;
   * when torch + transformers are installed: transformers' greedy `generate` on the same GGUF, same prompt, same
@@ -29,6 +31,11 @@ import numpy as np
 
 import spectax
 from spectax import hub
+from spectax.api import bucket
+from spectax.cache import KVCache
+from spectax.drafters import NoDraft
+from spectax.loop import LoopSpec, prefill, run
+from spectax.sampling import make_sampling
 from spectax.tokenizer import from_gguf
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
@@ -61,6 +68,22 @@ def timed(fn, repeats: int) -> list[float]:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
     return times
+
+
+def loop_only(model, prompt: list[int], new: int, cache_scale: int = 1):
+    """A callable running just the greedy decode loop from a prefilled state (the state is built once)."""
+    sampler, sp = make_sampling(0.0, 0, 1.0)
+    spec = LoopSpec(sampler=sampler, out_size=bucket(new))
+    size = cache_scale * (bucket(len(prompt)) + bucket(new) + 1)
+    prompt_BP = np.zeros((1, bucket(len(prompt))), np.int32)
+    prompt_BP[0, :len(prompt)] = prompt
+    lengths = np.array([len(prompt)], np.int32)
+    args = (np.int32(new), np.int32(-1))
+    drafter = NoDraft()
+    state = jax.jit(lambda m: prefill(m, drafter, spec, prompt_BP, lengths, *args, np.int32(0), sp,
+                                      jax.random.key(0), KVCache.create(m.config, 1, size, m.dtype)))(model)
+    loop = jax.jit(lambda m, s: run(m, drafter, spec, s, *args, sp).n_out)
+    return lambda: loop(model, state)
 
 
 def weights_floor(model, steps: int):
@@ -129,19 +152,20 @@ def main(argv=None):
                for ctx in args.contexts}
     runs = {}
     for ctx, prompt in prompts.items():
-        full = lambda p=prompt: spectax.decode(model, [p], max_new_tokens=args.new).tokens
-        pre = lambda p=prompt: spectax.decode(model, [p], max_new_tokens=1).tokens
-        full(), pre()  # compile both
-        runs[ctx] = (full, pre)
+        runs[ctx] = {"loop": loop_only(model, prompt, args.new),
+                     "loop_cache_x8": loop_only(model, prompt, args.new, cache_scale=8),
+                     "decode": lambda p=prompt: spectax.decode(model, [p], max_new_tokens=args.new).tokens}
+        for fn in runs[ctx].values():
+            fn()  # compile
     floor()
 
-    samples = {ctx: {"full": [], "prefill": []} for ctx in args.contexts}
+    samples = {ctx: {name: [] for name in runs[ctx]} for ctx in args.contexts}
     floor_s = []
     for _ in range(args.repeats):  # interleaved: every measurement sees the same machine state
         floor_s += timed(floor, 1)
-        for ctx, (full, pre) in runs.items():
-            samples[ctx]["full"] += timed(full, 1)
-            samples[ctx]["prefill"] += timed(pre, 1)
+        for ctx, fns in runs.items():
+            for name, fn in fns.items():
+                samples[ctx][name] += timed(fn, 1)
 
     floor_step = statistics.median(floor_s) / args.new
     result = {
@@ -151,11 +175,12 @@ def main(argv=None):
         "weights_floor_ms_per_step": 1e3 * floor_step, "contexts": {},
     }
     for ctx in args.contexts:
-        full, pre = statistics.median(samples[ctx]["full"]), statistics.median(samples[ctx]["prefill"])
-        step = (full - pre) / (args.new - 1)
+        med = {name: statistics.median(v) for name, v in samples[ctx].items()}
+        step = med["loop"] / (args.new - 1)  # the loop makes new - 1 target calls (the prefill made the first)
         result["contexts"][str(ctx)] = {
             "prompt_tokens": len(prompts[ctx]), "step_ms": 1e3 * step, "decode_tokens_per_s": 1 / step,
-            "prefill_s": pre, "end_to_end_s": full, "end_to_end_tokens_per_s": args.new / full,
+            "step_ms_cache_allocated_x8": 1e3 * med["loop_cache_x8"] / (args.new - 1),
+            "end_to_end_s": med["decode"], "end_to_end_tokens_per_s": args.new / med["decode"],
             "fraction_of_weights_floor": floor_step / step,
         }
     if len(args.contexts) >= 2:

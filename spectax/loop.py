@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax import lax
 
 from spectax.cache import KVCache, commit_path
 from spectax.models import Model
@@ -50,6 +51,7 @@ class LoopSpec:
     sampler: Sampler
     out_size: int          # output buffer length (a bucket >= max_new_tokens)
     attn_impl: str = "xla"
+    prefill_chunk: int = 256  # prompt tokens per prefill forward (bounds the [chunk, chunk] attention block)
 
 
 def _verify(spec: LoopSpec, drafter, logits_BTV, draft, rng, sp: SamplingParams):
@@ -77,15 +79,35 @@ def _append(state: DecodeState, new_BC, count_B, eos_id, max_new):
 
 def prefill(model: Model, drafter, spec: LoopSpec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id,
             sp: SamplingParams, rng, cache: KVCache) -> DecodeState:
-    """One target call over the (right-padded) prompts; samples each row's first new token."""
+    """The target over the (right-padded) prompts, chunk by chunk; samples each row's first new token.
+
+    Chunk c covers prompt slots [c * C, (c + 1) * C) of every row and attends to the cache slots before it, so the
+    attention never materialises more than a [C, C] block. A row's padding lands in dead slots (its length is set
+    to its prompt length at the end); its last-token logits come from the chunk holding that token.
+    """
     B, P = prompt_BP.shape
-    positions = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-    causal = jnp.tril(jnp.ones((P, P), bool))
-    logits, _, kv = model.forward(prompt_BP, positions, cache.layers, cache.lengths, causal, spec.attn_impl,
-                                  logits_at_BK=(prompt_len_B - 1)[:, None])
+    C = min(spec.prefill_chunk, P)
+    if P % C:
+        raise ValueError(f"prompt bucket {P} is not a multiple of the prefill chunk {C}")
+    causal = jnp.tril(jnp.ones((C, C), bool))
+    last_B = prompt_len_B - 1
+
+    def chunk(c, carry):
+        kv, logits_BV = carry
+        start = c * C
+        tokens = lax.dynamic_slice_in_dim(prompt_BP, start, C, axis=1)
+        positions = jnp.broadcast_to(start + jnp.arange(C, dtype=jnp.int32), (B, C))
+        at = jnp.clip(last_B - start, 0, C - 1)[:, None]
+        logits, _, kv = model.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32), causal,
+                                      spec.attn_impl, logits_at_BK=at)
+        mine = (last_B >= start) & (last_B < start + C)
+        return kv, jnp.where(mine[:, None], logits[:, 0], logits_BV)
+
+    init = (cache.layers, jnp.zeros((B, model.config.vocab_size), jnp.float32))
+    kv, last_logits = lax.fori_loop(0, P // C, chunk, init)
     cache = cache.with_layers(kv).replace(lengths=prompt_len_B.astype(jnp.int32))
     rng, key = jax.random.split(rng)
-    first = sample(logits[:, 0], key, spec.sampler, sp)
+    first = sample(last_logits, key, spec.sampler, sp)
     D = drafter.tree.max_depth
     state = DecodeState(
         tokens=jnp.full((B, spec.out_size), pad_id, jnp.int32), n_out=jnp.zeros((B,), jnp.int32), root=first,

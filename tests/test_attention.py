@@ -40,11 +40,11 @@ def random_tree_mask(rng, T):
 
 
 @pytest.mark.parametrize("lengths", [(0, 13, 30), (17, 13, 30), (36, 36, 36)])
-@pytest.mark.parametrize("block_size", [4, 7, 256])
+@pytest.mark.parametrize("block_size,edge_block_size", [(4, 4), (8, 3), (7, 5), (256, 128)])
 @pytest.mark.parametrize("T", [1, 5])
-def test_reference_matches_dense_with_poisoned_slots(block_size, T, lengths):
+def test_reference_matches_dense_with_poisoned_slots(block_size, edge_block_size, T, lengths):
     """Covers blocks live for every row (unmasked path), edge blocks, a clamped last block and an empty prefix."""
-    rng = np.random.default_rng(T * 100 + block_size)
+    rng = np.random.default_rng(T * 100 + block_size + edge_block_size)
     B, S, H, K, D = 3, 41, 6, 2, 8
     q = rng.normal(size=(B, T, H, D)).astype(np.float32)
     k_new, v_new = (rng.normal(size=(B, T, K, D)).astype(np.float32) for _ in range(2))
@@ -55,7 +55,8 @@ def test_reference_matches_dense_with_poisoned_slots(block_size, T, lengths):
         v_cache[b, L:] = np.nan
     mask = np.stack([random_tree_mask(rng, T) for _ in range(B)])
     got = tree_attention_reference(q, k_new, v_new, k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3),
-                                   lengths, mask, block_size=block_size)
+                                   lengths, mask, block_size=block_size,
+                                   edge_block_size=edge_block_size)
     want = dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask)
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=2e-5)

@@ -158,3 +158,20 @@ def test_prompt_longer_than_context(tiny_gpt2, monkeypatch):
 def test_not_a_model():
     with pytest.raises(ValueError, match="spectax Model"):
         spectax.decode(object(), [[1]], max_new_tokens=2)
+
+
+def test_chunked_prefill_of_long_ragged_prompts(tiny_llama):
+    """Prompts spanning several 256-token prefill chunks (bucket 512), one row ending inside the first chunk."""
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(0, 97, 300).tolist(), rng.integers(0, 97, 20).tolist(), rng.integers(0, 97, 257).tolist()]
+    out = run(tiny_llama, prompts, 6, poison_cache=True)
+    buf = np.zeros((3, 512), np.int32)
+    seqs = [list(p) for p in prompts]
+    for _ in range(6):
+        for i, s in enumerate(seqs):
+            buf[i, :len(s)] = s
+        logits = tiny_llama.logits(buf)
+        for i, s in enumerate(seqs):
+            s.append(int(jnp.argmax(logits[i, len(s) - 1])))
+    for i, p in enumerate(prompts):
+        assert out.tokens[i].tolist() == seqs[i][len(p):], f"row {i}"

@@ -10,12 +10,12 @@ IMPLS = ("xla",)
 
 
 def tree_attention(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
-                   block_size=512, impl="xla"):
+                   block_size=512, edge_block_size=128, impl="xla"):
     """Dispatches to the implementation named by `impl` (see `tree_attention_reference` for the contract)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; available: {IMPLS}")
     return tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B,
-                                    mask_TT, block_size=block_size)
+                                    mask_TT, block_size=block_size, edge_block_size=edge_block_size)
 
 
 __all__ = ["tree_attention", "tree_attention_reference", "IMPLS"]

@@ -6,8 +6,9 @@ Query token t of row b sees
 Cache slots at or beyond lengths[b] are never read into the result, whatever they hold (NaN included).
 
 The prefix is read in blocks of `block_size` slots by an online-softmax loop whose trip count is
-ceil(max(lengths) / block_size): the cost follows the used length, not the allocated cache size. Blocks live for
-every row skip the masking; only blocks holding some row's end pay for it.
+about max(lengths) / block_size: the cost follows the used length, not the allocated cache size. Slots live for
+every row go unmasked (big blocks, then `edge_block_size` ones); only the blocks past the shortest row's end pay
+for masking.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _online_update(carry, s_BKMS, v_BKSD, valid=None):
 
 
 def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
-                             block_size=512):
+                             block_size=512, edge_block_size=128):
     """Attention of T new tokens over each row's cache prefix plus the new tokens.
 
     q_BTHD: [B, T, H, D] queries (RoPE applied). k_new_BTKD / v_new_BTKD: [B, T, K, D] the new tokens' keys and
@@ -65,27 +66,31 @@ def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cac
 
     if k_cache_BKSD is not None:
         S = k_cache_BKSD.shape[2]
-        bs = min(block_size, S)
-        full_blocks = jnp.min(lengths_B) // bs            # live for every row: no masking needed
-        n_blocks = (jnp.max(lengths_B) + bs - 1) // bs
+        bs, es = min(block_size, S), min(edge_block_size, block_size, S)
+        shortest, longest = jnp.min(lengths_B), jnp.max(lengths_B)
 
-        def full_body(i, carry):
-            kb = lax.dynamic_slice_in_dim(k_cache_BKSD, i * bs, bs, axis=2)  # [B, K, bs, D]
-            vb = lax.dynamic_slice_in_dim(v_cache_BKSD, i * bs, bs, axis=2)
-            return _online_update(carry, _scores(q_BKMD, kb, scale), vb)
+        def blocks(carry, first, count, size, masked):
+            """Folds `count` blocks of `size` slots starting at slot `first`; `masked` for blocks past a row's end."""
+            def body(i, carry):
+                start = first + i * size
+                start_c = jnp.minimum(start, S - size)  # dynamic_slice would clamp silently: mask the overlap
+                kb = lax.dynamic_slice_in_dim(k_cache_BKSD, start_c, size, axis=2)  # [B, K, size, D]
+                vb = lax.dynamic_slice_in_dim(v_cache_BKSD, start_c, size, axis=2)
+                if not masked:
+                    return _online_update(carry, _scores(q_BKMD, kb, scale), vb)
+                slots = start_c + jnp.arange(size)
+                valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
+                vb = jnp.where(valid_BS[:, None, :, None], vb, 0)  # 0 * NaN would poison the sum
+                return _online_update(carry, _scores(q_BKMD, kb, scale), vb, valid_BS[:, None, None, :])
+            return lax.fori_loop(0, count, body, carry)
 
-        def edge_body(i, carry):  # blocks holding some row's end: dead slots masked, their values zeroed
-            start = i * bs
-            start_c = jnp.minimum(start, S - bs)  # dynamic_slice clamps: do it ourselves, mask the overlap
-            kb = lax.dynamic_slice_in_dim(k_cache_BKSD, start_c, bs, axis=2)
-            vb = lax.dynamic_slice_in_dim(v_cache_BKSD, start_c, bs, axis=2)
-            slots = start_c + jnp.arange(bs)
-            valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
-            vb = jnp.where(valid_BS[:, None, :, None], vb, 0)  # 0 * NaN would poison the sum
-            return _online_update(carry, _scores(q_BKMD, kb, scale), vb, valid_BS[:, None, None, :])
-
-        carry = lax.fori_loop(0, full_blocks, full_body, carry)
-        carry = lax.fori_loop(full_blocks, n_blocks, edge_body, carry)
+        # live for every row: big unmasked blocks, then small unmasked ones, then small masked ones to the end
+        big = shortest // bs
+        small = (shortest - big * bs) // es
+        edge_from = big * bs + small * es
+        carry = blocks(carry, 0, big, bs, masked=False)
+        carry = blocks(carry, big * bs, small, es, masked=False)
+        carry = blocks(carry, edge_from, (longest - edge_from + es - 1) // es, es, masked=True)
 
     mask = jnp.asarray(mask_TT, bool)
     mask_BTT = jnp.broadcast_to(mask, (B, T, T)) if mask.ndim == 2 else mask
