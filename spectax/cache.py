@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax import lax
 
 if TYPE_CHECKING:
     from spectax.models.config import ModelConfig
@@ -55,12 +54,13 @@ class KVCache:
 def write_block(cache_BKSD: jax.Array, new_BTKD: jax.Array, lengths_B: jax.Array) -> jax.Array:
     """Writes T new entries per row at slots lengths[b] .. lengths[b] + T - 1 (uncommitted until `advance`).
 
-    One dynamic_update_slice per row: XLA updates the buffer in place (callers keep lengths + T <= S).
+    One scatter for the whole batch, in place inside the loop; slots past the end are dropped (callers keep
+    lengths + T <= S for live rows).
     """
-    new_BKTD = new_BTKD.transpose(0, 2, 1, 3).astype(cache_BKSD.dtype)
-    for b in range(cache_BKSD.shape[0]):
-        cache_BKSD = lax.dynamic_update_slice(cache_BKSD, new_BKTD[b:b + 1], (b, 0, lengths_B[b], 0))
-    return cache_BKSD
+    B, T = new_BTKD.shape[:2]
+    rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+    slots_BT = lengths_B[:, None] + jnp.arange(T)[None, :]
+    return cache_BKSD.at[rows_BT, :, slots_BT].set(new_BTKD.astype(cache_BKSD.dtype), mode="drop")
 
 
 def commit_path(cache: KVCache, path_BD: jax.Array, n_accepted_B: jax.Array, active_B: jax.Array) -> KVCache:
