@@ -61,7 +61,9 @@ def _verify(spec: LoopSpec, drafter, logits_BTV, draft, rng, sp: SamplingParams)
 
 
 def _append(state: DecodeState, new_BC, count_B, eos_id, max_new):
-    """Writes the first count_B[b] of new_BC per row, cut after EOS and at max_new; returns (tokens, n_out, done)."""
+    """Writes the first count_B[b] of new_BC per row, cut after EOS and at max_new.
+
+    Returns (tokens, n_out, done, count written per row)."""
     B, C = new_BC.shape
     j = jnp.arange(C)[None, :]
     eos_BC = (new_BC == eos_id) & (j < count_B[:, None])
@@ -122,7 +124,6 @@ def prefill(model: Model, drafter, spec: LoopSpec, prompt_BP, prompt_len_B, max_
 def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos_id, sp: SamplingParams) -> DecodeState:
     """propose -> verify (the one target call) -> accept -> commit."""
     tree = drafter.tree
-    B = state.root.shape[0]
     rng, k_draft, k_verify = jax.random.split(state.rng, 3)
     draft = drafter.propose(state.drafter_state, state.root, k_draft)
     step_tokens = jnp.concatenate([state.root[:, None], draft.tokens_BN], axis=1)          # [B, 1 + N]

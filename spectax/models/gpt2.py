@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
-from spectax.models.head import tied_logits
+from spectax.models.head import head_inputs, tied_logits
 
 
 class _GPT2Attention(nn.Module):
@@ -71,5 +71,5 @@ class GPT2Decoder(nn.Module):
                 x, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
         hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)
-        head_in = hidden if logits_at_BK is None else jnp.take_along_axis(hidden, logits_at_BK[..., None], axis=1)
+        head_in = head_inputs(hidden, logits_at_BK)
         return tied_logits(wte.embedding, head_in).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))

@@ -1,9 +1,16 @@
-"""The tied LM head: logits from the embedding table without transposing it."""
+"""The LM head's shared pieces: which positions it reads, and the tied head without a table transpose."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
+
+
+def head_inputs(hidden_BTD, logits_at_BK=None):
+    """The hidden states the LM head needs: all T, or only the K positions per row in logits_at_BK [B, K]."""
+    if logits_at_BK is None:
+        return hidden_BTD
+    return jnp.take_along_axis(hidden_BTD, logits_at_BK[..., None], axis=1)
 
 
 def tied_logits(embedding_VD, hidden_BTD):

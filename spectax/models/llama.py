@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
-from spectax.models.head import tied_logits
+from spectax.models.head import head_inputs, tied_logits
 from spectax.models.rope import apply_rope, inv_frequencies
 
 
@@ -44,6 +44,22 @@ class LlamaMLP(nn.Module):
         return dense(c.hidden_size, "down")(h)
 
 
+class _LlamaBlock(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype
+    attn_impl: str
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, layer_kv, lengths_B, mask_TT):
+        c = self.config
+        norm = lambda name: nn.RMSNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name=name)
+        h, layer_kv = LlamaAttention(c, self.dtype, self.attn_impl, name="attn")(
+            norm("attn_norm")(x_BTD), positions_BT, layer_kv, lengths_B, mask_TT)
+        x_BTD = x_BTD + h
+        x_BTD = x_BTD + LlamaMLP(c, self.dtype, name="mlp")(norm("mlp_norm")(x_BTD))
+        return x_BTD, layer_kv
+
+
 class LlamaDecoder(nn.Module):
     """forward(tokens [B, T], positions [B, T], kv (tuple of per-layer (k, v)) | None, lengths [B], mask [T, T])
     -> logits [B, T, V] (float32), hidden [B, T, D] (after the final norm), updated kv."""
@@ -64,26 +80,10 @@ class LlamaDecoder(nn.Module):
             x, layer_kv = layer(x, positions_BT, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
         hidden = norm("final_norm")(x)
-        head_in = hidden if logits_at_BK is None else jnp.take_along_axis(hidden, logits_at_BK[..., None], axis=1)
+        head_in = head_inputs(hidden, logits_at_BK)
         if c.tie_embeddings:
             logits = tied_logits(embed.embedding, head_in)
         else:
             logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
                               name="lm_head")(head_in)
         return logits.astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))
-
-
-class _LlamaBlock(nn.Module):
-    config: ModelConfig
-    dtype: jnp.dtype
-    attn_impl: str
-
-    @nn.compact
-    def __call__(self, x_BTD, positions_BT, layer_kv, lengths_B, mask_TT):
-        c = self.config
-        norm = lambda name: nn.RMSNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name=name)
-        h, layer_kv = LlamaAttention(c, self.dtype, self.attn_impl, name="attn")(
-            norm("attn_norm")(x_BTD), positions_BT, layer_kv, lengths_B, mask_TT)
-        x_BTD = x_BTD + h
-        x_BTD = x_BTD + LlamaMLP(c, self.dtype, name="mlp")(norm("mlp_norm")(x_BTD))
-        return x_BTD, layer_kv
