@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -30,12 +31,15 @@ class SamplingParams:
 
 def make_sampling(temperature: float, top_k: int, top_p: float) -> tuple[Sampler, SamplingParams]:
     """Validates the user's values (ValueError on bad input) and splits them into static and data parts."""
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+    real = (int, float, np.integer, np.floating)
+    if isinstance(temperature, bool) or not isinstance(temperature, real) or not math.isfinite(temperature) \
+            or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
-    if not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0:
+    if isinstance(top_p, bool) or not isinstance(top_p, real) or not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    temperature, top_k, top_p = float(temperature), int(top_k), float(top_p)
     greedy = temperature == 0
     sampler = Sampler(greedy=greedy, filtered=not greedy and (top_k > 0 or top_p < 1.0))
     params = SamplingParams(temperature=jnp.float32(max(temperature, 1e-6)), top_k=jnp.int32(top_k),

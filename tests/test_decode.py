@@ -100,6 +100,13 @@ def test_sampling_is_deterministic_per_seed(tiny_llama):
     np.testing.assert_array_equal(a, d)
 
 
+def test_numpy_scalars_are_accepted(tiny_llama):
+    a = spectax.decode(tiny_llama, PROMPTS, max_new_tokens=np.int64(8), temperature=np.float32(0.7),
+                       top_k=np.int32(20), top_p=np.float64(0.9), rng=np.int64(2), eos_id=np.int32(5))
+    b = spectax.decode(tiny_llama, PROMPTS, max_new_tokens=8, temperature=0.7, top_k=20, top_p=0.9, rng=2, eos_id=5)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
 def test_one_compile_per_bucket(monkeypatch):
     # a config no other test uses: the process-wide jit cache cannot already hold its programs
     tiny_llama = spectax.Model.random(dataclasses.replace(TINY_LLAMA, max_position=777), seed=5, scale=3.0)
@@ -122,6 +129,8 @@ BAD = [
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
     (dict(top_k=-1), "top_k"),
+    (dict(top_k=2.0), "top_k"),
+    (dict(temperature=True), "temperature"),
     (dict(eos_id=97), "eos_id"),
     (dict(attn_impl="magic"), "attn_impl"),
     (dict(cache_size=10), "cache_size"),
