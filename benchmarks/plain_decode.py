@@ -7,7 +7,7 @@ Measured in one process, interleaved, medians over repeats:
   * the same step time with the KV cache allocated 8x larger (cost must follow the used length, not the allocation);
   * end to end `spectax.decode` (prefill + loop, compile excluded);
   * the weights floor: every weight matmul of one decode step (q, k, v, o, gate, up, down per layer + LM head) on one
-    token, iterated inside a jitted fori_loop like the decode loop — no attention, norms, RoPE or sampling;
+    token, iterated inside a jitted lax.scan like the decode loop — no attention, norms, RoPE or sampling;
   * when torch + transformers are installed: transformers' greedy `generate` on the same GGUF, same prompt, same
     thread count, end to end (prefill included), against spectax end to end.
 

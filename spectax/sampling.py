@@ -64,13 +64,6 @@ def warp(logits_xV: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.
     return jnp.where(logits >= cut, logits, -jnp.inf)
 
 
-def probabilities(logits_xV: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:
-    """The warped distribution float32 [..., V] (one-hot on the argmax when greedy)."""
-    if sampler.greedy:
-        return jax.nn.one_hot(jnp.argmax(logits_xV, axis=-1), logits_xV.shape[-1], dtype=jnp.float32)
-    return jax.nn.softmax(warp(logits_xV, sampler, params), axis=-1)
-
-
 def sample(logits_xV: jax.Array, rng: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:
     """One token id per leading index, int32 [...]: argmax when greedy, else a draw from the warped logits."""
     if sampler.greedy:

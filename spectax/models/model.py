@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -93,7 +92,7 @@ class Model:
         return _full_logits(self, tokens_BT)
 
 
-@functools.partial(jax.jit)
+@jax.jit
 def _full_logits(model: Model, tokens_BT):
     B, T = tokens_BT.shape
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
