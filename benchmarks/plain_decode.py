@@ -73,7 +73,7 @@ def timed(fn, repeats: int) -> list[float]:
 def loop_only(model, prompt: list[int], new: int, cache_scale: int = 1):
     """A callable running just the greedy decode loop from a prefilled state (the state is built once)."""
     sampler, sp = make_sampling(0.0, 0, 1.0)
-    spec = LoopSpec(sampler=sampler, out_size=bucket(new))
+    spec = LoopSpec(sampler=sampler, out_size=bucket(new), vocab_size=model.config.vocab_size)
     size = cache_scale * (bucket(len(prompt)) + bucket(new) + 1)
     prompt_BP = np.zeros((1, bucket(len(prompt))), np.int32)
     prompt_BP[0, :len(prompt)] = prompt

@@ -17,6 +17,8 @@ from spectax.drafters import NoDraft
 from spectax.loop import DecodeStats, LoopSpec, prefill, run
 from spectax.models import Model
 from spectax.sampling import SamplingParams, make_sampling
+from spectax.tree import DraftTree
+from spectax.verify.lossy import LOSSY_RULES
 
 MIN_BUCKET = 16
 
@@ -77,34 +79,48 @@ def prepare_prompt(prompt, prompt_lengths, vocab_size: int) -> tuple[np.ndarray,
 
 def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=None, drafter=None,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=0, eos_id: int | None = None,
-           pad_id: int = 0, attn_impl: str = "auto", cache_size: int | None = None) -> DecodeResult:
+           pad_id: int = 0, attn_impl: str = "auto", cache_size: int | None = None, lossy=None) -> DecodeResult:
     """Decodes up to `max_new_tokens` new tokens per row in one jitted program (prefill + lax.while_loop).
 
     prompt: a list of token-id lists (ragged), or int [B, P] right-padded with `prompt_lengths` int [B].
-    drafter: None (plain decoding) or a spectax drafter. temperature 0 is greedy; otherwise temperature / top_k
-    (0 = off) / top_p (1 = off) warp the target distribution; `rng` (int seed or jax key) makes sampling
-    deterministic. A row stops after emitting `eos_id` (kept in the output). Prompt and output lengths are bucketed
-    to powers of two, so a new prompt length in the same bucket does not recompile. `cache_size` overrides the KV
-    cache slots per row (default: prompt bucket + output bucket + draft nodes + 1).
+    drafter: None (plain decoding) or a spectax drafter (e.g. `spectax.drafters.DraftModel(small, tree=...)`);
+    its draft is verified losslessly: greedy output equals plain greedy output, sampled output is distributed as
+    plain sampling. `lossy` (a `spectax.verify.Typical` or `TopKMatch` rule) trades that for acceptance.
+    temperature 0 is greedy; otherwise temperature / top_k (0 = off) / top_p (1 = off) warp the target (and the
+    draft) distribution; `rng` (int seed or jax key) makes sampling deterministic. A row stops after emitting
+    `eos_id` (kept in the output). Prompt and output lengths are bucketed to powers of two, so a new prompt length
+    in the same bucket does not recompile. `cache_size` overrides the KV cache slots per row (default: prompt
+    bucket + output bucket + draft nodes + 1).
     Returns DecodeResult(tokens [B, max_new_tokens], lengths [B], stats).
     """
     return _decode(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
                    temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, eos_id=eos_id, pad_id=pad_id,
-                   attn_impl=attn_impl, cache_size=cache_size, poison_cache=False)
+                   attn_impl=attn_impl, cache_size=cache_size, lossy=lossy, poison_cache=False)
+
+
+def _check_drafter(drafter, config) -> None:
+    for method in ("check", "init", "propose", "update"):
+        if not callable(getattr(drafter, method, None)):
+            raise ValueError(f"drafter must be None or a spectax drafter (spectax.drafters), got "
+                             f"{type(drafter).__name__} without a {method}() method")
+    if not isinstance(getattr(drafter, "tree", None), DraftTree):
+        raise ValueError(f"drafter {type(drafter).__name__} has no DraftTree `tree`")
+    drafter.check(config)
 
 
 def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
-            pad_id, attn_impl, cache_size, poison_cache) -> DecodeResult:
+            pad_id, attn_impl, cache_size, lossy, poison_cache) -> DecodeResult:
     """decode() with a test knob: `poison_cache` fills every unwritten cache slot with NaN."""
     if not isinstance(model, Model):
         raise ValueError(f"model must be a spectax Model (spectax.load(...)), got {type(model).__name__}")
     config = model.config
     drafter = NoDraft() if drafter is None else drafter
+    _check_drafter(drafter, config)
+    if lossy is not None and not isinstance(lossy, LOSSY_RULES):
+        raise ValueError(f"lossy must be None or a rule from spectax.verify (Typical, TopKMatch), got {lossy!r}")
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     sampler, sp = make_sampling(temperature, top_k, top_p)
-    if not sampler.greedy and drafter.tree.num_nodes:
-        raise ValueError("speculative sampling (temperature > 0 with a drafter) is not available yet")
     if eos_id is not None and (not _is_int(eos_id) or not 0 <= eos_id < config.vocab_size):
         raise ValueError(f"eos_id must be None or a token id in [0, {config.vocab_size}), got {eos_id!r}")
     if not _is_int(pad_id):
@@ -122,13 +138,14 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
     if cache_size is None:
         cache_size = needed
     elif not _is_int(cache_size) or cache_size < needed:
-        raise ValueError(f"cache_size must be an int >= {needed} for this prompt bucket, output bucket and draft "
-                         f"tree, got {cache_size!r}")
+        raise ValueError(f"cache_size must be an int >= {needed} for this prompt bucket ({p_bucket}), output "
+                         f"bucket ({out_bucket}) and draft tree ({drafter.tree.num_nodes} nodes + root), "
+                         f"got {cache_size!r}")
     prompt_BP = np.zeros((tokens.shape[0], p_bucket), np.int32)
     width = min(tokens.shape[1], p_bucket)
     prompt_BP[:, :width] = tokens[:, :width]
     key = jax.random.key(rng) if _is_int(rng) else rng
-    spec = LoopSpec(sampler=sampler, out_size=out_bucket, attn_impl=impl)
+    spec = LoopSpec(sampler=sampler, out_size=out_bucket, vocab_size=config.vocab_size, attn_impl=impl, lossy=lossy)
     out, n_out, stats = _decode_program(model, drafter, prompt_BP, lengths, np.int32(max_new_tokens),
                                         np.int32(-1 if eos_id is None else eos_id), np.int32(pad_id), sp, key,
                                         spec=spec, cache_size=int(cache_size), poison_cache=poison_cache)

@@ -7,13 +7,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jax import lax
 
 from spectax.cache import KVCache, commit_path
 from spectax.models import Model
 from spectax.sampling import Sampler, SamplingParams, sample
-from spectax.verify import verify_greedy, verify_sample_root
+from spectax.tree import DraftTree
+from spectax.verify import verify_greedy, verify_lossy, verify_multi_draft, verify_speculative
 
 
 @struct.dataclass
@@ -24,12 +26,26 @@ class DecodeStats:
     row_calls: jax.Array      # int32 [B] steps in which the row was still decoding
     new_tokens: jax.Array     # int32 [B] tokens the steps committed (the prefill's first token excluded)
     accepted_hist: jax.Array  # int32 [B, D + 1] steps by number of accepted draft tokens
+    rank_hist: jax.Array      # int32 [D, R + 1] steps reaching depth d + 1 by the sibling rank accepted there (R: none)
 
     @property
     def tau(self) -> float:
         """Mean new tokens per target call over all rows (1.0 for plain decoding)."""
         calls = int(jnp.sum(self.row_calls))
         return float(jnp.sum(self.new_tokens)) / calls if calls else float("nan")
+
+    @property
+    def acceptance_per_depth(self) -> np.ndarray:
+        """float [D]: the fraction of steps that reached depth d - 1 and accepted a node at depth d (all rows)."""
+        at_least = np.cumsum(np.asarray(self.accepted_hist).sum(0)[::-1])[::-1]   # [D + 1] steps with >= d accepted
+        return at_least[1:] / np.maximum(at_least[:-1], 1)
+
+    @property
+    def rank_acceptance(self) -> np.ndarray:
+        """float [D, R]: per depth, the fraction of steps reaching it that accepted the child of each sibling rank:
+        the measured positional acceptance `DraftTree.optimal` takes."""
+        hist = np.asarray(self.rank_hist, np.float64)
+        return hist[:, :-1] / np.maximum(hist.sum(1, keepdims=True), 1)
 
 
 @struct.dataclass
@@ -50,14 +66,21 @@ class LoopSpec:
 
     sampler: Sampler
     out_size: int          # output buffer length (a bucket >= max_new_tokens)
+    vocab_size: int        # the target's vocabulary (drafters map theirs onto it)
     attn_impl: str = "xla"
     prefill_chunk: int = 256  # prompt tokens per prefill forward (bounds the [chunk, chunk] attention block)
+    lossy: Any = None         # None (lossless) or a lossy acceptance rule from spectax.verify.lossy
 
 
-def _verify(spec: LoopSpec, drafter, logits_BTV, draft, rng, sp: SamplingParams):
+def _verify(spec: LoopSpec, tree: DraftTree, logits_BTV, draft, rng, sp: SamplingParams):
+    """The verifier for this step: a lossy rule if asked for, else exact greedy or lossless sampling."""
+    if spec.lossy is not None:
+        return verify_lossy(logits_BTV, draft, tree, rng, spec.sampler, sp, spec.lossy)
     if spec.sampler.greedy:
-        return verify_greedy(logits_BTV, draft.tokens_BN, drafter.tree)
-    return verify_sample_root(logits_BTV, draft.tokens_BN, drafter.tree, rng, spec.sampler, sp)
+        return verify_greedy(logits_BTV, draft.tokens_BN, tree)
+    if tree.num_nodes == 0 or tree.is_chain:
+        return verify_speculative(logits_BTV, draft, tree, rng, spec.sampler, sp)
+    return verify_multi_draft(logits_BTV, draft, tree, rng, spec.sampler, sp)
 
 
 def _append(state: DecodeState, new_BC, count_B, eos_id, max_new):
@@ -81,56 +104,44 @@ def _append(state: DecodeState, new_BC, count_B, eos_id, max_new):
 
 def prefill(model: Model, drafter, spec: LoopSpec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id,
             sp: SamplingParams, rng, cache: KVCache) -> DecodeState:
-    """The target over the (right-padded) prompts, chunk by chunk; samples each row's first new token.
-
-    Chunk c covers prompt slots [c * C, (c + 1) * C) of every row and attends to the cache slots before it, so the
-    attention never materialises more than a [C, C] block. A row's padding lands in dead slots (its length is set
-    to its prompt length at the end); its last-token logits come from the chunk holding that token.
-    """
-    B, P = prompt_BP.shape
-    C = min(spec.prefill_chunk, P)
-    if P % C:
-        raise ValueError(f"prompt bucket {P} is not a multiple of the prefill chunk {C}")
-    causal = jnp.tril(jnp.ones((C, C), bool))
-    last_B = prompt_len_B - 1
-
-    def chunk(c, carry):
-        kv, logits_BV = carry
-        start = c * C
-        tokens = lax.dynamic_slice_in_dim(prompt_BP, start, C, axis=1)
-        positions = jnp.broadcast_to(start + jnp.arange(C, dtype=jnp.int32), (B, C))
-        at = jnp.clip(last_B - start, 0, C - 1)[:, None]
-        logits, _, kv = model.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32), causal,
-                                      spec.attn_impl, logits_at_BK=at)
-        mine = (last_B >= start) & (last_B < start + C)
-        return kv, jnp.where(mine[:, None], logits[:, 0], logits_BV)
-
-    init = (cache.layers, jnp.zeros((B, model.config.vocab_size), jnp.float32))
-    kv, last_logits = lax.fori_loop(0, P // C, chunk, init)
+    """The target (and the drafter) over the right-padded prompts; samples each row's first new token."""
+    B = prompt_BP.shape[0]
+    kv, last_logits = model.prefill(prompt_BP, prompt_len_B, cache.layers, spec.prefill_chunk, spec.attn_impl)
     cache = cache.with_layers(kv).replace(lengths=prompt_len_B.astype(jnp.int32))
     rng, key = jax.random.split(rng)
     first = sample(last_logits, key, spec.sampler, sp)
-    D = drafter.tree.max_depth
+    tree = drafter.tree
+    D = tree.max_depth
     state = DecodeState(
         tokens=jnp.full((B, spec.out_size), pad_id, jnp.int32), n_out=jnp.zeros((B,), jnp.int32), root=first,
         done=jnp.zeros((B,), bool), cache=cache,
-        drafter_state=drafter.init(prompt_BP, prompt_len_B, cache.size), rng=rng,
+        drafter_state=drafter.init(prompt_BP, prompt_len_B, cache.size, spec), rng=rng,
         stats=DecodeStats(target_calls=jnp.int32(0), row_calls=jnp.zeros((B,), jnp.int32),
-                          new_tokens=jnp.zeros((B,), jnp.int32), accepted_hist=jnp.zeros((B, D + 1), jnp.int32)))
+                          new_tokens=jnp.zeros((B,), jnp.int32), accepted_hist=jnp.zeros((B, D + 1), jnp.int32),
+                          rank_hist=jnp.zeros((D, tree.max_children + 1), jnp.int32)))
     tokens, n_out, done, _ = _append(state, first[:, None], jnp.ones((B,), jnp.int32), eos_id, max_new)
     return state.replace(tokens=tokens, n_out=n_out, done=done)
+
+
+def _rank_counts(tree: DraftTree, verdict, active_B) -> jax.Array:
+    """int32 [D, R + 1]: this step's rows reaching each depth, by the sibling rank accepted there (R: none)."""
+    D, R = tree.max_depth, tree.max_children
+    rank_T = jnp.asarray(np.concatenate([[R], tree.child_rank]).astype(np.int32))   # step index -> its rank
+    rank_BD = jnp.where(verdict.path_BD >= 0, rank_T[jnp.maximum(verdict.path_BD, 0)], R)
+    reached_BD = active_B[:, None] & (jnp.arange(D)[None, :] <= verdict.n_accepted[:, None])
+    return jnp.sum(jax.nn.one_hot(rank_BD, R + 1, dtype=jnp.int32) * reached_BD[..., None], axis=0)
 
 
 def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos_id, sp: SamplingParams) -> DecodeState:
     """propose -> verify (the one target call) -> accept -> commit."""
     tree = drafter.tree
     rng, k_draft, k_verify = jax.random.split(state.rng, 3)
-    draft = drafter.propose(state.drafter_state, state.root, k_draft)
+    draft, drafter_state = drafter.propose(state.drafter_state, state.root, k_draft, spec, sp)
     step_tokens = jnp.concatenate([state.root[:, None], draft.tokens_BN], axis=1)          # [B, 1 + N]
     positions = state.cache.lengths[:, None] + jnp.asarray(tree.step_depth)[None, :]
     logits, hidden, kv = model.forward(step_tokens, positions, state.cache.layers, state.cache.lengths,
                                        jnp.asarray(tree.step_mask), spec.attn_impl)
-    verdict = _verify(spec, drafter, logits, draft, k_verify, sp)
+    verdict = _verify(spec, tree, logits, draft, k_verify, sp)
     active = ~state.done
     new_BC = verdict.new_tokens(draft.tokens_BN)
     tokens, n_out, done, count = _append(state, new_BC, verdict.n_accepted + 1, eos_id, max_new)
@@ -139,10 +150,10 @@ def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos
                                         * active[:, None])
     stats = DecodeStats(target_calls=state.stats.target_calls + 1,
                         row_calls=state.stats.row_calls + active, new_tokens=state.stats.new_tokens + count,
-                        accepted_hist=hist)
+                        accepted_hist=hist, rank_hist=state.stats.rank_hist + _rank_counts(tree, verdict, active))
     return DecodeState(tokens=tokens, n_out=n_out, root=jnp.where(active, verdict.next_root, state.root),
                        done=done, cache=cache,
-                       drafter_state=drafter.update(state.drafter_state, verdict, new_BC, hidden),
+                       drafter_state=drafter.update(drafter_state, verdict, new_BC, hidden, active),
                        rng=rng, stats=stats)
 
 

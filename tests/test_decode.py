@@ -27,7 +27,7 @@ def greedy_by_full_forward(model, prompt, n):
 
 def run(model, prompts, n, **kw):
     args = dict(prompt_lengths=None, drafter=None, temperature=0.0, top_k=0, top_p=1.0, rng=0, eos_id=None,
-                pad_id=0, attn_impl="auto", cache_size=None, poison_cache=False)
+                pad_id=0, attn_impl="auto", cache_size=None, lossy=None, poison_cache=False)
     args.update(kw)
     return _decode(model, prompts, n, **args)
 

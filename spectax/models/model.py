@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax import lax
 
 from spectax.models.config import ModelConfig
 from spectax.models.gpt2 import GPT2Decoder
@@ -83,6 +84,34 @@ class Model:
         """
         module = decoder_module(self.config, self.dtype, attn_impl)
         return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK)
+
+    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: str = "xla"):
+        """Writes right-padded prompts into an empty cache, `chunk` tokens per forward; returns (kv, logits [B, V]).
+
+        Chunk c covers prompt slots [c * C, (c + 1) * C) of every row and attends to the cache slots before it, so
+        the attention never materialises more than a [C, C] block. A row's padding lands in slots past its length
+        (dead once the caller sets lengths to prompt_len_B). The logits are each row's last prompt token's.
+        """
+        B, P = prompt_BP.shape
+        C = min(chunk, P)
+        if P % C:
+            raise ValueError(f"prompt bucket {P} is not a multiple of the prefill chunk {C}")
+        causal = jnp.tril(jnp.ones((C, C), bool))
+        last_B = prompt_len_B - 1
+
+        def one_chunk(c, carry):
+            kv, logits_BV = carry
+            start = c * C
+            tokens = lax.dynamic_slice_in_dim(prompt_BP, start, C, axis=1)
+            positions = jnp.broadcast_to(start + jnp.arange(C, dtype=jnp.int32), (B, C))
+            at = jnp.clip(last_B - start, 0, C - 1)[:, None]
+            logits, _, kv = self.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32), causal, attn_impl,
+                                         logits_at_BK=at)
+            mine = (last_B >= start) & (last_B < start + C)
+            return kv, jnp.where(mine[:, None], logits[:, 0], logits_BV)
+
+        init = (kv, jnp.zeros((B, self.config.vocab_size), jnp.float32))
+        return lax.fori_loop(0, P // C, one_chunk, init)
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward without a cache: int32 [B, T] -> float32 logits [B, T, V]."""

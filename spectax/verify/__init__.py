@@ -2,6 +2,9 @@
 
 from spectax.verify.verdict import Verdict
 from spectax.verify.greedy import verify_greedy
-from spectax.verify.sample_root import verify_sample_root
+from spectax.verify.lossy import TopKMatch, Typical, verify_lossy
+from spectax.verify.multi_draft import verify_multi_draft
+from spectax.verify.speculative import verify_speculative
 
-__all__ = ["Verdict", "verify_greedy", "verify_sample_root"]
+__all__ = ["TopKMatch", "Typical", "Verdict", "verify_greedy", "verify_lossy", "verify_multi_draft",
+           "verify_speculative"]

@@ -1,4 +1,4 @@
-"""Verdict: what a verifier decided for each row of one step."""
+"""Verdict: what a verifier decided for each row of one step, and the path helpers every verifier shares."""
 
 from __future__ import annotations
 
@@ -32,3 +32,29 @@ def path_from_best(tree: DraftTree, best_step_B: jax.Array) -> jax.Array:
     levels = jnp.arange(1, tree.max_depth + 1)      # [D]
     hit_BDT = on_path_BT[:, None, :] & (depth[None, None, :] == levels[None, :, None])
     return jnp.where(hit_BDT.any(-1), jnp.argmax(hit_BDT, axis=-1), -1).astype(jnp.int32)
+
+
+def deepest_accepted(ok_BN: jax.Array, tree: DraftTree) -> jax.Array:
+    """int32 [B]: the step index (0 = root) ending the deepest path whose every node is ok (first such on ties)."""
+    if tree.num_nodes == 0:
+        return jnp.zeros(ok_BN.shape[:1], jnp.int32)
+    ancestors_NN = jnp.asarray(tree.step_mask[1:, 1:])                  # node sees itself and its node ancestors
+    path_ok_BN = jnp.all(jnp.where(ancestors_NN[None], ok_BN[:, None, :], True), axis=-1)
+    score_BN = jnp.where(path_ok_BN, jnp.asarray(tree.depth)[None, :], 0)
+    return jnp.where(path_ok_BN.any(-1), jnp.argmax(score_BN, axis=-1) + 1, 0).astype(jnp.int32)
+
+
+def walk(accepted_child_BT: jax.Array, tree: DraftTree) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Follows each row's accepted child from the root down: returns (path_BD, n_accepted_B, last step_B).
+
+    accepted_child_BT: int32 [B, 1 + N] the step index of the child accepted below each step position, -1 if none.
+    """
+    B = accepted_child_BT.shape[0]
+    cur = jnp.zeros((B,), jnp.int32)
+    path = []
+    for _ in range(tree.max_depth):
+        nxt = jnp.take_along_axis(accepted_child_BT, cur[:, None], axis=1)[:, 0]
+        path.append(nxt)
+        cur = jnp.where(nxt >= 0, nxt, cur)
+    path_BD = jnp.stack(path, axis=1) if path else jnp.zeros((B, 0), jnp.int32)
+    return path_BD, jnp.sum(path_BD >= 0, axis=1).astype(jnp.int32), cur

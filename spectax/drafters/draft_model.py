@@ -1,0 +1,116 @@
+"""DraftModel: a smaller LM with its own KV cache fills the draft tree, one forward per tree level."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import lax
+
+from spectax.cache import KVCache, commit_path
+from spectax.drafters.base import Draft
+from spectax.models import Model
+from spectax.sampling import warp
+from spectax.tree import DraftTree
+
+VOCAB_SLACK = 0.01   # draft and target vocabularies may differ by this fraction (padding rows), no more
+
+
+@struct.dataclass
+class DraftModelState:
+    cache: KVCache   # the draft's cache; lengths = the target's length - 1 (slot `lengths` holds x0)
+    x0: jax.Array    # int32 [B] the committed token just before the root (re-fed with the root each step)
+    root: jax.Array  # int32 [B] the root of the latest proposal
+
+
+@struct.dataclass
+class DraftModel:
+    """Drafts with a small LM. Every step it runs one forward per tree level over the window [x0, root, nodes]
+    (static shape, ancestor mask): level d reads the logits at the depth d - 1 nodes and fills their children, the
+    k-th ranked child with the k-th best token (greedy) or the k-th draw without replacement (sampling, Gumbel
+    top-k over the warped draft distribution, which it records as q). A chain is the one-child case. After the
+    verdict the accepted path's K/V are compacted like the target's; the deepest accepted node and the bonus token
+    are fed at the start of the next proposal.
+    """
+
+    model: Model
+    tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(4))
+
+    def check(self, target_config) -> None:
+        """ValueError unless this draft can serve `target_config` (non-empty tree, compatible vocabulary)."""
+        if not isinstance(self.model, Model):
+            raise ValueError(f"DraftModel.model must be a spectax Model, got {type(self.model).__name__}")
+        if not isinstance(self.tree, DraftTree) or self.tree.num_nodes == 0:
+            raise ValueError(f"DraftModel needs a non-empty DraftTree, got {self.tree!r}")
+        vd, vt = self.model.config.vocab_size, target_config.vocab_size
+        if abs(vd - vt) > VOCAB_SLACK * max(vd, vt):
+            raise ValueError(f"draft vocabulary ({vd} tokens) does not match the target's ({vt}); only padding-size "
+                             f"differences (<= {VOCAB_SLACK:.0%}) are mapped")
+
+    def init(self, prompt_BP, prompt_len_B, cache_size, spec) -> DraftModelState:
+        """Prefills the draft's own cache with the prompts."""
+        config = self.model.config
+        cache = KVCache.create(config, prompt_BP.shape[0], cache_size, self.model.dtype)
+        tokens = jnp.minimum(prompt_BP, config.vocab_size - 1)
+        kv, _ = self.model.prefill(tokens, prompt_len_B, cache.layers, spec.prefill_chunk, spec.attn_impl)
+        last = jnp.take_along_axis(prompt_BP, (prompt_len_B - 1)[:, None], axis=1)[:, 0]
+        return DraftModelState(cache=cache.with_layers(kv).replace(lengths=prompt_len_B - 1), x0=last,
+                               root=jnp.zeros_like(last))
+
+    def propose(self, state: DraftModelState, root_B, rng, spec, sampling):
+        """Fills the tree level by level (a lax.fori_loop over depths)."""
+        tree, config = self.tree, self.model.config
+        N, V, K = tree.num_nodes, spec.vocab_size, tree.max_children
+        B = root_B.shape[0]
+        s0 = state.cache.lengths
+        mask_WW = np.zeros((N + 2, N + 2), bool)                      # window [x0, root, nodes]
+        mask_WW[:, 0] = True
+        mask_WW[1:, 1:] = tree.step_mask
+        positions_BW = s0[:, None] + jnp.asarray(np.concatenate([[0], 1 + tree.step_depth]), jnp.int32)[None]
+        parent_steps = np.unique(tree.parent + 1)                     # step positions with children
+        at_BP = jnp.broadcast_to(jnp.asarray(parent_steps + 1, jnp.int32), (B, parent_steps.size))
+        from_parent_N = np.searchsorted(parent_steps, tree.parent + 1)
+        rank_N, depth_N = jnp.asarray(tree.child_rank), jnp.asarray(tree.depth)
+        sampled = not spec.sampler.greedy
+
+        def level(d, carry):
+            tokens_BN, q_BNV, kv = carry
+            window = jnp.concatenate([state.x0[:, None], root_B[:, None], tokens_BN], axis=1)
+            logits, _, kv = self.model.forward(jnp.minimum(window, config.vocab_size - 1), positions_BW, kv, s0,
+                                               jnp.asarray(mask_WW), spec.attn_impl, logits_at_BK=at_BP)
+            logits = _to_vocab(logits, V)                             # [B, P, V] at each parent
+            if sampled:
+                logq = jax.nn.log_softmax(warp(logits, spec.sampler, sampling), axis=-1)
+                _, top = lax.top_k(logq + jax.random.gumbel(jax.random.fold_in(rng, d), logq.shape), K)
+                q_BNV = jnp.where((depth_N == d)[None, :, None], jnp.exp(logq)[:, from_parent_N], q_BNV)
+            else:
+                _, top = lax.top_k(logits, K)
+            fill = top[:, from_parent_N, rank_N]                         # [B, N] the node's ranked child token
+            return jnp.where((depth_N == d)[None], fill, tokens_BN), q_BNV, kv
+
+        q0 = jnp.zeros((B, N, V), jnp.float32) if sampled else None
+        tokens, q, kv = lax.fori_loop(1, tree.max_depth + 1, level,
+                                      (jnp.zeros((B, N), jnp.int32), q0, state.cache.layers))
+        draft = Draft(tokens_BN=tokens.astype(jnp.int32), q_BNV=q, without_replacement=True)
+        return draft, state.replace(cache=state.cache.with_layers(kv), root=root_B)
+
+    def update(self, state: DraftModelState, verdict, new_tokens_BC, hidden_BTD, active_B) -> DraftModelState:
+        """Compacts the accepted path in the draft cache; the newest accepted token becomes x0."""
+        s0 = state.cache.lengths
+        n = verdict.n_accepted
+        # window slot s0 + 1 + j holds step j; commit_path moves the path to s0 + 2 + d
+        cache = commit_path(state.cache.replace(lengths=s0 + 1), verdict.path_BD, n, active_B)
+        newest = jnp.take_along_axis(new_tokens_BC, jnp.maximum(n - 1, 0)[:, None], axis=1)[:, 0]
+        x0 = jnp.where(active_B, jnp.where(n > 0, newest, state.root), state.x0)
+        return DraftModelState(cache=cache.replace(lengths=jnp.where(active_B, s0 + 1 + n, s0)), x0=x0,
+                               root=state.root)
+
+
+def _to_vocab(logits_xV: jax.Array, vocab_size: int) -> jax.Array:
+    """Draft logits over the target's vocabulary: extra padding rows dropped, missing ones at -inf."""
+    v = logits_xV.shape[-1]
+    if v >= vocab_size:
+        return logits_xV[..., :vocab_size]
+    pad = jnp.full(logits_xV.shape[:-1] + (vocab_size - v,), -jnp.inf, logits_xV.dtype)
+    return jnp.concatenate([logits_xV, pad], axis=-1)

@@ -1,0 +1,66 @@
+"""Lossy acceptance rules: faster, not distribution-preserving. Used only when decode() is given one explicitly."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from spectax.drafters.base import Draft
+from spectax.sampling import Sampler, SamplingParams, sample
+from spectax.tree import DraftTree
+from spectax.verify.residual import at, target_probs
+from spectax.verify.verdict import Verdict, deepest_accepted, path_from_best
+
+
+@dataclasses.dataclass(frozen=True)
+class Typical:
+    """Typical acceptance (Medusa, Cai et al. 2024): a node is accepted when the target gives its token probability
+    above min(epsilon, delta * exp(-entropy)) at its parent."""
+
+    epsilon: float = 0.09
+    delta: float = 0.3
+
+    def __post_init__(self):
+        for name in ("epsilon", "delta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
+                raise ValueError(f"Typical.{name} must be in (0, 1], got {v!r}")
+
+    def accepts(self, logits_BNV, tokens_BN, sampler: Sampler, params: SamplingParams) -> jax.Array:
+        """bool [B, N]: whether each node's token passes at its parent's logits."""
+        p = target_probs(logits_BNV, sampler, params)
+        entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+        return at(p, tokens_BN) > jnp.minimum(self.epsilon, self.delta * jnp.exp(-entropy))
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKMatch:
+    """Approximate match (blockwise parallel decoding, Stern et al. 2018): a node is accepted when its token is
+    among the target's top k at its parent."""
+
+    k: int = 2
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"TopKMatch.k must be an int >= 1, got {self.k!r}")
+
+    def accepts(self, logits_BNV, tokens_BN, sampler: Sampler, params: SamplingParams) -> jax.Array:
+        """bool [B, N]: whether each node's token ranks below k at its parent's logits."""
+        above = jnp.sum(logits_BNV > at(logits_BNV, tokens_BN)[..., None], axis=-1)
+        return above < self.k
+
+
+LOSSY_RULES = (Typical, TopKMatch)
+
+
+def verify_lossy(logits_BTV, draft: Draft, tree: DraftTree, rng, sampler: Sampler, params: SamplingParams,
+                 rule) -> Verdict:
+    """The deepest path whose every node passes `rule`, then the target's own token (argmax or a draw) after it."""
+    best_step = deepest_accepted(rule.accepts(logits_BTV[:, tree.parent + 1], draft.tokens_BN, sampler, params),
+                                 tree)
+    last_BV = jnp.take_along_axis(logits_BTV, best_step[:, None, None], axis=1)[:, 0]
+    return Verdict(path_BD=path_from_best(tree, best_step), n_accepted=jnp.asarray(tree.step_depth)[best_step],
+                   next_root=sample(last_BV, rng, sampler, params))

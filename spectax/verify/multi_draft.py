@@ -1,0 +1,53 @@
+"""Multi-draft tree verification by recursive rejection over siblings: lossless for any tree, branch-free.
+
+Independent draws (SpecInfer, Miao et al. 2024): child k of a node was drawn from its own q_k; it is accepted with
+probability min(1, r(x_k) / q_k(x_k)), and on rejection the residual becomes r <- norm(max(0, r - q_k)).
+Draws without replacement (Sequoia, Chen et al. 2024): the siblings are successive draws from one q with the earlier
+ones removed; after a rejection r <- norm(max(0, r - q)) and q <- norm(q with x_k removed). The first accepted child
+is walked into; below a node where every child is rejected the correction is drawn from its residual.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from spectax.drafters.base import Draft
+from spectax.sampling import Sampler, SamplingParams
+from spectax.tree import DraftTree
+from spectax.verify.residual import at, draw, residual, target_probs
+from spectax.verify.verdict import Verdict, walk
+
+
+def verify_multi_draft(logits_BTV, draft: Draft, tree: DraftTree, rng, sampler: Sampler,
+                       params: SamplingParams) -> Verdict:
+    """logits_BTV: float [B, 1 + N, V] target logits at the root and every node. `draft.without_replacement` says
+    how the siblings were drawn (see the module docstring); `draft.q_BNV` is None for deterministic drafts."""
+    B, T, V = logits_BTV.shape
+    keys = jax.random.split(rng, tree.max_children + 1)
+    r_BTV = target_probs(logits_BTV, sampler, params)     # residual below every step position, all in parallel
+    q_BNV = draft.probs(V)
+    children_TK = tree.children                           # numpy [T, K] step indices, -1 padded
+    first_TN = jnp.maximum(children_TK[:, 0] - 1, 0)
+    q_cur_BTV = q_BNV[:, first_TN]                        # without replacement: the shared q of each sibling set
+    accepted_BT = jnp.full((B, T), -1, jnp.int32)
+    for k in range(children_TK.shape[1]):
+        child_T = children_TK[:, k]
+        node_T = jnp.maximum(child_T - 1, 0)
+        x_BT = draft.tokens_BN[:, node_T]
+        q_BTV = q_cur_BTV if draft.without_replacement else q_BNV[:, node_T]
+        u_BT = jax.random.uniform(keys[k], (B, T))
+        q_x = at(q_BTV, x_BT)
+        # a token its q could not have produced (a filler when fewer tokens are allowed than siblings) is no draw
+        trial_BT = (accepted_BT < 0) & jnp.asarray(child_T >= 0)[None, :] & (q_x > 0)
+        ok_BT = trial_BT & (u_BT * q_x < at(r_BTV, x_BT))
+        accepted_BT = jnp.where(ok_BT, jnp.asarray(child_T)[None, :], accepted_BT)
+        rejected = (trial_BT & ~ok_BT)[..., None]
+        r_BTV = jnp.where(rejected, residual(r_BTV, q_BTV), r_BTV)
+        if draft.without_replacement:
+            removed = q_BTV * (jnp.arange(V)[None, None, :] != x_BT[..., None])
+            mass = jnp.sum(removed, -1, keepdims=True)
+            q_cur_BTV = jnp.where(rejected & (mass > 0), removed / jnp.where(mass > 0, mass, 1.0), q_BTV)
+    path_BD, n_accepted, last_B = walk(accepted_BT, tree)
+    r_last_BV = jnp.take_along_axis(r_BTV, last_B[:, None, None], axis=1)[:, 0]
+    return Verdict(path_BD=path_BD, n_accepted=n_accepted, next_root=draw(r_last_BV, keys[-1]))
