@@ -315,7 +315,7 @@ def _optimal_paths(table: np.ndarray, budget: int, max_depth: int) -> tuple[floa
         if d == D or left == 0:
             return
         G, M = tables[d]
-        k = int(G[:, left].argmax())                                  # fewest children among the best
+        k = int(G[:, left].argmax())         # fewest children among the best: zero-gain nodes only where needed
         sizes = []
         for j in range(k, 0, -1):
             sizes.append(int(M[j, left]))
@@ -325,23 +325,5 @@ def _optimal_paths(table: np.ndarray, budget: int, max_depth: int) -> tuple[floa
             build(d + 1, m - 1, prefix + (rank,))
 
     build(0, B, ())
-    return float(F[B]), _prune_zero_leaves(paths, table)
+    return float(F[B]), paths
 
-
-def _prune_zero_leaves(paths: list[tuple[int, ...]], table: np.ndarray) -> list[tuple[int, ...]]:
-    """Drops zero-gain nodes that are leaves and their parent's last child (repeatedly); the value is unchanged."""
-    Dp, R = table.shape
-    gain = {}
-    for p in sorted(paths, key=len):
-        a = table[min(len(p), Dp) - 1, p[-1]] if p[-1] < R else 0.0
-        gain[p] = a * (gain[p[:-1]] if len(p) > 1 else 1.0)
-    keep = set(paths)
-    changed = True
-    while changed:
-        changed = False
-        has_child = {p[:-1] for p in keep}
-        for p in list(keep):
-            if gain[p] == 0 and p not in has_child and p[:-1] + (p[-1] + 1,) not in keep:
-                keep.discard(p)
-                changed = True
-    return [p for p in paths if p in keep]

@@ -2,5 +2,6 @@
 
 from spectax.drafters.base import Draft, NoDraft
 from spectax.drafters.draft_model import DraftModel
+from spectax.drafters.replay import Replay
 
-__all__ = ["Draft", "DraftModel", "NoDraft"]
+__all__ = ["Draft", "DraftModel", "NoDraft", "Replay"]

@@ -14,7 +14,7 @@ from spectax.models import Model
 from spectax.sampling import warp
 from spectax.tree import DraftTree
 
-VOCAB_SLACK = 0.01   # draft and target vocabularies may differ by this fraction (padding rows), no more
+VOCAB_SLACK = 0.01   # draft and target vocabularies may differ by this fraction (padding rows) or 8 rows, no more
 
 
 @struct.dataclass
@@ -44,9 +44,9 @@ class DraftModel:
         if not isinstance(self.tree, DraftTree) or self.tree.num_nodes == 0:
             raise ValueError(f"DraftModel needs a non-empty DraftTree, got {self.tree!r}")
         vd, vt = self.model.config.vocab_size, target_config.vocab_size
-        if abs(vd - vt) > VOCAB_SLACK * max(vd, vt):
+        if abs(vd - vt) > max(8, VOCAB_SLACK * max(vd, vt)):
             raise ValueError(f"draft vocabulary ({vd} tokens) does not match the target's ({vt}); only padding-size "
-                             f"differences (<= {VOCAB_SLACK:.0%}) are mapped")
+                             f"differences (<= {VOCAB_SLACK:.0%} or 8 tokens) are mapped")
 
     def init(self, prompt_BP, prompt_len_B, cache_size, spec) -> DraftModelState:
         """Prefills the draft's own cache with the prompts."""

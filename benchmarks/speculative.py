@@ -1,0 +1,238 @@
+"""Speculative decoding speed on SmolLM2-135M-Instruct (fp32, greedy), against spectax plain decoding.
+
+Two parts, each measured in one process with plain decoding interleaved, the decode loop (spectax.loop.run, the
+jitted while_loop decode() runs) timed from a prefilled state:
+  (a) draft model: the target truncated to its first `--draft-layers` layers (its own final norm and tied head) as a
+      DraftModel, for a chain, a k-ary tree and the Sequoia-optimal tree built (DraftTree.optimal) from the per-rank
+      acceptance measured with the k-ary tree; over `--prompts` Spec-Bench prompts spread over the categories, batch 1.
+      Reports tau, acceptance per depth, tokens/s and speedup.
+  (b) replay drafts: the plain greedy output replayed as a chain draft, each token corrupted with probability p
+      chosen for tau 2, 3, 4, 5, at batch 1 and batch 8: the loop's own overhead, eta = speedup / tau.
+
+Writes JSON (default benchmarks/results/speculative.json). Run: python benchmarks/speculative.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import spectax
+from spectax import DraftTree, hub
+from spectax.api import bucket, prepare_prompt
+from spectax.cache import KVCache
+from spectax.drafters import DraftModel, NoDraft, Replay
+from spectax.loop import LoopSpec, prefill, run
+from spectax.models import Model
+from spectax.sampling import make_sampling
+from spectax.tokenizer import from_gguf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plain_decode import MODEL, SPEC_BENCH, spec_bench_prompts  # noqa: E402
+
+
+class LoopProgram:
+    """The greedy decode loop for one (drafter, prompt batch) from a prefilled state, compiled once.
+
+    Prompts are right-padded to `prompt_bucket` so every batch of the same size shares one compiled program."""
+
+    def __init__(self, model: Model, drafter, prompts: list[list[int]], new: int, prompt_bucket: int):
+        sampler, self.sp = make_sampling(0.0, 0, 1.0)
+        self.spec = LoopSpec(sampler=sampler, out_size=bucket(new), vocab_size=model.config.vocab_size)
+        tokens, lengths = prepare_prompt(prompts, None, model.config.vocab_size)
+        self.prompt = np.zeros((len(prompts), prompt_bucket), np.int32)
+        self.prompt[:, :tokens.shape[1]] = tokens
+        self.lengths = lengths
+        self.model, self.drafter, self.new = model, drafter, new
+        self.size = prompt_bucket + bucket(new) + drafter.tree.num_nodes + 1
+        self.state = _start(model, drafter, self.prompt, lengths, np.int32(new), self.sp, spec=self.spec,
+                            size=self.size)
+
+    def __call__(self):
+        return _loop(self.model, self.drafter, self.state, np.int32(self.new), self.sp, spec=self.spec)
+
+
+@jax.jit(static_argnames=("spec", "size"))
+def _start(model, drafter, prompt, lengths, new, sp, *, spec, size):
+    cache = KVCache.create(model.config, prompt.shape[0], size, model.dtype)
+    return prefill(model, drafter, spec, prompt, lengths, new, np.int32(-1), np.int32(0), sp, jax.random.key(0),
+                   cache)
+
+
+@jax.jit(static_argnames=("spec",))
+def _loop(model, drafter, state, new, sp, *, spec):
+    return run(model, drafter, spec, state, new, np.int32(-1), sp)
+
+
+def timed(program: LoopProgram):
+    t = time.perf_counter()
+    out = jax.block_until_ready(program())
+    return time.perf_counter() - t, out
+
+
+def truncated(model: Model, layers: int) -> Model:
+    """The target's first `layers` layers with its final norm and (tied) head: a draft that costs no training."""
+    config = dataclasses.replace(model.config, num_layers=layers)
+    keep = {k: v for k, v in model.params.items() if not k.startswith("layers_") or int(k[7:]) < layers}
+    return Model(config=config, params=keep)
+
+
+def chat_prompts(tok, questions, n: int, max_tokens: int) -> list[dict]:
+    """n chat-formatted first turns spread evenly over the Spec-Bench file (so over its categories)."""
+    picked = []
+    for i in np.linspace(0, len(questions) - 1, 4 * n).astype(int):
+        ids = tok.encode(tok.chat([{"role": "user", "content": questions[i]["turns"][0]}]))
+        if len(ids) <= max_tokens and len(picked) < n:
+            picked.append({"question_id": questions[i]["question_id"], "category": questions[i]["category"],
+                           "ids": ids})
+    return picked
+
+
+def loop_tokens(out) -> int:
+    return int(np.sum(np.asarray(out.n_out) - 1))   # the loop's tokens (the prefill made each row's first)
+
+
+def draft_model_part(model, tok, questions, args) -> dict:
+    """Part (a): SmolLM2 target, truncated draft, chain / k-ary / optimal trees, batch 1 over Spec-Bench prompts."""
+    draft = truncated(model, args.draft_layers)
+    prompts = chat_prompts(tok, questions, args.prompts, args.prompt_bucket)
+    trees = {"chain": DraftTree.chain(args.chain), "kary": DraftTree.kary(tuple(args.kary))}
+    result = {"draft": f"SmolLM2 first {args.draft_layers} of 30 layers + its norm and tied head",
+              "prompts": [{k: p[k] for k in ("question_id", "category")} | {"tokens": len(p["ids"])}
+                          for p in prompts], "new_tokens": args.new, "configs": {}}
+
+    def measure(name_trees: dict) -> dict:
+        totals = {name: {"s": 0.0, "tokens": 0, "stats": []} for name in ["plain", *name_trees]}
+        for p in prompts:
+            for name in totals:
+                drafter = NoDraft() if name == "plain" else DraftModel(draft, tree=name_trees[name])
+                program = LoopProgram(model, drafter, [p["ids"]], args.new, args.prompt_bucket)
+                program()  # compile (once per config) and warm
+                s, out = timed(program)
+                totals[name]["s"] += s
+                totals[name]["tokens"] += loop_tokens(out)
+                totals[name]["stats"].append(out.stats)
+        return totals
+
+    measured = measure(trees)
+    kary_stats = measured["kary"]["stats"]
+    hist = sum(np.asarray(s.rank_hist, np.float64) for s in kary_stats)
+    acceptance = hist[:, :-1] / np.maximum(hist.sum(1, keepdims=True), 1)
+    trees["optimal"] = DraftTree.optimal(acceptance, budget=trees["kary"].num_nodes, max_depth=args.optimal_depth)
+    measured.update({k: v for k, v in measure({"optimal": trees["optimal"]}).items() if k == "optimal"})
+    plain_rate = measured["plain"]["tokens"] / measured["plain"]["s"]
+    result["plain_tokens_per_s"] = plain_rate
+    result["kary_rank_acceptance"] = acceptance.tolist()
+    for name, tree in trees.items():
+        m = measured[name]
+        calls = sum(int(np.sum(s.row_calls)) for s in m["stats"])
+        new = sum(int(np.sum(s.new_tokens)) for s in m["stats"])
+        accepted = sum(np.asarray(s.accepted_hist).sum(0) for s in m["stats"])
+        at_least = np.cumsum(accepted[::-1])[::-1]
+        rate = m["tokens"] / m["s"]
+        result["configs"][name] = {
+            "tree_parents": list(tree.parents), "nodes": tree.num_nodes, "depth": tree.max_depth,
+            "tau": new / calls, "acceptance_per_depth": (at_least[1:] / np.maximum(at_least[:-1], 1)).tolist(),
+            "tokens_per_s": rate, "speedup": rate / plain_rate, "eta": rate / plain_rate / (new / calls)}
+    return result
+
+
+def replay_corruption(tau: float, k: int) -> float:
+    """The corruption p at which a k-chain's expected tau = sum_{i<=k} (1 - p)^i is `tau`, by bisection."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        a = (lo + hi) / 2
+        lo, hi = (a, hi) if sum(a ** i for i in range(k + 1)) < tau else (lo, a)
+    return 1 - (lo + hi) / 2
+
+
+def replay_part(model, tok, questions, args) -> dict:
+    """Part (b): replayed greedy output as a chain draft at chosen tau, batch 1 and 8, interleaved repeats."""
+    prompts = [p["ids"] for p in chat_prompts(tok, questions, max(args.batches), args.prompt_bucket)]
+    result = {"new_tokens": args.new, "repeats": args.repeats, "batches": {}}
+    for batch in args.batches:
+        rows = prompts[:batch]
+        plain = LoopProgram(model, NoDraft(), rows, args.new, args.prompt_bucket)
+        reference = np.asarray(spectax.decode(model, rows, max_new_tokens=args.new + 8).tokens)
+        programs = {"plain": plain}
+        for tau in args.taus:
+            k = int(round(tau))
+            p = replay_corruption(tau, k) if tau < k + 1 else 0.0
+            drafter = Replay.create(reference, p, DraftTree.chain(k))
+            programs[f"tau{tau:g}"] = LoopProgram(model, drafter, rows, args.new, args.prompt_bucket)
+        for program in programs.values():
+            program()
+        times = {name: [] for name in programs}
+        outs = {}
+        for _ in range(args.repeats):
+            for name, program in programs.items():
+                s, outs[name] = timed(program)
+                times[name].append(s)
+        plain_rate = loop_tokens(outs["plain"]) / statistics.median(times["plain"])
+        entry = {"plain_tokens_per_s": plain_rate, "plain_step_ms": 1e3 * statistics.median(times["plain"]) /
+                 int(outs["plain"].stats.target_calls), "configs": {}}
+        for name in programs:
+            if name == "plain":
+                continue
+            tau = outs[name].stats.tau
+            rate = loop_tokens(outs[name]) / statistics.median(times[name])
+            entry["configs"][name] = {
+                "chain": programs[name].drafter.tree.num_nodes, "corrupt": float(programs[name].drafter.corrupt),
+                "tau": tau, "tokens_per_s": rate, "speedup": rate / plain_rate, "eta": rate / plain_rate / tau,
+                "step_ms": 1e3 * statistics.median(times[name]) / int(outs[name].stats.target_calls),
+                "same_tokens_as_plain": bool((np.asarray(outs[name].tokens) == np.asarray(outs["plain"].tokens)).all())}
+        result["batches"][str(batch)] = entry
+    if len(args.batches) >= 2:
+        lo, hi = str(min(args.batches)), str(max(args.batches))
+        result["speedup_ratio_batch_hi_over_lo"] = {
+            name: result["batches"][hi]["configs"][name]["speedup"] / result["batches"][lo]["configs"][name]["speedup"]
+            for name in result["batches"][lo]["configs"]}
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", nargs="+", default=["replay", "draft"], choices=["replay", "draft"])
+    ap.add_argument("--new", type=int, default=96, help="new tokens per row per measurement")
+    ap.add_argument("--prompt-bucket", type=int, default=256, help="prompts are right-padded to this (<= it)")
+    ap.add_argument("--prompts", type=int, default=12, help="Spec-Bench prompts for the draft-model part")
+    ap.add_argument("--draft-layers", type=int, default=4)
+    ap.add_argument("--chain", type=int, default=3)
+    ap.add_argument("--kary", type=int, nargs="+", default=[3, 2, 1])
+    ap.add_argument("--optimal-depth", type=int, default=5)
+    ap.add_argument("--taus", type=float, nargs="+", default=[2, 3, 4, 5])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speculative.json")
+    args = ap.parse_args(argv)
+
+    model = spectax.load(MODEL)
+    tok = from_gguf(hub.resolve(MODEL))
+    questions = spec_bench_prompts(args.spec_bench)
+    result = {"benchmark": "speculative", "model": MODEL, "dtype": "float32", "sampling": "greedy",
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
+                          "backend": jax.default_backend(), "python": sys.version.split()[0]}}
+    if "replay" in args.parts:
+        result["replay"] = replay_part(model, tok, questions, args)
+    if "draft" in args.parts:
+        result["draft_model"] = draft_model_part(model, tok, questions, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, args.out)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
