@@ -2,12 +2,15 @@
 
 Two parts, each measured in one process with plain decoding interleaved, the decode loop (spectax.loop.run, the
 jitted while_loop decode() runs) timed from a prefilled state:
-  (a) draft model: the target truncated to its first `--draft-layers` layers (its own final norm and tied head) as a
-      DraftModel, for a chain, a k-ary tree and the Sequoia-optimal tree built (DraftTree.optimal) from the per-rank
-      acceptance measured with the k-ary tree; over `--prompts` Spec-Bench prompts spread over the categories, batch 1.
-      Reports tau, acceptance per depth, tokens/s and speedup.
+  (a) draft model: drafts made of the target's own layers (with its final norm and tied head, no training): its
+      first `--draft-layers` layers, and all its layers but one. Each as a DraftModel with a chain, a k-ary tree and
+      the Sequoia-optimal tree (DraftTree.optimal) for the per-rank acceptance the k-ary tree measured; over
+      `--prompts` Spec-Bench prompts spread over the categories, batch 1. Reports tau, acceptance per depth,
+      tokens/s and speedup.
   (b) replay drafts: the plain greedy output replayed as a chain draft, each token corrupted with probability p
-      chosen for tau 2, 3, 4, 5, at batch 1 and batch 8: the loop's own overhead, eta = speedup / tau.
+      chosen for tau 2, 3, 4, 5, at batch 1 and batch 8: the loop's own overhead, eta = speedup / tau. Also the bare
+      target forward over T = 1 and k + 1 tokens (no verify / commit / draft), to split a step's cost into the
+      verification forward and the rest of the loop.
 
 Writes JSON (default benchmarks/results/speculative.json). Run: python benchmarks/speculative.py
 """
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import spectax
@@ -74,17 +78,37 @@ def _loop(model, drafter, state, new, sp, *, spec):
     return run(model, drafter, spec, state, new, np.int32(-1), sp)
 
 
-def timed(program: LoopProgram):
+def forward_floor(model: Model, batch: int, context: int, T: int, steps: int):
+    """A callable timing `steps` bare target forwards over T tokens per row at a used context of `context` (no draft,
+    verify or commit): the part of a speculative step that is the verification forward itself."""
+    size = context + T + 1
+    mask = jnp.tril(jnp.ones((T, T), bool))
+    lengths = jnp.full((batch,), context, jnp.int32)
+    positions = context + jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (batch, T))
+
+    @jax.jit
+    def run_floor(model, kv):
+        def one(kv, _):
+            logits, _, kv = model.forward(jnp.ones((batch, T), jnp.int32), positions, kv, lengths, mask)
+            return kv, logits[0, 0, 0]
+        return jax.lax.scan(one, kv, None, length=steps)[1]
+
+    kv = KVCache.create(model.config, batch, size, model.dtype).layers
+    return lambda: run_floor(model, kv)
+
+
+def timed(program):
     t = time.perf_counter()
     out = jax.block_until_ready(program())
     return time.perf_counter() - t, out
 
 
-def truncated(model: Model, layers: int) -> Model:
-    """The target's first `layers` layers with its final norm and (tied) head: a draft that costs no training."""
-    config = dataclasses.replace(model.config, num_layers=layers)
-    keep = {k: v for k, v in model.params.items() if not k.startswith("layers_") or int(k[7:]) < layers}
-    return Model(config=config, params=keep)
+def layer_subset(model: Model, layers: list[int]) -> Model:
+    """A draft made of some of the target's layers (with its final norm and tied head), no training needed."""
+    config = dataclasses.replace(model.config, num_layers=len(layers))
+    params = {k: v for k, v in model.params.items() if not k.startswith("layers_")}
+    params.update({f"layers_{i}": model.params[f"layers_{layer}"] for i, layer in enumerate(layers)})
+    return Model(config=config, params=params)
 
 
 def chat_prompts(tok, questions, n: int, max_tokens: int) -> list[dict]:
@@ -103,38 +127,48 @@ def loop_tokens(out) -> int:
 
 
 def draft_model_part(model, tok, questions, args) -> dict:
-    """Part (a): SmolLM2 target, truncated draft, chain / k-ary / optimal trees, batch 1 over Spec-Bench prompts."""
-    draft = truncated(model, args.draft_layers)
+    """Part (a): SmolLM2 target; drafts made of its own layers; chain / k-ary / optimal trees; batch 1."""
+    L = model.config.num_layers
+    drafts = {f"first{args.draft_layers}": layer_subset(model, list(range(args.draft_layers))),
+              f"skip_layer{L // 2}": layer_subset(model, [i for i in range(L) if i != L // 2])}
     prompts = chat_prompts(tok, questions, args.prompts, args.prompt_bucket)
     trees = {"chain": DraftTree.chain(args.chain), "kary": DraftTree.kary(tuple(args.kary))}
-    result = {"draft": f"SmolLM2 first {args.draft_layers} of 30 layers + its norm and tied head",
+    result = {"drafts": {"first%d" % args.draft_layers: f"the target's first {args.draft_layers} of {L} layers",
+                         f"skip_layer{L // 2}": f"the target without layer {L // 2}"},
               "prompts": [{k: p[k] for k in ("question_id", "category")} | {"tokens": len(p["ids"])}
                           for p in prompts], "new_tokens": args.new, "configs": {}}
 
-    def measure(name_trees: dict) -> dict:
-        totals = {name: {"s": 0.0, "tokens": 0, "stats": []} for name in ["plain", *name_trees]}
+    def measure(drafters: dict) -> dict:
+        """Per prompt, every drafter in turn (interleaved): loop seconds, loop tokens, stats."""
+        totals = {name: {"s": 0.0, "tokens": 0, "stats": []} for name in drafters}
         for p in prompts:
-            for name in totals:
-                drafter = NoDraft() if name == "plain" else DraftModel(draft, tree=name_trees[name])
+            for name, drafter in drafters.items():
                 program = LoopProgram(model, drafter, [p["ids"]], args.new, args.prompt_bucket)
-                program()  # compile (once per config) and warm
+                program()  # compile (once per drafter) / warm
                 s, out = timed(program)
                 totals[name]["s"] += s
                 totals[name]["tokens"] += loop_tokens(out)
                 totals[name]["stats"].append(out.stats)
         return totals
 
-    measured = measure(trees)
-    kary_stats = measured["kary"]["stats"]
-    hist = sum(np.asarray(s.rank_hist, np.float64) for s in kary_stats)
-    acceptance = hist[:, :-1] / np.maximum(hist.sum(1, keepdims=True), 1)
-    trees["optimal"] = DraftTree.optimal(acceptance, budget=trees["kary"].num_nodes, max_depth=args.optimal_depth)
-    measured.update({k: v for k, v in measure({"optimal": trees["optimal"]}).items() if k == "optimal"})
+    drafters = {"plain": NoDraft()}
+    drafters.update({f"{d}/{t}": DraftModel(draft, tree=tree) for d, draft in drafts.items()
+                     for t, tree in trees.items()})
+    measured = measure(drafters)
+    for d, draft in drafts.items():   # Sequoia: the optimal tree for the per-rank acceptance the k-ary tree measured
+        hist = sum(np.asarray(s.rank_hist, np.float64) for s in measured[f"{d}/kary"]["stats"])
+        acceptance = hist[:, :-1] / np.maximum(hist.sum(1, keepdims=True), 1)
+        optimal = DraftTree.optimal(acceptance, budget=trees["kary"].num_nodes, max_depth=args.optimal_depth)
+        result.setdefault("measured_rank_acceptance", {})[d] = acceptance.tolist()
+        if optimal.num_nodes:
+            drafters[f"{d}/optimal"] = DraftModel(draft, tree=optimal)
+            measured.update(measure({f"{d}/optimal": drafters[f"{d}/optimal"]}))
     plain_rate = measured["plain"]["tokens"] / measured["plain"]["s"]
     result["plain_tokens_per_s"] = plain_rate
-    result["kary_rank_acceptance"] = acceptance.tolist()
-    for name, tree in trees.items():
-        m = measured[name]
+    for name, m in measured.items():
+        if name == "plain":
+            continue
+        tree = drafters[name].tree
         calls = sum(int(np.sum(s.row_calls)) for s in m["stats"])
         new = sum(int(np.sum(s.new_tokens)) for s in m["stats"])
         accepted = sum(np.asarray(s.accepted_hist).sum(0) for s in m["stats"])
@@ -171,16 +205,24 @@ def replay_part(model, tok, questions, args) -> dict:
             drafter = Replay.create(reference, p, DraftTree.chain(k))
             programs[f"tau{tau:g}"] = LoopProgram(model, drafter, rows, args.new, args.prompt_bucket)
         for program in programs.values():
-            program()
+            program()   # compile
+            program()   # the first run after compiling is slow on this machine
         times = {name: [] for name in programs}
         outs = {}
         for _ in range(args.repeats):
             for name, program in programs.items():
                 s, outs[name] = timed(program)
                 times[name].append(s)
+        context = int(np.mean([len(r) for r in rows])) + args.new // 2
+        floors = {T: forward_floor(model, batch, context, T, 32) for T in sorted({1, *[int(round(t)) + 1
+                                                                                     for t in args.taus]})}
+        floor_ms = {}
+        for T, floor in floors.items():
+            floor(), floor()
+            floor_ms[T] = 1e3 * statistics.median(timed(floor)[0] for _ in range(args.repeats)) / 32
         plain_rate = loop_tokens(outs["plain"]) / statistics.median(times["plain"])
         entry = {"plain_tokens_per_s": plain_rate, "plain_step_ms": 1e3 * statistics.median(times["plain"]) /
-                 int(outs["plain"].stats.target_calls), "configs": {}}
+                 int(outs["plain"].stats.target_calls), "forward_only_ms_by_tokens": floor_ms, "configs": {}}
         for name in programs:
             if name == "plain":
                 continue
@@ -190,6 +232,7 @@ def replay_part(model, tok, questions, args) -> dict:
                 "chain": programs[name].drafter.tree.num_nodes, "corrupt": float(programs[name].drafter.corrupt),
                 "tau": tau, "tokens_per_s": rate, "speedup": rate / plain_rate, "eta": rate / plain_rate / tau,
                 "step_ms": 1e3 * statistics.median(times[name]) / int(outs[name].stats.target_calls),
+                "forward_only_ms": floor_ms[programs[name].drafter.tree.num_nodes + 1],
                 "same_tokens_as_plain": bool((np.asarray(outs[name].tokens) == np.asarray(outs["plain"].tokens)).all())}
         result["batches"][str(batch)] = entry
     if len(args.batches) >= 2:
@@ -205,7 +248,7 @@ def main(argv=None):
     ap.add_argument("--parts", nargs="+", default=["replay", "draft"], choices=["replay", "draft"])
     ap.add_argument("--new", type=int, default=96, help="new tokens per row per measurement")
     ap.add_argument("--prompt-bucket", type=int, default=256, help="prompts are right-padded to this (<= it)")
-    ap.add_argument("--prompts", type=int, default=12, help="Spec-Bench prompts for the draft-model part")
+    ap.add_argument("--prompts", type=int, default=6, help="Spec-Bench prompts for the draft-model part")
     ap.add_argument("--draft-layers", type=int, default=4)
     ap.add_argument("--chain", type=int, default=3)
     ap.add_argument("--kary", type=int, nargs="+", default=[3, 2, 1])
@@ -223,6 +266,8 @@ def main(argv=None):
     result = {"benchmark": "speculative", "model": MODEL, "dtype": "float32", "sampling": "greedy",
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
                           "backend": jax.default_backend(), "python": sys.version.split()[0]}}
+    if args.out.is_file():   # a run of some parts keeps the other parts' last results
+        result = json.loads(args.out.read_text()) | result
     if "replay" in args.parts:
         result["replay"] = replay_part(model, tok, questions, args)
     if "draft" in args.parts:

@@ -145,7 +145,7 @@ def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos
     active = ~state.done
     new_BC = verdict.new_tokens(draft.tokens_BN)
     tokens, n_out, done, count = _append(state, new_BC, verdict.n_accepted + 1, eos_id, max_new)
-    cache = commit_path(state.cache.with_layers(kv), verdict.path_BD, verdict.n_accepted, active)
+    cache = commit_path(state.cache.with_layers(kv), verdict.path_BD, verdict.n_accepted, active, tree.is_chain)
     hist = state.stats.accepted_hist + (jax.nn.one_hot(verdict.n_accepted, tree.max_depth + 1, dtype=jnp.int32)
                                         * active[:, None])
     stats = DecodeStats(target_calls=state.stats.target_calls + 1,

@@ -96,8 +96,8 @@ def test_eos_and_max_new_cut_speculative_rows(tiny_llama):
 
 def _poisoning(commit):
     """commit_path, then NaN in every slot at or past each row's committed length (rejected slots included)."""
-    def poisoned(cache, path_BD, n_accepted_B, active_B):
-        out = commit(cache, path_BD, n_accepted_B, active_B)
+    def poisoned(cache, path_BD, n_accepted_B, active_B, in_place=False):
+        out = commit(cache, path_BD, n_accepted_B, active_B, in_place)
         dead = jnp.arange(out.size)[None, :] >= out.lengths[:, None]          # [B, S]
         fill = lambda a: jnp.where(dead[:, None, :, None], jnp.nan, a)
         return out.replace(k=tuple(map(fill, out.k)), v=tuple(map(fill, out.v)))

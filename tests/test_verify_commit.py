@@ -71,3 +71,18 @@ def test_commit_path_compacts_the_accepted_nodes():
     np.testing.assert_array_equal(k0[0, :6], [0, 1, 2, 3, 5, 7])  # slots 4, 5 <- step slots 3 + 2, 3 + 4
     np.testing.assert_array_equal(np.asarray(out.v[1])[0, 0, 4:6, 0], [305, 307])
     np.testing.assert_array_equal(k0[1, :5], [0, 1, 2, 3, 4])    # committed slots untouched
+
+
+def test_chain_commit_in_place_equals_the_move():
+    """A chain's accepted path already sits in its final slots: skipping the move (in_place) changes nothing."""
+    cfg = ModelConfig(arch="llama", vocab_size=V, hidden_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
+                      head_dim=2, intermediate_size=8, max_position=64)
+    cache = KVCache.create(cfg, 3, 16, jnp.float32)
+    cache = cache.replace(k=(jax.random.normal(jax.random.key(0), cache.k[0].shape),),
+                          lengths=jnp.array([2, 4, 6], jnp.int32))
+    n = jnp.array([3, 0, 1])
+    path = jnp.where(jnp.arange(3)[None] < n[:, None], jnp.arange(1, 4)[None], -1).astype(jnp.int32)
+    active = jnp.array([True, True, False])
+    moved, kept = (commit_path(cache, path, n, active, in_place=f) for f in (False, True))
+    np.testing.assert_array_equal(moved.lengths, kept.lengths)
+    np.testing.assert_array_equal(moved.k[0], kept.k[0])

@@ -100,7 +100,7 @@ class DraftModel:
         s0 = state.cache.lengths
         n = verdict.n_accepted
         # window slot s0 + 1 + j holds step j; commit_path moves the path to s0 + 2 + d
-        cache = commit_path(state.cache.replace(lengths=s0 + 1), verdict.path_BD, n, active_B)
+        cache = commit_path(state.cache.replace(lengths=s0 + 1), verdict.path_BD, n, active_B, self.tree.is_chain)
         newest = jnp.take_along_axis(new_tokens_BC, jnp.maximum(n - 1, 0)[:, None], axis=1)[:, 0]
         x0 = jnp.where(active_B, jnp.where(n > 0, newest, state.root), state.x0)
         return DraftModelState(cache=cache.replace(lengths=jnp.where(active_B, s0 + 1 + n, s0)), x0=x0,
