@@ -1,5 +1,6 @@
 """The step's tree pieces on hand-made inputs: DraftTree arrays, greedy tree verification, path commit."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
