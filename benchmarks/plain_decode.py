@@ -17,9 +17,7 @@ Writes JSON (default benchmarks/results/plain_decode.json). Run: python benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,26 +25,15 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import spectax
 from spectax import hub
 from spectax.api import bucket
-from spectax.cache import KVCache
 from spectax.drafters import NoDraft
-from spectax.loop import LoopSpec, prefill, run
-from spectax.sampling import make_sampling
 from spectax.tokenizer import from_gguf
 
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
-MODEL = "smollm2-135m-instruct"
-
-
-def spec_bench_prompts(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise SystemExit(f"Spec-Bench prompts not found at {path} (pass --spec-bench)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
+sys.path.insert(0, str(Path(__file__).parent))
+from common import MODEL, SPEC_BENCH, LoopProgram, machine, spec_bench_prompts, timed, write_result  # noqa: E402
 
 def prompt_of_length(tok, questions, n_tokens: int) -> list[int]:
     """Exactly n_tokens of chat-formatted real text: Spec-Bench first turns concatenated until long enough."""
@@ -61,29 +48,10 @@ def prompt_of_length(tok, questions, n_tokens: int) -> list[int]:
     return ids[-n_tokens:]
 
 
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def loop_only(model, prompt: list[int], new: int, cache_scale: int = 1):
     """A callable running just the greedy decode loop from a prefilled state (the state is built once)."""
-    sampler, sp = make_sampling(0.0, 0, 1.0)
-    spec = LoopSpec(sampler=sampler, out_size=bucket(new), vocab_size=model.config.vocab_size)
-    size = cache_scale * (bucket(len(prompt)) + bucket(new) + 1)
-    prompt_BP = np.zeros((1, bucket(len(prompt))), np.int32)
-    prompt_BP[0, :len(prompt)] = prompt
-    lengths = np.array([len(prompt)], np.int32)
-    args = (np.int32(new), np.int32(-1))
-    drafter = NoDraft()
-    state = jax.jit(lambda m: prefill(m, drafter, spec, prompt_BP, lengths, *args, np.int32(0), sp,
-                                      jax.random.key(0), KVCache.create(m.config, 1, size, m.dtype)))(model)
-    loop = jax.jit(lambda m, s: run(m, drafter, spec, s, *args, sp).n_out)
-    return lambda: loop(model, state)
+    program = LoopProgram(model, NoDraft(), [prompt], new, bucket(len(prompt)), cache_scale)
+    return lambda: program().n_out
 
 
 def weights_floor(model, steps: int):
@@ -162,16 +130,15 @@ def main(argv=None):
     samples = {ctx: {name: [] for name in runs[ctx]} for ctx in args.contexts}
     floor_s = []
     for _ in range(args.repeats):  # interleaved: every measurement sees the same machine state
-        floor_s += timed(floor, 1)
+        floor_s.append(timed(floor)[0])
         for ctx, fns in runs.items():
             for name, fn in fns.items():
-                samples[ctx][name] += timed(fn, 1)
+                samples[ctx][name].append(timed(fn)[0])
 
     floor_step = statistics.median(floor_s) / args.new
     result = {
         "benchmark": "plain_decode", "model": MODEL, "dtype": "float32", "batch": 1, "new_tokens": args.new,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-                    "backend": jax.default_backend(), "python": sys.version.split()[0]},
+        "machine": machine(),
         "weights_floor_ms_per_step": 1e3 * floor_step, "contexts": {},
     }
     for ctx in args.contexts:
@@ -198,11 +165,7 @@ def main(argv=None):
                 hf["tokens_per_s"]
             result["transformers"] = hf
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
-    print(json.dumps(result, indent=1))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

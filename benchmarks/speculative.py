@@ -20,11 +20,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -33,49 +30,13 @@ import numpy as np
 
 import spectax
 from spectax import DraftTree, hub
-from spectax.api import bucket, prepare_prompt
 from spectax.cache import KVCache
 from spectax.drafters import DraftModel, NoDraft, Replay
-from spectax.loop import LoopSpec, prefill, run
 from spectax.models import Model
-from spectax.sampling import make_sampling
 from spectax.tokenizer import from_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from plain_decode import MODEL, SPEC_BENCH, spec_bench_prompts  # noqa: E402
-
-
-class LoopProgram:
-    """The greedy decode loop for one (drafter, prompt batch) from a prefilled state, compiled once.
-
-    Prompts are right-padded to `prompt_bucket` so every batch of the same size shares one compiled program."""
-
-    def __init__(self, model: Model, drafter, prompts: list[list[int]], new: int, prompt_bucket: int):
-        sampler, self.sp = make_sampling(0.0, 0, 1.0)
-        self.spec = LoopSpec(sampler=sampler, out_size=bucket(new), vocab_size=model.config.vocab_size)
-        tokens, lengths = prepare_prompt(prompts, None, model.config.vocab_size)
-        self.prompt = np.zeros((len(prompts), prompt_bucket), np.int32)
-        self.prompt[:, :tokens.shape[1]] = tokens
-        self.lengths = lengths
-        self.model, self.drafter, self.new = model, drafter, new
-        self.size = prompt_bucket + bucket(new) + drafter.tree.num_nodes + 1
-        self.state = _start(model, drafter, self.prompt, lengths, np.int32(new), self.sp, spec=self.spec,
-                            size=self.size)
-
-    def __call__(self):
-        return _loop(self.model, self.drafter, self.state, np.int32(self.new), self.sp, spec=self.spec)
-
-
-@jax.jit(static_argnames=("spec", "size"))
-def _start(model, drafter, prompt, lengths, new, sp, *, spec, size):
-    cache = KVCache.create(model.config, prompt.shape[0], size, model.dtype)
-    return prefill(model, drafter, spec, prompt, lengths, new, np.int32(-1), np.int32(0), sp, jax.random.key(0),
-                   cache)
-
-
-@jax.jit(static_argnames=("spec",))
-def _loop(model, drafter, state, new, sp, *, spec):
-    return run(model, drafter, spec, state, new, np.int32(-1), sp)
+from common import MODEL, SPEC_BENCH, LoopProgram, machine, spec_bench_prompts, timed, write_result  # noqa: E402
 
 
 def forward_floor(model: Model, batch: int, context: int, T: int, steps: int):
@@ -95,12 +56,6 @@ def forward_floor(model: Model, batch: int, context: int, T: int, steps: int):
 
     kv = KVCache.create(model.config, batch, size, model.dtype).layers
     return lambda: run_floor(model, kv)
-
-
-def timed(program):
-    t = time.perf_counter()
-    out = jax.block_until_ready(program())
-    return time.perf_counter() - t, out
 
 
 def layer_subset(model: Model, layers: list[int]) -> Model:
@@ -139,8 +94,8 @@ def draft_model_part(model, tok, questions, args) -> dict:
                           for p in prompts], "new_tokens": args.new, "configs": {}}
 
     def measure(drafters: dict) -> dict:
-        """Per prompt, every drafter in turn (interleaved): loop seconds, loop tokens, stats."""
-        totals = {name: {"s": 0.0, "tokens": 0, "stats": []} for name in drafters}
+        """Per prompt, every drafter in turn (interleaved): loop seconds, loop tokens, summed stats."""
+        totals = {name: {"s": 0.0, "tokens": 0, "stats": None} for name in drafters}
         for p in prompts:
             for name, drafter in drafters.items():
                 program = LoopProgram(model, drafter, [p["ids"]], args.new, args.prompt_bucket)
@@ -148,7 +103,9 @@ def draft_model_part(model, tok, questions, args) -> dict:
                 s, out = timed(program)
                 totals[name]["s"] += s
                 totals[name]["tokens"] += loop_tokens(out)
-                totals[name]["stats"].append(out.stats)
+                # the prompts' counters summed: one DecodeStats over all of them (batch-1 shapes are equal)
+                prev = totals[name]["stats"]
+                totals[name]["stats"] = out.stats if prev is None else jax.tree.map(jnp.add, prev, out.stats)
         return totals
 
     drafters = {"plain": NoDraft()}
@@ -156,8 +113,7 @@ def draft_model_part(model, tok, questions, args) -> dict:
                      for t, tree in trees.items()})
     measured = measure(drafters)
     for d, draft in drafts.items():   # Sequoia: the optimal tree for the per-rank acceptance the k-ary tree measured
-        hist = sum(np.asarray(s.rank_hist, np.float64) for s in measured[f"{d}/kary"]["stats"])
-        acceptance = hist[:, :-1] / np.maximum(hist.sum(1, keepdims=True), 1)
+        acceptance = measured[f"{d}/kary"]["stats"].rank_acceptance
         optimal = DraftTree.optimal(acceptance, budget=trees["kary"].num_nodes, max_depth=args.optimal_depth)
         result.setdefault("measured_rank_acceptance", {})[d] = acceptance.tolist()
         if optimal.num_nodes:
@@ -168,16 +124,11 @@ def draft_model_part(model, tok, questions, args) -> dict:
     for name, m in measured.items():
         if name == "plain":
             continue
-        tree = drafters[name].tree
-        calls = sum(int(np.sum(s.row_calls)) for s in m["stats"])
-        new = sum(int(np.sum(s.new_tokens)) for s in m["stats"])
-        accepted = sum(np.asarray(s.accepted_hist).sum(0) for s in m["stats"])
-        at_least = np.cumsum(accepted[::-1])[::-1]
-        rate = m["tokens"] / m["s"]
+        tree, stats, rate = drafters[name].tree, m["stats"], m["tokens"] / m["s"]
         result["configs"][name] = {
             "tree_parents": list(tree.parents), "nodes": tree.num_nodes, "depth": tree.max_depth,
-            "tau": new / calls, "acceptance_per_depth": (at_least[1:] / np.maximum(at_least[:-1], 1)).tolist(),
-            "tokens_per_s": rate, "speedup": rate / plain_rate, "eta": rate / plain_rate / (new / calls)}
+            "tau": stats.tau, "acceptance_per_depth": stats.acceptance_per_depth.tolist(),
+            "tokens_per_s": rate, "speedup": rate / plain_rate, "eta": rate / plain_rate / stats.tau}
     return result
 
 
@@ -264,19 +215,14 @@ def main(argv=None):
     tok = from_gguf(hub.resolve(MODEL))
     questions = spec_bench_prompts(args.spec_bench)
     result = {"benchmark": "speculative", "model": MODEL, "dtype": "float32", "sampling": "greedy",
-              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-                          "backend": jax.default_backend(), "python": sys.version.split()[0]}}
+              "machine": machine()}
     if args.out.is_file():   # a run of some parts keeps the other parts' last results
         result = json.loads(args.out.read_text()) | result
     if "replay" in args.parts:
         result["replay"] = replay_part(model, tok, questions, args)
     if "draft" in args.parts:
         result["draft_model"] = draft_model_part(model, tok, questions, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
-    print(json.dumps(result, indent=1))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

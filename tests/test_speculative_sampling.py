@@ -14,7 +14,7 @@ import spectax
 import spectax.verify.multi_draft as multi_draft_mod
 import spectax.verify.speculative as speculative_mod
 from spectax import DraftTree
-from spectax.drafters import Draft, DraftModel
+from spectax.drafters import Draft, DraftModel, Replay
 from spectax.models import Model, ModelConfig
 from spectax.sampling import warp
 from test_sampling import chi2_rejects, np_warp
@@ -88,18 +88,22 @@ def sampled_joint(model, drafter, temperature, top_k, top_p, rows=ROWS, seed=0):
 SETTINGS = [(0.5, 0, 1.0), (1.0, 0, 1.0), (1.5, 0, 1.0), (1.0, 3, 1.0), (1.5, 0, 0.8)]
 
 
-def make_drafter(kind, draft, tree):
+def make_drafter(kind, draft, tree, rows=ROWS):
+    if kind == "replay":   # deterministic draft tokens (q is one-hot): a fixed, context-free continuation
+        reference = np.random.default_rng(4).integers(0, SMALL.vocab_size, (rows, 16))
+        return Replay.create(reference, 0.0, tree)
     if kind == "independent":
         logits = jax.random.normal(jax.random.key(3), (tree.num_nodes, SMALL.vocab_size)) * 1.5
         return IndependentDraws(logits_NV=logits, tree=tree)
     return DraftModel(draft, tree=tree)
 
 
-CASES = [("model", DraftTree.chain(2)), ("model", DraftTree.kary((3, 2))), ("independent", DraftTree.kary((2, 2)))]
+CASES = [("model", DraftTree.chain(2)), ("model", DraftTree.kary((3, 2))), ("independent", DraftTree.kary((2, 2))),
+         ("replay", DraftTree.chain(2))]
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", SETTINGS)
-@pytest.mark.parametrize("kind,tree", CASES, ids=["chain", "tree-sequoia", "tree-specinfer"])
+@pytest.mark.parametrize("kind,tree", CASES, ids=["chain", "tree-sequoia", "tree-specinfer", "chain-deterministic"])
 def test_speculative_sampling_is_lossless(target, draft, kind, tree, temperature, top_k, top_p):
     joint = exact_joint(target, temperature, top_k, top_p).ravel()
     counts, stats = sampled_joint(target, make_drafter(kind, draft, tree), temperature, top_k, top_p)
@@ -117,5 +121,6 @@ def test_a_broken_verifier_is_caught(target, draft, module, kind, tree, monkeypa
     the draft's tokens: the same check must reject it."""
     monkeypatch.setattr(module, "residual", lambda r, q: r)
     joint = exact_joint(target, 1.0, 0, 1.0).ravel()
-    counts, _ = sampled_joint(target, make_drafter(kind, draft, tree), 1.0, 0, 1.0, rows=ROWS + 1)  # fresh trace
+    drafter = make_drafter(kind, draft, tree, rows=ROWS + 1)
+    counts, _ = sampled_joint(target, drafter, 1.0, 0, 1.0, rows=ROWS + 1)  # a new shape: traced with the patch
     assert chi2_rejects(counts, joint)

@@ -38,7 +38,7 @@ def deepest_accepted(ok_BN: jax.Array, tree: DraftTree) -> jax.Array:
     """int32 [B]: the step index (0 = root) ending the deepest path whose every node is ok (first such on ties)."""
     if tree.num_nodes == 0:
         return jnp.zeros(ok_BN.shape[:1], jnp.int32)
-    ancestors_NN = jnp.asarray(tree.step_mask[1:, 1:])                  # node sees itself and its node ancestors
+    ancestors_NN = jnp.asarray(tree.ancestor_mask)                      # node sees itself and its node ancestors
     path_ok_BN = jnp.all(jnp.where(ancestors_NN[None], ok_BN[:, None, :], True), axis=-1)
     score_BN = jnp.where(path_ok_BN, jnp.asarray(tree.depth)[None, :], 0)
     return jnp.where(path_ok_BN.any(-1), jnp.argmax(score_BN, axis=-1) + 1, 0).astype(jnp.int32)

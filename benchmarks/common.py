@@ -1,0 +1,84 @@
+"""What the benchmarks share: the model and prompt set, a timer, the decode loop from a prefilled state, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from spectax.api import bucket, prepare_prompt
+from spectax.cache import KVCache
+from spectax.loop import LoopSpec, prefill, run
+from spectax.models import Model
+from spectax.sampling import make_sampling
+
+SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
+MODEL = "smollm2-135m-instruct"
+
+
+def spec_bench_prompts(path: Path) -> list[dict]:
+    """The Spec-Bench questions (question_id, category, turns)."""
+    if not path.is_file():
+        raise SystemExit(f"Spec-Bench prompts not found at {path} (pass --spec-bench)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def timed(fn) -> tuple[float, object]:
+    """(seconds, result) of one call, waiting for the device."""
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return time.perf_counter() - t, out
+
+
+class LoopProgram:
+    """The greedy decode loop (spectax.loop.run, the while_loop decode() runs) for one drafter and prompt batch,
+    from a prefilled state built once; calling it runs the loop and returns the final DecodeState.
+
+    Prompts are right-padded to `prompt_bucket`; `cache_scale` multiplies the KV cache allocation."""
+
+    def __init__(self, model: Model, drafter, prompts: list[list[int]], new: int, prompt_bucket: int,
+                 cache_scale: int = 1):
+        sampler, self.sp = make_sampling(0.0, 0, 1.0)
+        self.spec = LoopSpec(sampler=sampler, out_size=bucket(new), vocab_size=model.config.vocab_size)
+        tokens, lengths = prepare_prompt(prompts, None, model.config.vocab_size)
+        prompt = np.zeros((len(prompts), prompt_bucket), np.int32)
+        prompt[:, :tokens.shape[1]] = tokens
+        self.model, self.drafter, self.new = model, drafter, new
+        size = cache_scale * (prompt_bucket + bucket(new) + drafter.tree.num_nodes + 1)
+        self.state = _start(model, drafter, prompt, lengths, np.int32(new), self.sp, spec=self.spec, size=size)
+
+    def __call__(self):
+        return _loop(self.model, self.drafter, self.state, np.int32(self.new), self.sp, spec=self.spec)
+
+
+@jax.jit(static_argnames=("spec", "size"))
+def _start(model, drafter, prompt, lengths, new, sp, *, spec, size):
+    cache = KVCache.create(model.config, prompt.shape[0], size, model.dtype)
+    return prefill(model, drafter, spec, prompt, lengths, new, np.int32(-1), np.int32(0), sp, jax.random.key(0),
+                   cache)
+
+
+@jax.jit(static_argnames=("spec",))
+def _loop(model, drafter, state, new, sp, *, spec):
+    return run(model, drafter, spec, state, new, np.int32(-1), sp)
+
+
+def machine() -> dict:
+    """Where a measurement was taken."""
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
+            "backend": jax.default_backend(), "python": sys.version.split()[0]}
+
+
+def write_result(path: Path, result: dict) -> None:
+    """Writes the JSON atomically (a temp file renamed into place) and prints it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    print(json.dumps(result, indent=1))
