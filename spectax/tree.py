@@ -128,15 +128,26 @@ class DraftTree:
         return cls(tuple(index[p[:-1]] if len(p) > 1 else -1 for p in order))
 
     @classmethod
-    def optimal(cls, acceptance, budget: int, max_depth: int) -> "DraftTree":
+    def optimal(cls, acceptance, budget: int, max_depth: int, cost=None) -> "DraftTree":
         """The Sequoia tree: at most `budget` nodes, depth <= max_depth, maximising expected_accepted(acceptance).
 
         acceptance: float [R] (every depth) or [Dp, R] (row d - 1 for depth d; deeper depths use the last row), the
         probability that the child of rank r is the accepted one. Rows need not be monotone in rank. A dynamic
         program over (depth, subtree size) with a knapsack over child ranks 0, 1, 2, ... (rank r needs ranks < r);
         nodes that add nothing are left out, so the result can be smaller than the budget (even empty). BFS order.
+
+        cost: optional float [>= budget + 1], cost[n] = the time of a verification step over n draft nodes divided
+        by a plain step's (cost[0] == 1), e.g. `spectax.calibrate.cost_curve`. Then the tree maximises
+        expected_speedup = (1 + expected accepted) / cost[num_nodes] instead: the smallest best size n is chosen
+        (0, the empty tree, when speculation cannot pay) and the tree has exactly n nodes (zero-gain root children
+        pad it only when cost makes n nodes cheaper than the fewer that carry the same value).
         """
-        _, paths = _optimal_paths(_acceptance_table(acceptance), budget, max_depth)
+        values, tables = _optimal_values(_acceptance_table(acceptance), budget, max_depth)
+        if cost is None:
+            paths = _optimal_paths(tables, budget)
+        else:
+            size = _best_size(values, _cost_table(cost, budget))
+            paths = _pad_root(_optimal_paths(tables, size), size)
         return cls.from_paths(paths) if paths else cls.none()
 
     # ------------------------------------------------------------ properties
@@ -252,6 +263,13 @@ class DraftTree:
             gain[i] = a * (gain[p] if p >= 0 else 1.0)
         return float(gain.sum())
 
+    def expected_speedup(self, acceptance, cost) -> float:
+        """Expected new tokens per unit of plain-step time: (1 + expected_accepted(acceptance)) / cost[num_nodes].
+
+        cost: float [>= N + 1], verification step time over n draft nodes / plain step time (cost[0] == 1).
+        """
+        return (1.0 + self.expected_accepted(acceptance)) / float(_cost_table(cost, self.num_nodes)[self.num_nodes])
+
 
 def _acceptance_table(acceptance) -> np.ndarray:
     """Validates acceptance ([R] or [Dp, R]); returns float64 [Dp, R]."""
@@ -273,13 +291,48 @@ def _acceptance_table(acceptance) -> np.ndarray:
     return a
 
 
-def _optimal_paths(table: np.ndarray, budget: int, max_depth: int) -> tuple[float, list[tuple[int, ...]]]:
-    """The Sequoia DP on a validated float64 [Dp, R] table: (best expected accepted value, rank paths of a best tree).
+def _cost_table(cost, budget: int) -> np.ndarray:
+    """Validates a relative step cost curve (1-D, finite, > 0, cost[0] == 1, covering 0..budget); float64 [len]."""
+    try:
+        c = np.array(cost, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"cost must be a 1-D float sequence, got {cost!r}") from None
+    if c.ndim != 1:
+        raise ValueError(f"cost must be 1-D (cost[n] for n draft nodes), got shape {c.shape}")
+    if c.size < budget + 1:
+        raise ValueError(f"cost has {c.size} entries but covers only up to {c.size - 1} nodes; "
+                         f"{budget + 1} are needed for {budget} nodes")
+    if not np.isfinite(c).all():
+        raise ValueError("cost has non-finite values")
+    if (c <= 0).any():
+        raise ValueError(f"cost values must be > 0, got min {c.min()}")
+    if abs(c[0] - 1.0) > 1e-6:
+        raise ValueError(f"cost[0] must be 1 (costs are relative to a plain step), got {c[0]}; divide by cost[0]")
+    return c
 
+
+def _best_size(values_N: np.ndarray, cost: np.ndarray) -> int:
+    """The smallest n maximising (1 + values_N[n]) / cost[n] (ties within 1e-12 relative go to fewer nodes)."""
+    rate = (1.0 + values_N) / cost[:values_N.size]
+    return int(np.flatnonzero(rate >= rate.max() * (1 - 1e-12))[0])
+
+
+def _pad_root(paths: list[tuple[int, ...]], size: int) -> list[tuple[int, ...]]:
+    """paths plus extra root children (the next free ranks) up to `size` nodes."""
+    first = sum(len(p) == 1 for p in paths)
+    return paths + [(r,) for r in range(first, first + size - len(paths))]
+
+
+def _optimal_values(table: np.ndarray, budget: int, max_depth: int) -> tuple[np.ndarray, list]:
+    """The Sequoia DP on a validated float64 [Dp, R] table.
+
+    Returns (values [budget + 1], tables): values[n] is the best expected accepted value of a tree with at most n
+    nodes, which is also the best with exactly n (extra root children never lower the value); tables feed
+    `_optimal_paths`.
     F_d[n]: the best value below a node at depth d with at most n nodes under it (F_{max_depth} = 0).
     G_d[k, n]: the best for children of ranks 0..k-1 (all present) sharing at most n nodes,
       G_d[k, n] = max_{1 <= m <= n} G_d[k-1, n-m] + a_d[k-1] * (1 + F_{d+1}[m-1]),   G_d[0, n] = 0,
-    where a_d is the row for depth d + 1; F_d[n] = max_k G_d[k, n].
+    where a_d is the row for depth d + 1; F_d[n] = max_k G_d[k, n]; values = F_0.
     """
     if not _is_int(budget) or budget < 1:
         raise ValueError(f"budget must be an int >= 1, got {budget!r}")
@@ -308,7 +361,12 @@ def _optimal_paths(table: np.ndarray, budget: int, max_depth: int) -> tuple[floa
             M[k] = best + 1
         F = G.max(0)
         tables[d] = (G, M)
+    return F, tables
 
+
+def _optimal_paths(tables: list, size: int) -> list[tuple[int, ...]]:
+    """Rank paths of a best tree with at most `size` nodes (0 <= size <= budget), from `_optimal_values`' tables."""
+    D = len(tables)
     paths: list[tuple[int, ...]] = []
 
     def build(d: int, left: int, prefix: tuple[int, ...]):
@@ -324,6 +382,5 @@ def _optimal_paths(table: np.ndarray, budget: int, max_depth: int) -> tuple[floa
             paths.append(prefix + (rank,))
             build(d + 1, m - 1, prefix + (rank,))
 
-    build(0, B, ())
-    return float(F[B]), paths
-
+    build(0, size, ())
+    return paths

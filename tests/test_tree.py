@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from spectax.tree import DraftTree, _acceptance_table, _optimal_paths
+from spectax.tree import DraftTree, _acceptance_table, _optimal_paths, _optimal_values
 
 
 def _ancestors(tree, i):
@@ -60,6 +60,12 @@ def _forest_paths(forest, prefix=()):
 def _brute_force(acc, budget, max_depth):
     """Best value over every rank-contiguous tree with <= budget nodes and depth <= max_depth."""
     return max(_value(list(_forest_paths(f)), acc) for n in range(budget + 1) for f in _forests(n, max_depth))
+
+
+def _brute_force_rates(acc, budget, max_depth, cost):
+    """[budget + 1]: per exact node count n, the best (1 + value) / cost[n] over every such tree."""
+    return np.array([max(1 + _value(list(_forest_paths(f)), acc) for f in _forests(n, max_depth)) / cost[n]
+                     for n in range(budget + 1)])
 
 
 def _assert_no_useless_nodes(tree, acc):
@@ -284,7 +290,8 @@ def test_optimal_matches_brute_force(seed):
     for max_depth in (1, 2, 3):
         for budget in range(1, 7):
             best = _brute_force(acc, budget, max_depth)
-            value, paths = _optimal_paths(_acceptance_table(acc), budget, max_depth)
+            values, tables = _optimal_values(_acceptance_table(acc), budget, max_depth)
+            value, paths = values[budget], _optimal_paths(tables, budget)
             tree = DraftTree.optimal(acc, budget, max_depth)
             assert value == pytest.approx(best, abs=1e-12)
             assert tree.expected_accepted(acc) == pytest.approx(value, abs=1e-12)
@@ -363,3 +370,92 @@ def test_optimal_at_sequoia_scale():
     assert value >= DraftTree.optimal(acc, budget=64, max_depth=12).expected_accepted(acc)
     for a, b in itertools.pairwise([DraftTree.optimal(acc, b, 6).expected_accepted(acc) for b in (8, 16, 32, 64)]):
         assert b >= a - 1e-12                   # more budget never hurts
+
+
+# ----------------------------------------------------------- optimal with cost
+
+COSTS = {   # cost[n] for n = 0..6 draft nodes, relative to a plain step
+    "flat": [1.0] * 7,
+    "mild": [1.0 + 0.05 * n for n in range(7)],
+    "steep": [1.0 + 0.4 * n for n in range(7)],
+    "knee": [1.0, 1.0, 1.0, 1.0, 1.6, 1.7, 1.8],          # free up to a tile size, then a jump
+    "non_monotone": [1.0, 1.3, 1.5, 1.6, 1.2, 2.0, 2.0],   # 4 nodes cheaper than 3 (padding to a tile)
+    "prohibitive": [1.0 + 10.0 * n for n in range(7)],
+}
+
+
+def test_optimal_values_are_the_best_per_exact_size():
+    rng = np.random.default_rng(11)
+    for acc in (_random_rows(rng, (3,)), _random_rows(rng, (2, 2)), [0.0, 0.7], [1.0, 0.0]):
+        for max_depth in (1, 2, 3):
+            values, _ = _optimal_values(_acceptance_table(acc), 6, max_depth)
+            exact = [max(_value(list(_forest_paths(f)), acc) for f in _forests(n, max_depth)) for n in range(7)]
+            np.testing.assert_allclose(values, exact, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(COSTS))
+@pytest.mark.parametrize("seed", range(3))
+def test_optimal_with_cost_matches_brute_force(name, seed):
+    cost = COSTS[name]
+    rng = np.random.default_rng(seed)
+    acc = _random_rows(rng, (int(rng.integers(2, 4)),)) if seed < 2 else _random_rows(rng, (2, 3))
+    for max_depth in (1, 2, 3):
+        for budget in range(1, 7):
+            rates = _brute_force_rates(acc, budget, max_depth, cost)
+            tree = DraftTree.optimal(acc, budget, max_depth, cost=cost)
+            assert tree.num_nodes <= budget and tree.max_depth <= max_depth and _is_bfs(tree)
+            assert tree.expected_speedup(acc, cost) == pytest.approx(rates.max(), abs=1e-12)
+            assert (rates[:tree.num_nodes] < rates.max() - 1e-12).all()         # no smaller tree does as well
+
+
+def test_flat_cost_is_the_per_call_optimum():
+    rng = np.random.default_rng(5)
+    for acc in ([0.6, 0.2, 0.1], _random_rows(rng, (3,)), _random_rows(rng, (2, 3))):
+        for budget, max_depth in [(1, 1), (3, 2), (6, 3), (16, 4), (40, 6)]:
+            tree = DraftTree.optimal(acc, budget, max_depth, cost=np.ones(budget + 1))
+            assert tree == DraftTree.optimal(acc, budget, max_depth) and tree.num_nodes == budget
+
+
+def test_steeper_cost_gives_smaller_trees():
+    acc = [0.6, 0.2, 0.1]
+    sizes = [DraftTree.optimal(acc, 32, 8, cost=1.0 + slope * np.arange(33)).num_nodes
+             for slope in (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)]
+    assert sizes[0] == 32 and sizes == sorted(sizes, reverse=True) and len(set(sizes)) >= 4
+    assert sizes[-1] == 0
+    assert DraftTree.optimal(acc, 32, 8, cost=1.0 + 0.3 * np.arange(33)) == DraftTree.chain(1)   # 1.6 / 1.3 > 1
+
+
+def test_cost_where_nothing_pays_gives_the_empty_tree():
+    acc = [0.6, 0.2, 0.1]
+    for cost in (1.0 + 1.0 * np.arange(17), [1.0] + [4.2] * 16):     # value <= 0.9 + 0.81 + 0.73 + 0.66
+        tree = DraftTree.optimal(acc, 16, 4, cost=cost)
+        assert tree == DraftTree.none() and tree.expected_speedup(acc, cost) == 1.0
+    assert DraftTree.optimal([0.0, 0.0], 8, 3, cost=np.ones(9)) == DraftTree.none()   # nothing is ever accepted
+    cost = [1.0, 1.6] + [9.0] * 15                                                     # 1.6 / 1.6 == 1: a tie
+    assert DraftTree.optimal(acc, 16, 4, cost=cost) == DraftTree.none()               # goes to fewer nodes
+
+
+def test_non_monotone_cost_pads_to_the_cheaper_size():
+    cost = [1.0, 2.0, 2.0, 2.0, 1.5, 3.0]
+    tree = DraftTree.optimal([1.0, 0.0, 0.0], 5, 2, cost=cost)     # chain(2) carries all the value; 4 nodes are cheaper
+    assert tree == DraftTree.from_paths([(0,), (1,), (2,), (0, 0)])
+    assert tree.expected_speedup([1.0, 0.0, 0.0], cost) == pytest.approx(3.0 / 1.5)
+
+
+def test_expected_speedup_by_hand():
+    acc, cost = [0.5, 0.25], [1.0, 1.1, 1.2, 1.3]
+    assert DraftTree.none().expected_speedup(acc, [1.0]) == 1.0
+    assert DraftTree.chain(3).expected_speedup(acc, cost) == pytest.approx((1 + 0.875) / 1.3)
+    assert DraftTree.kary((2,)).expected_speedup(np.array([acc]), np.array(cost)) == pytest.approx(1.75 / 1.2)
+
+
+@pytest.mark.parametrize("cost,word", [
+    ([1.0, 1.1], "covers only up to 1"), ([[1.0, 1.1, 1.2, 1.3, 1.4]], "1-D"), (1.0, "1-D"), ("abc", "1-D float"),
+    ([1.0, np.nan, 1.2, 1.3, 1.4], "non-finite"), ([1.0, 1.1, np.inf, 1.3, 1.4], "non-finite"),
+    ([1.0, 0.0, 1.2, 1.3, 1.4], "> 0"), ([1.0, 1.1, -1.2, 1.3, 1.4], "> 0"), ([2.0, 2.2, 2.4, 2.6, 2.8], r"cost\[0\]"),
+    ([1.0, None, 1.2, 1.3, 1.4], "non-finite"), ([1.0, [1.1], 1.2, 1.3, 1.4], "1-D float")])
+def test_bad_cost(cost, word):
+    with pytest.raises(ValueError, match=word):
+        DraftTree.optimal([0.5, 0.2], budget=4, max_depth=2, cost=cost)
+    with pytest.raises(ValueError, match=word):
+        DraftTree.kary((2, 1)).expected_speedup([0.5, 0.2], cost)
