@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from spectax.api import bucket, prepare_prompt
+from spectax.api import bucket, prepare_prompt, row_keys
 from spectax.cache import KVCache
 from spectax.loop import LoopSpec, prefill, run
 from spectax.models import Model
@@ -60,8 +60,8 @@ class LoopProgram:
 @jax.jit(static_argnames=("spec", "size"))
 def _start(model, drafter, prompt, lengths, new, sp, *, spec, size):
     cache = KVCache.create(model.config, prompt.shape[0], size, model.dtype)
-    return prefill(model, drafter, spec, prompt, lengths, new, np.int32(-1), np.int32(0), sp, jax.random.key(0),
-                   cache)
+    return prefill(model, drafter, spec, prompt, lengths, new, np.int32(-1), np.int32(0), sp,
+                   row_keys(0, prompt.shape[0]), cache)
 
 
 @jax.jit(static_argnames=("spec",))

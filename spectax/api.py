@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +17,10 @@ from spectax.loop import DecodeStats, LoopSpec, prefill, run
 from spectax.models import Model
 from spectax.sampling import SamplingParams, make_sampling
 from spectax.tree import DraftTree
-from spectax.verify.lossy import LOSSY_RULES
+from spectax.verify.lossy import LOSSY_RULES, TopKMatch
 
 MIN_BUCKET = 16
+INT32_MIN, INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
 
 
 @struct.dataclass
@@ -37,6 +37,18 @@ def bucket(n: int) -> int:
 
 def _is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _int_vector(values, batch: int, name: str) -> np.ndarray:
+    """int [batch]: `values` as an integer vector of one entry per row (bools are not ints); ValueError otherwise."""
+    has_bool = isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values)
+    try:
+        arr = np.asarray(values)
+    except ValueError:   # ragged nesting
+        arr = np.asarray(None)
+    if has_bool or arr.shape != (batch,) or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be int [B={batch}], got {values!r}")
+    return arr
 
 
 def prepare_prompt(prompt, prompt_lengths, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +73,7 @@ def prepare_prompt(prompt, prompt_lengths, vocab_size: int) -> tuple[np.ndarray,
         if tokens.shape[0] == 0:
             raise ValueError("the prompt batch is empty")
         lengths = (np.full((tokens.shape[0],), tokens.shape[1], np.int32) if prompt_lengths is None
-                   else np.asarray(prompt_lengths))
-        if lengths.shape != (tokens.shape[0],) or not np.issubdtype(lengths.dtype, np.integer):
-            raise ValueError(f"prompt_lengths must be int [B={tokens.shape[0]}], got {lengths.dtype} {lengths.shape}")
+                   else _int_vector(prompt_lengths, tokens.shape[0], "prompt_lengths"))
         if (lengths > tokens.shape[1]).any():
             raise ValueError(f"prompt_lengths {lengths.tolist()} exceed the prompt width {tokens.shape[1]}")
     if (lengths < 1).any():
@@ -77,6 +87,45 @@ def prepare_prompt(prompt, prompt_lengths, vocab_size: int) -> tuple[np.ndarray,
     return np.where(live, tokens, 0).astype(np.int32), lengths.astype(np.int32)
 
 
+def _seed_key(seed: int) -> jax.Array:
+    """The key of a 64-bit seed: jax.random.key(seed) for seeds below 2**32, distinct keys above (no truncation)."""
+    return jax.random.wrap_key_data(np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32))
+
+
+def row_keys(rng, batch: int) -> jax.Array:
+    """key [batch]: one key per row, each row's randomness drawn from its own key only.
+
+    rng: an int seed (row b gets fold_in(key(seed), b)), a typed jax key (row b gets fold_in(key, b)), a typed key
+    array [batch], or an int sequence / array [batch] of per-row seeds (row b gets key(seed[b]): its output then
+    depends only on its prompt and its seed, at any batch position and batch size). Seeds are ints in [0, 2**64).
+    Raw uint32 keys (jax.random.PRNGKey) are int arrays, read as seeds; use jax.random.key for a key.
+    ValueError on anything else.
+    """
+    if _is_int(rng):
+        if not 0 <= rng < 2 ** 64:
+            raise ValueError(f"an rng seed must be an int in [0, 2**64), got {rng}")
+        rng = _seed_key(int(rng))
+    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        if rng.shape == ():
+            return jax.vmap(lambda b: jax.random.fold_in(rng, b))(jnp.arange(batch, dtype=jnp.uint32))
+        if rng.shape != (batch,):
+            raise ValueError(f"a key array rng must have shape [B={batch}] (one key per row), got {rng.shape}")
+        return rng
+    if isinstance(rng, (bool, np.bool_, float, str, bytes)) or rng is None:
+        raise ValueError(f"rng must be an int seed, a jax key, or int [B] per-row seeds, got {rng!r}")
+    try:
+        seeds = np.asarray(rng)
+    except (TypeError, ValueError):
+        raise ValueError(f"rng must be an int seed, a jax key, or int [B] per-row seeds, got {rng!r}") from None
+    if seeds.shape != (batch,) or not np.issubdtype(seeds.dtype, np.integer):
+        raise ValueError(f"per-row seeds must be an int array of shape [B={batch}], got {seeds.dtype} {seeds.shape}")
+    if (seeds < 0).any():
+        raise ValueError(f"per-row seeds must be >= 0, got {seeds.tolist()}")
+    seeds = seeds.astype(np.uint64)
+    data = np.stack([seeds >> np.uint64(32), seeds & np.uint64(0xFFFFFFFF)], axis=-1).astype(np.uint32)
+    return jax.random.wrap_key_data(data)
+
+
 def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=None, drafter=None,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=0, eos_id: int | None = None,
            pad_id: int = 0, attn_impl: str = "auto", cache_size: int | None = None, lossy=None) -> DecodeResult:
@@ -87,7 +136,9 @@ def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=No
     its draft is verified losslessly: greedy output equals plain greedy output, sampled output is distributed as
     plain sampling. `lossy` (a `spectax.verify.Typical` or `TopKMatch` rule) trades that for acceptance.
     temperature 0 is greedy; otherwise temperature / top_k (0 = off) / top_p (1 = off) warp the target (and the
-    draft) distribution; `rng` (int seed or jax key) makes sampling deterministic. A row stops after emitting
+    draft) distribution. `rng` makes sampling deterministic, per row: an int seed or a jax key (row b uses
+    fold_in(key, b)), or int [B] per-row seeds (a row's output then depends only on its prompt and its seed, at any
+    batch position or batch size, for the same drafter and tree). A row stops after emitting
     `eos_id` (kept in the output). Prompt and output lengths are bucketed to powers of two, so a new prompt length
     in the same bucket does not recompile. `cache_size` overrides the KV cache slots per row (default: prompt
     bucket + output bucket + draft nodes + 1).
@@ -98,14 +149,24 @@ def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=No
                    attn_impl=attn_impl, cache_size=cache_size, lossy=lossy, poison_cache=False)
 
 
-def _check_drafter(drafter, config) -> None:
+def _check_drafter(drafter, config, batch: int) -> None:
+    """ValueError unless `drafter` has the drafter methods and a DraftTree and its own check() passes for this
+    target and batch."""
     for method in ("check", "init", "propose", "update"):
         if not callable(getattr(drafter, method, None)):
             raise ValueError(f"drafter must be None or a spectax drafter (spectax.drafters), got "
                              f"{type(drafter).__name__} without a {method}() method")
     if not isinstance(getattr(drafter, "tree", None), DraftTree):
         raise ValueError(f"drafter {type(drafter).__name__} has no DraftTree `tree`")
-    drafter.check(config)
+    drafter.check(config, batch=batch)
+
+
+def _check_lossy(lossy, vocab_size: int) -> None:
+    """ValueError unless `lossy` is None or a lossy rule that fits this vocabulary (TopKMatch k <= vocab_size)."""
+    if lossy is not None and not isinstance(lossy, LOSSY_RULES):
+        raise ValueError(f"lossy must be None or a rule from spectax.verify (Typical, TopKMatch), got {lossy!r}")
+    if isinstance(lossy, TopKMatch) and lossy.k > vocab_size:
+        raise ValueError(f"TopKMatch.k must be <= the target's vocabulary ({vocab_size} tokens), got {lossy.k}")
 
 
 def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
@@ -114,21 +175,20 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
     if not isinstance(model, Model):
         raise ValueError(f"model must be a spectax Model (spectax.load(...)), got {type(model).__name__}")
     config = model.config
+    tokens, lengths = prepare_prompt(prompt, prompt_lengths, config.vocab_size)
     drafter = NoDraft() if drafter is None else drafter
-    _check_drafter(drafter, config)
-    if lossy is not None and not isinstance(lossy, LOSSY_RULES):
-        raise ValueError(f"lossy must be None or a rule from spectax.verify (Typical, TopKMatch), got {lossy!r}")
+    _check_drafter(drafter, config, batch=tokens.shape[0])
+    _check_lossy(lossy, config.vocab_size)
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     sampler, sp = make_sampling(temperature, top_k, top_p)
     if eos_id is not None and (not _is_int(eos_id) or not 0 <= eos_id < config.vocab_size):
         raise ValueError(f"eos_id must be None or a token id in [0, {config.vocab_size}), got {eos_id!r}")
-    if not _is_int(pad_id):
-        raise ValueError(f"pad_id must be an int, got {pad_id!r}")
+    if not _is_int(pad_id) or not INT32_MIN <= pad_id <= INT32_MAX:
+        raise ValueError(f"pad_id must be an int in the int32 range [{INT32_MIN}, {INT32_MAX}], got {pad_id!r}")
     impl = "xla" if attn_impl == "auto" else attn_impl
     if impl not in IMPLS:
         raise ValueError(f"attn_impl must be 'auto' or one of {IMPLS}, got {attn_impl!r}")
-    tokens, lengths = prepare_prompt(prompt, prompt_lengths, config.vocab_size)
     longest = int(lengths.max())
     if longest + max_new_tokens > config.max_position:
         raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the model's context "
@@ -144,19 +204,19 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
     prompt_BP = np.zeros((tokens.shape[0], p_bucket), np.int32)
     width = min(tokens.shape[1], p_bucket)
     prompt_BP[:, :width] = tokens[:, :width]
-    key = jax.random.key(rng) if _is_int(rng) else rng
+    keys_B = row_keys(rng, tokens.shape[0])
     spec = LoopSpec(sampler=sampler, out_size=out_bucket, vocab_size=config.vocab_size, attn_impl=impl, lossy=lossy)
     out, n_out, stats = _decode_program(model, drafter, prompt_BP, lengths, np.int32(max_new_tokens),
-                                        np.int32(-1 if eos_id is None else eos_id), np.int32(pad_id), sp, key,
+                                        np.int32(-1 if eos_id is None else eos_id), np.int32(pad_id), sp, keys_B,
                                         spec=spec, cache_size=int(cache_size), poison_cache=poison_cache)
     return DecodeResult(tokens=out[:, :max_new_tokens], lengths=n_out, stats=stats)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "cache_size", "poison_cache"))
-def _decode_program(model, drafter, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp: SamplingParams, rng, *,
+def _decode_program(model, drafter, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp: SamplingParams, keys_B, *,
                     spec: LoopSpec, cache_size: int, poison_cache: bool):
     B = prompt_BP.shape[0]
     cache = KVCache.create(model.config, B, cache_size, model.dtype, jnp.nan if poison_cache else 0.0)
-    state = prefill(model, drafter, spec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp, rng, cache)
+    state = prefill(model, drafter, spec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp, keys_B, cache)
     state = run(model, drafter, spec, state, max_new, eos_id, sp)
     return state.tokens, state.n_out, state.stats

@@ -23,22 +23,16 @@ def is_checkpoint(path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def save(model: Model, path, overwrite: bool = False) -> Path:
-    """Writes `model` to the directory `path` (a sibling temp dir renamed into place: never half-written)."""
-    if not isinstance(model, Model):
-        raise ValueError(f"save() takes a spectax Model, got {type(model).__name__}")
+def write_dir(path, overwrite: bool, fill) -> Path:
+    """Creates the directory `path` by calling fill(tmp) on a sibling temp dir, then renaming it into place: a
+    reader never sees it half-written. ValueError if `path` exists and not `overwrite`."""
     path = Path(path).expanduser().absolute()
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "params", model.params)
-        checkpointer.wait_until_finished()
-        manifest = {"format": "spectax", "version": FORMAT_VERSION, "dtype": str(model.dtype),
-                    "config": json.loads(model.config.to_json())}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        fill(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -46,6 +40,22 @@ def save(model: Model, path, overwrite: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def save(model: Model, path, overwrite: bool = False) -> Path:
+    """Writes `model` to the directory `path` (a sibling temp dir renamed into place: never half-written)."""
+    if not isinstance(model, Model):
+        raise ValueError(f"save() takes a spectax Model, got {type(model).__name__}")
+
+    def fill(tmp: Path) -> None:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / "params", model.params)
+        checkpointer.wait_until_finished()
+        manifest = {"format": "spectax", "version": FORMAT_VERSION, "dtype": str(model.dtype),
+                    "config": json.loads(model.config.to_json())}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+    return write_dir(path, overwrite, fill)
 
 
 def load_checkpoint(path, dtype=None) -> Model:

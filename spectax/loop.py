@@ -13,7 +13,8 @@ from jax import lax
 
 from spectax.cache import KVCache, commit_path
 from spectax.models import Model
-from spectax.sampling import Sampler, SamplingParams, sample
+from spectax.sampling import Sampler, SamplingParams, sample, split_rows
+from spectax.drafters.base import Draft, TargetOut
 from spectax.tree import DraftTree
 from spectax.verify import verify_greedy, verify_lossy, verify_multi_draft, verify_speculative
 
@@ -25,7 +26,8 @@ class DecodeStats:
     target_calls: jax.Array   # int32 [] loop steps (prefill excluded)
     row_calls: jax.Array      # int32 [B] steps in which the row was still decoding
     new_tokens: jax.Array     # int32 [B] tokens the steps committed (the prefill's first token excluded)
-    accepted_hist: jax.Array  # int32 [B, D + 1] steps by number of accepted draft tokens
+    speculated: jax.Array     # int32 [B] steps in which the row speculated (not gated off; the histograms count these)
+    accepted_hist: jax.Array  # int32 [B, D + 1] speculating steps by number of accepted draft tokens
     rank_hist: jax.Array      # int32 [D, R + 1] steps reaching depth d + 1 by the sibling rank accepted there (R: none)
 
     @property
@@ -56,7 +58,7 @@ class DecodeState:
     done: jax.Array        # bool [B]
     cache: KVCache
     drafter_state: Any
-    rng: jax.Array
+    rng: jax.Array         # key [B] one key per row: a row's draws never depend on the others
     stats: DecodeStats
 
 
@@ -72,15 +74,15 @@ class LoopSpec:
     lossy: Any = None         # None (lossless) or a lossy acceptance rule from spectax.verify.lossy
 
 
-def _verify(spec: LoopSpec, tree: DraftTree, logits_BTV, draft, rng, sp: SamplingParams):
+def _verify(spec: LoopSpec, tree: DraftTree, logits_BTV, draft, keys_B, sp: SamplingParams):
     """The verifier for this step: a lossy rule if asked for, else exact greedy or lossless sampling."""
     if spec.lossy is not None:
-        return verify_lossy(logits_BTV, draft, tree, rng, spec.sampler, sp, spec.lossy)
+        return verify_lossy(logits_BTV, draft, tree, keys_B, spec.sampler, sp, spec.lossy)
     if spec.sampler.greedy:
-        return verify_greedy(logits_BTV, draft.tokens_BN, tree)
+        return verify_greedy(logits_BTV, draft, tree)
     if tree.num_nodes == 0 or tree.is_chain:
-        return verify_speculative(logits_BTV, draft, tree, rng, spec.sampler, sp)
-    return verify_multi_draft(logits_BTV, draft, tree, rng, spec.sampler, sp)
+        return verify_speculative(logits_BTV, draft, tree, keys_B, spec.sampler, sp)
+    return verify_multi_draft(logits_BTV, draft, tree, keys_B, spec.sampler, sp)
 
 
 def _append(state: DecodeState, new_BC, count_B, eos_id, max_new):
@@ -103,21 +105,27 @@ def _append(state: DecodeState, new_BC, count_B, eos_id, max_new):
 
 
 def prefill(model: Model, drafter, spec: LoopSpec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id,
-            sp: SamplingParams, rng, cache: KVCache) -> DecodeState:
-    """The target (and the drafter) over the right-padded prompts; samples each row's first new token."""
+            sp: SamplingParams, keys_B, cache: KVCache) -> DecodeState:
+    """The target (and the drafter) over the right-padded prompts; samples each row's first new token.
+
+    keys_B: key [B], each row's own key (see api.row_keys)."""
     B = prompt_BP.shape[0]
-    kv, last_logits = model.prefill(prompt_BP, prompt_len_B, cache.layers, spec.prefill_chunk, spec.attn_impl)
+    kv, last_logits, last_hidden = model.prefill(prompt_BP, prompt_len_B, cache.layers, spec.prefill_chunk,
+                                                 spec.attn_impl)
     cache = cache.with_layers(kv).replace(lengths=prompt_len_B.astype(jnp.int32))
-    rng, key = jax.random.split(rng)
-    first = sample(last_logits, key, spec.sampler, sp)
+    keys_B2 = split_rows(keys_B, 2)
+    first = sample(last_logits, keys_B2[:, 1], spec.sampler, sp)
     tree = drafter.tree
     D = tree.max_depth
     state = DecodeState(
         tokens=jnp.full((B, spec.out_size), pad_id, jnp.int32), n_out=jnp.zeros((B,), jnp.int32), root=first,
         done=jnp.zeros((B,), bool), cache=cache,
-        drafter_state=drafter.init(prompt_BP, prompt_len_B, cache.size, spec), rng=rng,
+        drafter_state=drafter.init(model, prompt_BP, prompt_len_B, TargetOut(last_logits[:, None], last_hidden[:, None]),
+                                   cache.size, spec),
+        rng=keys_B2[:, 0],
         stats=DecodeStats(target_calls=jnp.int32(0), row_calls=jnp.zeros((B,), jnp.int32),
-                          new_tokens=jnp.zeros((B,), jnp.int32), accepted_hist=jnp.zeros((B, D + 1), jnp.int32),
+                          new_tokens=jnp.zeros((B,), jnp.int32), speculated=jnp.zeros((B,), jnp.int32),
+                          accepted_hist=jnp.zeros((B, D + 1), jnp.int32),
                           rank_hist=jnp.zeros((D, tree.max_children + 1), jnp.int32)))
     tokens, n_out, done, _ = _append(state, first[:, None], jnp.ones((B,), jnp.int32), eos_id, max_new)
     return state.replace(tokens=tokens, n_out=n_out, done=done)
@@ -133,28 +141,50 @@ def _rank_counts(tree: DraftTree, verdict, active_B) -> jax.Array:
 
 
 def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos_id, sp: SamplingParams) -> DecodeState:
-    """propose -> verify (the one target call) -> accept -> commit."""
-    tree = drafter.tree
-    rng, k_draft, k_verify = jax.random.split(state.rng, 3)
-    draft, drafter_state = drafter.propose(state.drafter_state, state.root, k_draft, spec, sp)
+    """propose -> verify (the one target call) -> accept -> commit.
+
+    A drafter that gates rows (Draft.live_B) gets a plain step, with no tree in the forward, whenever no active row
+    speculates: lax.cond between the two static shapes."""
+    keys_B3 = split_rows(state.rng, 3)
+    draft, drafter_state = drafter.propose(state.drafter_state, state.root, keys_B3[:, 1], spec, sp)
+    state = state.replace(drafter_state=drafter_state, rng=keys_B3[:, 0])
+    full = lambda s: _verify_commit(model, drafter, drafter.tree, spec, s, draft, keys_B3[:, 2], max_new, eos_id, sp)
+    if draft.live_B is None:
+        return full(state)
+    plain_draft = Draft(tokens_BN=draft.tokens_BN[:, :0], live_B=jnp.zeros_like(draft.live_B))
+    plain = lambda s: _verify_commit(model, drafter, DraftTree.none(), spec, s, plain_draft, keys_B3[:, 2], max_new,
+                                     eos_id, sp)
+    return lax.cond(jnp.any(draft.live_B & ~state.done), full, plain, state)
+
+
+def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state: DecodeState, draft, keys_B, max_new,
+                   eos_id, sp: SamplingParams) -> DecodeState:
+    """One target forward over the root + `tree`'s nodes, then accept and commit. `tree` is the drafter's, or the
+    empty tree for a plain step; the verdict is padded to the drafter's depth so both give the same state types."""
     step_tokens = jnp.concatenate([state.root[:, None], draft.tokens_BN], axis=1)          # [B, 1 + N]
     positions = state.cache.lengths[:, None] + jnp.asarray(tree.step_depth)[None, :]
     logits, hidden, kv = model.forward(step_tokens, positions, state.cache.layers, state.cache.lengths,
                                        jnp.asarray(tree.step_mask), spec.attn_impl)
-    verdict = _verify(spec, tree, logits, draft, k_verify, sp)
+    verdict = _verify(spec, tree, logits, draft, keys_B, sp)
+    D = drafter.tree.max_depth
+    verdict = verdict.replace(path_BD=jnp.pad(verdict.path_BD, ((0, 0), (0, D - tree.max_depth)), constant_values=-1))
     active = ~state.done
     new_BC = verdict.new_tokens(draft.tokens_BN)
     tokens, n_out, done, count = _append(state, new_BC, verdict.n_accepted + 1, eos_id, max_new)
-    cache = commit_path(state.cache.with_layers(kv), verdict.path_BD, verdict.n_accepted, active, tree.is_chain)
-    hist = state.stats.accepted_hist + (jax.nn.one_hot(verdict.n_accepted, tree.max_depth + 1, dtype=jnp.int32)
-                                        * active[:, None])
-    stats = DecodeStats(target_calls=state.stats.target_calls + 1,
-                        row_calls=state.stats.row_calls + active, new_tokens=state.stats.new_tokens + count,
-                        accepted_hist=hist, rank_hist=state.stats.rank_hist + _rank_counts(tree, verdict, active))
+    cache = commit_path(state.cache.with_layers(kv), verdict.path_BD[:, :tree.max_depth], verdict.n_accepted, active,
+                        tree.is_chain)
+    spec_B = active & draft.live()[:, 0]                                          # rows that speculated this step
+    st = state.stats
+    stats = DecodeStats(target_calls=st.target_calls + 1, row_calls=st.row_calls + active,
+                        new_tokens=st.new_tokens + count, speculated=st.speculated + spec_B,
+                        accepted_hist=st.accepted_hist + (jax.nn.one_hot(verdict.n_accepted, D + 1, dtype=jnp.int32)
+                                                          * spec_B[:, None]),
+                        rank_hist=st.rank_hist + _rank_counts(drafter.tree, verdict, spec_B))
     return DecodeState(tokens=tokens, n_out=n_out, root=jnp.where(active, verdict.next_root, state.root),
                        done=done, cache=cache,
-                       drafter_state=drafter.update(drafter_state, verdict, new_BC, hidden, active),
-                       rng=rng, stats=stats)
+                       drafter_state=drafter.update(state.drafter_state, verdict, new_BC, TargetOut(logits, hidden),
+                                                    active),
+                       rng=state.rng, stats=stats)
 
 
 def run(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos_id, sp: SamplingParams) -> DecodeState:

@@ -1,6 +1,8 @@
-"""Logit warping (temperature, top-k, top-p) and token sampling, identical for draft and target.
+"""Logit warping (temperature, top-k, top-p), per-row random keys and token sampling, identical for draft and target.
 
 `SamplingParams` carries the values as data (changing them does not recompile); `Sampler` is the static part.
+Randomness is per batch row: every draw takes a key array [B] (one key per row) and draws each row's numbers from
+that row's key alone, so a row's output depends on its prompt and its seed, not on its batch position or batch size.
 """
 
 from __future__ import annotations
@@ -47,6 +49,31 @@ def make_sampling(temperature: float, top_k: int, top_p: float) -> tuple[Sampler
     return sampler, params
 
 
+def split_rows(keys_B: jax.Array, n: int) -> jax.Array:
+    """key [B, n]: n independent keys per row, each derived from that row's key alone."""
+    return jax.vmap(lambda k: jax.random.split(k, n))(keys_B)
+
+
+def fold_rows(keys_B: jax.Array, data) -> jax.Array:
+    """key [B]: each row's key folded with the same `data` (an int or int32 scalar)."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys_B)
+
+
+def uniform_rows(keys_B: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """float32 [B, *shape] uniform in [0, 1), row b from keys_B[b]."""
+    return jax.vmap(lambda k: jax.random.uniform(k, shape))(keys_B)
+
+
+def gumbel_rows(keys_B: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """float32 [B, *shape] standard Gumbel noise, row b from keys_B[b]."""
+    return jax.vmap(lambda k: jax.random.gumbel(k, shape))(keys_B)
+
+
+def categorical_rows(keys_B: jax.Array, logits_BxV: jax.Array) -> jax.Array:
+    """int32 [B, ...]: one draw per leading index from softmax(logits) over the last axis, row b from keys_B[b]."""
+    return jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(keys_B, logits_BxV).astype(jnp.int32)
+
+
 def warp(logits_xV: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:
     """Temperature-scaled float32 logits with tokens outside top-k / top-p set to -inf (ties at the cut kept)."""
     logits = logits_xV.astype(jnp.float32) / params.temperature
@@ -64,8 +91,9 @@ def warp(logits_xV: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.
     return jnp.where(logits >= cut, logits, -jnp.inf)
 
 
-def sample(logits_xV: jax.Array, rng: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:
-    """One token id per leading index, int32 [...]: argmax when greedy, else a draw from the warped logits."""
+def sample(logits_BxV: jax.Array, keys_B: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:
+    """One token id per leading index, int32 [B, ...]: argmax when greedy, else a draw from the warped logits with
+    row b's key."""
     if sampler.greedy:
-        return jnp.argmax(logits_xV, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, warp(logits_xV, sampler, params), axis=-1).astype(jnp.int32)
+        return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return categorical_rows(keys_B, warp(logits_BxV, sampler, params))

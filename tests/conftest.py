@@ -6,6 +6,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import pytest  # noqa: E402
 
+import spectax.api as api  # noqa: E402
 from spectax.models import Model, ModelConfig  # noqa: E402
 
 TINY_LLAMA = ModelConfig(arch="llama", vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -23,3 +24,13 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def tiny_gpt2():
     return Model.random(TINY_GPT2, seed=1, scale=3.0)
+
+
+@pytest.fixture
+def fresh_trace():
+    """Clears decode()'s compiled programs before and after the test: a monkeypatched function is traced into a
+    fresh program (whatever shapes earlier tests compiled), and no later test reuses that patched program."""
+    program = api._decode_program   # the jitted program itself, even while a test has it monkeypatched
+    program.clear_cache()
+    yield
+    program.clear_cache()

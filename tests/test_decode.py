@@ -1,7 +1,5 @@
 """Plain decoding through the final loop shape: exactness, per-row behaviour, cache invariance, one compile."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +8,6 @@ import pytest
 import spectax
 import spectax.api as api
 from spectax.api import _decode
-from conftest import TINY_LLAMA
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3]]
 
@@ -107,14 +104,13 @@ def test_numpy_scalars_are_accepted(tiny_llama):
     np.testing.assert_array_equal(a.tokens, b.tokens)
 
 
-def test_one_compile_per_bucket(monkeypatch):
-    # a config no other test uses: the process-wide jit cache cannot already hold its programs
-    tiny_llama = spectax.Model.random(dataclasses.replace(TINY_LLAMA, max_position=777), seed=5, scale=3.0)
+def test_one_compile_per_bucket(tiny_llama, monkeypatch, fresh_trace):
     traces = []
     original = api.run
     monkeypatch.setattr(api, "run", lambda *a, **k: (traces.append(1), original(*a, **k))[1])
     spectax.decode(tiny_llama, [[5] * 3], max_new_tokens=9)   # prompt bucket 16, output bucket 16
     after_first = len(traces)
+    assert after_first == 1                                    # the compiled programs were cleared
     spectax.decode(tiny_llama, [[6] * 14], max_new_tokens=13)  # same buckets: no new trace
     assert len(traces) == after_first
     spectax.decode(tiny_llama, [[6] * 20], max_new_tokens=13)  # prompt bucket 32: one new trace
@@ -134,6 +130,11 @@ BAD = [
     (dict(eos_id=97), "eos_id"),
     (dict(attn_impl="magic"), "attn_impl"),
     (dict(cache_size=10), "cache_size"),
+    (dict(pad_id=2 ** 31), "pad_id"),
+    (dict(pad_id=-2 ** 31 - 1), "pad_id"),
+    (dict(pad_id=1.0), "pad_id"),
+    (dict(pad_id=True), "pad_id"),
+    (dict(pad_id=None), "pad_id"),
 ]
 
 
@@ -154,6 +155,21 @@ def test_bad_prompts_raise(tiny_llama, prompt, word, monkeypatch):
     monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match=word):
         spectax.decode(tiny_llama, prompt, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("prompt_lengths", [[1.0, 2.0], [True, 2], np.array([True, True]), [2], [[1], [2]],
+                                            [1, [2]], "ab", np.int32(2), [0, 2], [-1, 2], [1, 4]])
+def test_bad_prompt_lengths_raise(tiny_llama, prompt_lengths, monkeypatch):
+    """prompt_lengths: ints (not bools or floats), shape [B], each in [1, prompt width]."""
+    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    with pytest.raises(ValueError, match="prompt_lengths|empty prompt"):
+        spectax.decode(tiny_llama, np.ones((2, 3), np.int32), max_new_tokens=4, prompt_lengths=prompt_lengths)
+
+
+def test_prompt_lengths_go_with_array_prompts_only(tiny_llama, monkeypatch):
+    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    with pytest.raises(ValueError, match="prompt_lengths"):
+        spectax.decode(tiny_llama, [[1, 2], [3]], max_new_tokens=4, prompt_lengths=[2, 1])
 
 
 def test_prompt_longer_than_context(tiny_gpt2, monkeypatch):

@@ -1,6 +1,5 @@
 """GGUF loading: a tiny llama GGUF written llama.cpp-style loads back to exactly the params it was made from."""
 
-import dataclasses
 
 import gguf
 import numpy as np

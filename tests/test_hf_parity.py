@@ -99,3 +99,24 @@ def test_greedy_ragged_batch_matches_transformers(case):
     np.testing.assert_array_equal(out.lengths, [N_NEW] * 4)
     for i, want in enumerate(golden["greedy"]):
         assert np.asarray(out.tokens[i]).tolist() == want, f"{name} row {i}"
+
+
+SPEC_TREES = {"chain3": spectax.DraftTree.chain(3), "kary22": spectax.DraftTree.kary((2, 2)),
+              "paths": spectax.DraftTree.from_paths([(0,), (1,), (0, 0), (1, 0), (0, 0, 0)])}
+
+
+@pytest.mark.parametrize("tree", list(SPEC_TREES))
+def test_speculative_greedy_matches_transformers(case, tree):
+    """An oracle that shares no code with the loop: speculative greedy decoding (a draft model that agrees with the
+    target often, not always) reproduces transformers' own greedy tokens, batch of 4 ragged prompts."""
+    from test_speculative import noisy_copy
+
+    name, d, model, golden = case
+    t = SPEC_TREES[tree]
+    drafter = spectax.drafters.DraftModel(noisy_copy(model, 0.1, 7), tree=t)
+    with jax.default_matmul_precision("highest"):
+        out = spectax.decode(model, golden["prompts"], max_new_tokens=N_NEW, drafter=drafter)
+    for i, want in enumerate(golden["greedy"]):
+        assert np.asarray(out.tokens[i]).tolist() == want, f"{name} {tree} row {i}"
+    hist = np.asarray(out.stats.accepted_hist).sum(0)
+    assert out.stats.tau > 1.2 and hist[:t.max_depth].sum() > 0, "the draft must be accepted often, not always"

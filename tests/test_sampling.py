@@ -12,32 +12,61 @@ import spectax.sampling as sampling
 from spectax.sampling import make_sampling, warp
 
 
-def np_warp(logits, temperature, top_k, top_p):
-    """Oracle: HF order (temperature, then top-k, then top-p on the renormalised top-k distribution)."""
-    x = np.asarray(logits, np.float64) / temperature
+def np_warp(logits_xV, temperature, top_k, top_p):
+    """Numpy oracle, float64 [..., V]: temperature, then top-k, then top-p on the renormalised top-k distribution
+    (HF's order).
+
+    The tie rule (spectax.sampling.warp's): a token whose logit equals the last kept one is kept too, for top-k and
+    top-p alike, so the law never depends on token ids. transformers keeps ties at the top-k cut as well, but its
+    top-p drops tied tokens by their position in a sort, i.e. by token id."""
+    x = np.asarray(logits_xV, np.float64) / temperature
     if top_k:
-        kth = np.sort(x)[::-1][top_k - 1]
+        kth = -np.sort(-x, axis=-1)[..., top_k - 1:top_k]
         x = np.where(x >= kth, x, -np.inf)
     if top_p < 1:
-        order = np.argsort(-x, kind="stable")
-        p = np.exp(x[order] - x[order][0])
-        p /= p.sum()
-        before = np.cumsum(p) - p
-        keep = np.zeros_like(x, bool)
-        keep[order[before < top_p]] = True
-        x = np.where(keep, x, -np.inf)
-    p = np.exp(x - x.max())
-    return p / p.sum()
+        desc = -np.sort(-x, axis=-1)
+        p = np.exp(desc - desc[..., :1])
+        p /= p.sum(-1, keepdims=True)
+        before = np.cumsum(p, -1) - p
+        cut = np.min(np.where(before < top_p, desc, np.inf), axis=-1, keepdims=True)
+        x = np.where(x >= cut, x, -np.inf)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
+def _warp_probs(logits, temperature, top_k, top_p):
+    sampler, params = make_sampling(temperature, top_k, top_p)
+    return np.asarray(jax.nn.softmax(warp(jnp.asarray(logits, jnp.float32), sampler, params), -1))
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.5, 5, 1.0), (1.0, 0, 0.6),
                                                      (0.7, 12, 0.9), (2.0, 1, 1.0), (1.0, 0, 1e-6)])
 def test_warp_matches_oracle(temperature, top_k, top_p):
     logits = np.random.default_rng(0).normal(size=(3, 40)) * 2
-    sampler, params = make_sampling(temperature, top_k, top_p)
-    got = np.asarray(jax.nn.softmax(warp(jnp.asarray(logits, jnp.float32), sampler, params), -1))
-    for row, g in zip(logits, got):
-        np.testing.assert_allclose(g, np_warp(row, temperature, top_k, top_p), atol=1e-6)
+    np.testing.assert_allclose(_warp_probs(logits, temperature, top_k, top_p),
+                               np_warp(logits, temperature, top_k, top_p), atol=1e-6)
+
+
+TIES = [  # (logits, top_k, top_p, the tokens that must survive)
+    ([1.0, 1.0, 0.0], 0, 0.3, [0, 1]),              # top-p reached inside a tie: both tied tokens stay
+    ([0.0, 1.0, 1.0], 0, 0.3, [1, 2]),              # the same law whatever the tied tokens' ids
+    ([1.0, 1.0, 0.0], 1, 1.0, [0, 1]),              # top-k cut inside a tie
+    ([2.0, 1.0, 1.0, 1.0, 0.0], 2, 1.0, [0, 1, 2, 3]),
+    ([2.0, 1.0, 1.0, 0.0], 0, 0.7, [0, 1, 2]),      # the cut falls on the second of two tied tokens
+    ([3.0, 3.0, 3.0, 3.0], 2, 0.1, [0, 1, 2, 3]),   # all tied: nothing can be cut
+    ([1.0, 1.0, 0.5, 0.5, 0.0], 3, 0.8, [0, 1, 2, 3]),
+]
+
+
+@pytest.mark.parametrize("logits,top_k,top_p,kept", TIES)
+def test_ties_at_the_cut_are_kept(logits, top_k, top_p, kept):
+    """Exact ties: every token tied with the last kept one stays (warp and the oracle agree, and the set is the
+    documented one), for top-k, top-p and both."""
+    got = _warp_probs(np.array([logits]), 1.0, top_k, top_p)[0]
+    np.testing.assert_array_equal(np.flatnonzero(got > 0), kept)
+    np.testing.assert_allclose(got, np_warp(np.array(logits), 1.0, top_k, top_p), atol=1e-6)
+    tied = np.asarray(logits)[kept]
+    np.testing.assert_allclose(got[kept], np.exp(tied) / np.exp(tied).sum(), atol=1e-6)
 
 
 def chi2_rejects(counts, probs, z=3.72):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from spectax.cache import KVCache, commit_path
+from spectax.drafters import Draft
 from spectax.models import ModelConfig
 from spectax.tree import DraftTree
 from spectax.verify import verify_greedy
@@ -39,7 +40,7 @@ def test_greedy_chain_accepts_longest_matching_prefix():
     draft = jnp.array([[4, 5, 6], [4, 9, 6], [1, 5, 6]], jnp.int32)
     # target argmax after root, after node 0, after node 1, after node 2
     target = [[4, 5, 6, 7], [4, 5, 6, 7], [4, 5, 6, 7]]
-    v = verify_greedy(one_hot_logits(target), draft, tree)
+    v = verify_greedy(one_hot_logits(target), Draft(tokens_BN=draft), tree)
     np.testing.assert_array_equal(v.n_accepted, [3, 1, 0])
     np.testing.assert_array_equal(v.next_root, [7, 5, 4])
     np.testing.assert_array_equal(v.path_BD, [[1, 2, 3], [1, -1, -1], [-1, -1, -1]])
@@ -52,7 +53,7 @@ def test_greedy_tree_takes_the_deepest_accepted_branch():
     draft = jnp.array([[3, 4, 8, 6, 2]], jnp.int32)
     # root -> 4 (node 1 matches, node 0 does not); after node 1 -> 6 (node 3 matches); after node 3 -> 9
     target = [[4, 0, 6, 0, 9, 0]]  # indexed by step: root, node 0, node 1, ...; node 1 is step 2
-    v = verify_greedy(one_hot_logits(target), draft, tree)
+    v = verify_greedy(one_hot_logits(target), Draft(tokens_BN=draft), tree)
     assert int(v.n_accepted[0]) == 2 and int(v.next_root[0]) == 9
     np.testing.assert_array_equal(v.path_BD[0], [2, 4, -1])
     np.testing.assert_array_equal(v.new_tokens(draft)[0, :3], [4, 6, 9])

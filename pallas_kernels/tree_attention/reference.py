@@ -13,7 +13,6 @@ for masking.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

@@ -2,6 +2,7 @@
 
 from spectax.drafters.base import Draft, NoDraft
 from spectax.drafters.draft_model import DraftModel
+from spectax.drafters.heads import Heads
 from spectax.drafters.replay import Replay
 
-__all__ = ["Draft", "DraftModel", "NoDraft", "Replay"]
+__all__ = ["Draft", "DraftModel", "Heads", "NoDraft", "Replay"]

@@ -11,7 +11,7 @@ from jax import lax
 from spectax.cache import KVCache, commit_path
 from spectax.drafters.base import Draft
 from spectax.models import Model
-from spectax.sampling import warp
+from spectax.sampling import fold_rows, gumbel_rows, warp
 from spectax.tree import DraftTree
 
 VOCAB_SLACK = 0.01   # draft and target vocabularies may differ by this fraction (padding rows) or 8 rows, no more
@@ -37,8 +37,8 @@ class DraftModel:
     model: Model
     tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(4))
 
-    def check(self, target_config) -> None:
-        """ValueError unless this draft can serve `target_config` (non-empty tree, compatible vocabulary)."""
+    def check(self, target_config, batch: int | None = None) -> None:
+        """ValueError unless this draft can serve `target_config` (non-empty tree, compatible vocabulary); any batch."""
         if not isinstance(self.model, Model):
             raise ValueError(f"DraftModel.model must be a spectax Model, got {type(self.model).__name__}")
         if not isinstance(self.tree, DraftTree) or self.tree.num_nodes == 0:
@@ -48,18 +48,18 @@ class DraftModel:
             raise ValueError(f"draft vocabulary ({vd} tokens) does not match the target's ({vt}); only padding-size "
                              f"differences (<= {VOCAB_SLACK:.0%} or 8 tokens) are mapped")
 
-    def init(self, prompt_BP, prompt_len_B, cache_size, spec) -> DraftModelState:
+    def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> DraftModelState:
         """Prefills the draft's own cache with the prompts."""
         config = self.model.config
         cache = KVCache.create(config, prompt_BP.shape[0], cache_size, self.model.dtype)
         tokens = jnp.minimum(prompt_BP, config.vocab_size - 1)
-        kv, _ = self.model.prefill(tokens, prompt_len_B, cache.layers, spec.prefill_chunk, spec.attn_impl)
+        kv, _, _ = self.model.prefill(tokens, prompt_len_B, cache.layers, spec.prefill_chunk, spec.attn_impl)
         last = jnp.take_along_axis(prompt_BP, (prompt_len_B - 1)[:, None], axis=1)[:, 0]
         return DraftModelState(cache=cache.with_layers(kv).replace(lengths=prompt_len_B - 1), x0=last,
                                root=jnp.zeros_like(last))
 
-    def propose(self, state: DraftModelState, root_B, rng, spec, sampling):
-        """Fills the tree level by level (a lax.fori_loop over depths)."""
+    def propose(self, state: DraftModelState, root_B, keys_B, spec, sampling):
+        """Fills the tree level by level (a lax.fori_loop over depths); keys_B: key [B], one per row."""
         tree, config = self.tree, self.model.config
         N, V, K = tree.num_nodes, spec.vocab_size, tree.max_children
         B = root_B.shape[0]
@@ -82,7 +82,7 @@ class DraftModel:
             logits = _to_vocab(logits, V)                             # [B, P, V] at each parent
             if sampled:
                 logq = jax.nn.log_softmax(warp(logits, spec.sampler, sampling), axis=-1)
-                _, top = lax.top_k(logq + jax.random.gumbel(jax.random.fold_in(rng, d), logq.shape), K)
+                _, top = lax.top_k(logq + gumbel_rows(fold_rows(keys_B, d), logq.shape[1:]), K)
                 q_BNV = jnp.where((depth_N == d)[None, :, None], jnp.exp(logq)[:, from_parent_N], q_BNV)
             else:
                 _, top = lax.top_k(logits, K)
@@ -95,7 +95,7 @@ class DraftModel:
         draft = Draft(tokens_BN=tokens.astype(jnp.int32), q_BNV=q, without_replacement=True)
         return draft, state.replace(cache=state.cache.with_layers(kv), root=root_B)
 
-    def update(self, state: DraftModelState, verdict, new_tokens_BC, hidden_BTD, active_B) -> DraftModelState:
+    def update(self, state: DraftModelState, verdict, new_tokens_BC, out, active_B) -> DraftModelState:
         """Compacts the accepted path in the draft cache; the newest accepted token becomes x0."""
         s0 = state.cache.lengths
         n = verdict.n_accepted

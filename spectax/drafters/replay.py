@@ -12,6 +12,7 @@ import numpy as np
 from flax import struct
 
 from spectax.drafters.base import Draft
+from spectax.sampling import split_rows, uniform_rows
 from spectax.tree import DraftTree
 
 
@@ -28,33 +29,43 @@ class Replay:
     def create(cls, reference, corrupt: float, tree: DraftTree) -> "Replay":
         """Validates the arguments (ValueError) and builds the drafter."""
         ref = np.asarray(reference)
-        if ref.ndim != 2 or not np.issubdtype(ref.dtype, np.integer) or ref.shape[1] < 1:
-            raise ValueError(f"reference must be int [B, R >= 1], got {ref.dtype} {ref.shape}")
-        if not 0.0 <= corrupt <= 1.0:
-            raise ValueError(f"corrupt must be in [0, 1], got {corrupt!r}")
+        if ref.ndim != 2 or not np.issubdtype(ref.dtype, np.integer) or ref.shape[0] < 1 or ref.shape[1] < 1:
+            raise ValueError(f"reference must be int [B >= 1, R >= 1], got {ref.dtype} {ref.shape}")
+        if ref.min() < 0 or ref.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"reference token ids must be int32 ids >= 0, got [{ref.min()}, {ref.max()}]")
+        _check_corrupt(corrupt)
         return cls(reference_BR=jnp.asarray(ref, jnp.int32), corrupt=jnp.float32(corrupt), tree=tree)
 
-    def check(self, target_config) -> None:
-        """ValueError unless the tree is a chain and the reference ids are in the target's vocabulary."""
+    def check(self, target_config, batch: int | None = None) -> None:
+        """ValueError unless the tree is a chain, the reference ids are in the target's vocabulary and the reference
+        has one row per batch row (when `batch` is known)."""
         if not self.tree.is_chain:
             raise ValueError(f"Replay drafts chains only, got {self.tree!r}")
         ref = np.asarray(self.reference_BR)
         if ((ref < 0) | (ref >= target_config.vocab_size)).any():
             raise ValueError(f"reference token ids must be in [0, {target_config.vocab_size})")
+        if batch is not None and ref.shape[0] != batch:
+            raise ValueError(f"Replay reference has {ref.shape[0]} rows for a batch of {batch} rows")
 
-    def init(self, prompt_BP, prompt_len_B, cache_size, spec):
-        if prompt_BP.shape[0] != self.reference_BR.shape[0]:
-            raise ValueError(f"reference has {self.reference_BR.shape[0]} rows for a batch of {prompt_BP.shape[0]}")
-        return jnp.ones((prompt_BP.shape[0],), jnp.int32)        # [B] reference index of the root's successor
+    def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec):
+        """pos_B int32 [B]: each row's reference index of the root's successor (check() matched the batch)."""
+        return jnp.ones((prompt_BP.shape[0],), jnp.int32)
 
-    def propose(self, pos_B, root_B, rng, spec, sampling):
-        B, N, V = root_B.shape[0], self.tree.num_nodes, spec.vocab_size
-        k_bad, k_tok = jax.random.split(rng)
+    def propose(self, pos_B, root_B, keys_B, spec, sampling):
+        N, V = self.tree.num_nodes, spec.vocab_size
+        keys_B2 = split_rows(keys_B, 2)
         idx = jnp.minimum(pos_B[:, None] + jnp.arange(N)[None, :], self.reference_BR.shape[1] - 1)
         tokens = jnp.take_along_axis(self.reference_BR, idx, axis=1)
-        wrong = (tokens + jax.random.randint(k_tok, (B, N), 1, V)) % V
-        bad = jax.random.uniform(k_bad, (B, N)) < self.corrupt
+        wrong = (tokens + jax.vmap(lambda k: jax.random.randint(k, (N,), 1, V))(keys_B2[:, 1])) % V
+        bad = uniform_rows(keys_B2[:, 0], (N,)) < self.corrupt
         return Draft(tokens_BN=jnp.where(bad, wrong, tokens)), pos_B
 
-    def update(self, pos_B, verdict, new_tokens_BC, hidden_BTD, active_B):
+    def update(self, pos_B, verdict, new_tokens_BC, out, active_B):
         return pos_B + jnp.where(active_B, verdict.n_accepted + 1, 0)
+
+
+def _check_corrupt(corrupt) -> None:
+    """ValueError unless `corrupt` is a real, finite number in [0, 1] (bools, strings and NaN are not)."""
+    real = isinstance(corrupt, (int, float, np.integer, np.floating)) and not isinstance(corrupt, (bool, np.bool_))
+    if not real or not 0.0 <= float(corrupt) <= 1.0:
+        raise ValueError(f"Replay corrupt must be a number in [0, 1], got {corrupt!r}")

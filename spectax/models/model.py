@@ -86,11 +86,12 @@ class Model:
         return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK)
 
     def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: str = "xla"):
-        """Writes right-padded prompts into an empty cache, `chunk` tokens per forward; returns (kv, logits [B, V]).
+        """Writes right-padded prompts into an empty cache, `chunk` tokens per forward; returns (kv, logits [B, V],
+        hidden [B, D]) at each row's last prompt token.
 
         Chunk c covers prompt slots [c * C, (c + 1) * C) of every row and attends to the cache slots before it, so
         the attention never materialises more than a [C, C] block. A row's padding lands in slots past its length
-        (dead once the caller sets lengths to prompt_len_B). The logits are each row's last prompt token's.
+        (dead once the caller sets lengths to prompt_len_B).
         """
         B, P = prompt_BP.shape
         C = min(chunk, P)
@@ -100,17 +101,19 @@ class Model:
         last_B = prompt_len_B - 1
 
         def one_chunk(c, carry):
-            kv, logits_BV = carry
+            kv, logits_BV, hidden_BD = carry
             start = c * C
             tokens = lax.dynamic_slice_in_dim(prompt_BP, start, C, axis=1)
             positions = jnp.broadcast_to(start + jnp.arange(C, dtype=jnp.int32), (B, C))
             at = jnp.clip(last_B - start, 0, C - 1)[:, None]
-            logits, _, kv = self.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32), causal, attn_impl,
-                                         logits_at_BK=at)
-            mine = (last_B >= start) & (last_B < start + C)
-            return kv, jnp.where(mine[:, None], logits[:, 0], logits_BV)
+            logits, hidden, kv = self.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32), causal,
+                                              attn_impl, logits_at_BK=at)
+            mine = ((last_B >= start) & (last_B < start + C))[:, None]
+            last_hidden = jnp.take_along_axis(hidden, at[..., None], axis=1)[:, 0]
+            return kv, jnp.where(mine, logits[:, 0], logits_BV), jnp.where(mine, last_hidden, hidden_BD)
 
-        init = (kv, jnp.zeros((B, self.config.vocab_size), jnp.float32))
+        init = (kv, jnp.zeros((B, self.config.vocab_size), jnp.float32),
+                jnp.zeros((B, self.config.hidden_size), self.dtype))
         return lax.fori_loop(0, P // C, one_chunk, init)
 
     def logits(self, tokens_BT) -> jax.Array:

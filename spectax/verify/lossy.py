@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spectax.drafters.base import Draft
 from spectax.sampling import Sampler, SamplingParams, sample
@@ -24,10 +24,14 @@ class Typical:
     delta: float = 0.3
 
     def __post_init__(self):
+        """ValueError unless epsilon and delta are real numbers in (0, 1] (numpy scalars too; bools and NaN are
+        not); stores them as Python floats, so equal rules hash alike (the rule is a static jit argument)."""
         for name in ("epsilon", "delta"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
-                raise ValueError(f"Typical.{name} must be in (0, 1], got {v!r}")
+            real = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+            if not real or not 0 < float(v) <= 1:
+                raise ValueError(f"Typical.{name} must be a number in (0, 1], got {v!r}")
+            object.__setattr__(self, name, float(v))
 
     def accepts(self, logits_BNV, tokens_BN, sampler: Sampler, params: SamplingParams) -> jax.Array:
         """bool [B, N]: whether each node's token passes at its parent's logits."""
@@ -44,8 +48,11 @@ class TopKMatch:
     k: int = 2
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+        """ValueError unless k is an int >= 1 (numpy ints too, not bools); stored as a Python int. decode() checks
+        k <= the target's vocabulary."""
+        if not isinstance(self.k, (int, np.integer)) or isinstance(self.k, (bool, np.bool_)) or self.k < 1:
             raise ValueError(f"TopKMatch.k must be an int >= 1, got {self.k!r}")
+        object.__setattr__(self, "k", int(self.k))
 
     def accepts(self, logits_BNV, tokens_BN, sampler: Sampler, params: SamplingParams) -> jax.Array:
         """bool [B, N]: whether each node's token ranks below k at its parent's logits."""
@@ -56,11 +63,11 @@ class TopKMatch:
 LOSSY_RULES = (Typical, TopKMatch)
 
 
-def verify_lossy(logits_BTV, draft: Draft, tree: DraftTree, rng, sampler: Sampler, params: SamplingParams,
+def verify_lossy(logits_BTV, draft: Draft, tree: DraftTree, keys_B, sampler: Sampler, params: SamplingParams,
                  rule) -> Verdict:
     """The deepest path whose every node passes `rule`, then the target's own token (argmax or a draw) after it."""
-    best_step = deepest_accepted(rule.accepts(logits_BTV[:, tree.parent + 1], draft.tokens_BN, sampler, params),
-                                 tree)
+    ok_BN = rule.accepts(logits_BTV[:, tree.parent + 1], draft.tokens_BN, sampler, params) & draft.live()
+    best_step = deepest_accepted(ok_BN, tree)
     last_BV = jnp.take_along_axis(logits_BTV, best_step[:, None, None], axis=1)[:, 0]
     return Verdict(path_BD=path_from_best(tree, best_step), n_accepted=jnp.asarray(tree.step_depth)[best_step],
-                   next_root=sample(last_BV, rng, sampler, params))
+                   next_root=sample(last_BV, keys_B, sampler, params))

@@ -9,22 +9,22 @@ is walked into; below a node where every child is rejected the correction is dra
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from spectax.drafters.base import Draft
-from spectax.sampling import Sampler, SamplingParams
+from spectax.sampling import Sampler, SamplingParams, split_rows, uniform_rows
 from spectax.tree import DraftTree
-from spectax.verify.residual import at, draw, residual, target_probs
+from spectax.verify.residual import accepts, at, draw, residual, target_probs, without
 from spectax.verify.verdict import Verdict, walk
 
 
-def verify_multi_draft(logits_BTV, draft: Draft, tree: DraftTree, rng, sampler: Sampler,
+def verify_multi_draft(logits_BTV, draft: Draft, tree: DraftTree, keys_B, sampler: Sampler,
                        params: SamplingParams) -> Verdict:
     """logits_BTV: float [B, 1 + N, V] target logits at the root and every node. `draft.without_replacement` says
-    how the siblings were drawn (see the module docstring); `draft.q_BNV` is None for deterministic drafts."""
+    how the siblings were drawn (see the module docstring); `draft.q_BNV` is None for deterministic drafts.
+    keys_B: key [B], one per row."""
     B, T, V = logits_BTV.shape
-    keys = jax.random.split(rng, tree.max_children + 1)
+    keys_BK = split_rows(keys_B, tree.max_children + 1)
     r_BTV = target_probs(logits_BTV, sampler, params)     # residual below every step position, all in parallel
     q_BNV = draft.probs(V)
     children_TK = tree.children                           # numpy [T, K] step indices, -1 padded
@@ -36,18 +36,16 @@ def verify_multi_draft(logits_BTV, draft: Draft, tree: DraftTree, rng, sampler: 
         node_T = jnp.maximum(child_T - 1, 0)
         x_BT = draft.tokens_BN[:, node_T]
         q_BTV = q_cur_BTV if draft.without_replacement else q_BNV[:, node_T]
-        u_BT = jax.random.uniform(keys[k], (B, T))
+        u_BT = uniform_rows(keys_BK[:, k], (T,))
         q_x = at(q_BTV, x_BT)
         # a token its q could not have produced (a filler when fewer tokens are allowed than siblings) is no draw
         trial_BT = (accepted_BT < 0) & jnp.asarray(child_T >= 0)[None, :] & (q_x > 0)
-        ok_BT = trial_BT & (u_BT * q_x < at(r_BTV, x_BT))
+        ok_BT = trial_BT & accepts(u_BT, at(r_BTV, x_BT), q_x)
         accepted_BT = jnp.where(ok_BT, jnp.asarray(child_T)[None, :], accepted_BT)
         rejected = (trial_BT & ~ok_BT)[..., None]
         r_BTV = jnp.where(rejected, residual(r_BTV, q_BTV), r_BTV)
         if draft.without_replacement:
-            removed = q_BTV * (jnp.arange(V)[None, None, :] != x_BT[..., None])
-            mass = jnp.sum(removed, -1, keepdims=True)
-            q_cur_BTV = jnp.where(rejected & (mass > 0), removed / jnp.where(mass > 0, mass, 1.0), q_BTV)
+            q_cur_BTV = jnp.where(rejected, without(q_BTV, x_BT), q_BTV)
     path_BD, n_accepted, last_B = walk(accepted_BT, tree)
     r_last_BV = jnp.take_along_axis(r_BTV, last_B[:, None, None], axis=1)[:, 0]
-    return Verdict(path_BD=path_BD, n_accepted=n_accepted, next_root=draw(r_last_BV, keys[-1]))
+    return Verdict(path_BD=path_BD, n_accepted=n_accepted, next_root=draw(r_last_BV, keys_BK[:, -1]))

@@ -15,6 +15,15 @@ class Verdict:
     n_accepted: jax.Array   # int32 [B] accepted draft tokens (0..D)
     next_root: jax.Array    # int32 [B] the bonus / correction token (the new root)
 
+    @property
+    def last_step(self) -> jax.Array:
+        """int32 [B]: the step index of each row's deepest accepted node (0, the root, when none was accepted):
+        where the verification forward predicted the bonus / correction token."""
+        if self.path_BD.shape[1] == 0:
+            return jnp.zeros_like(self.n_accepted)
+        deepest = jnp.take_along_axis(self.path_BD, jnp.maximum(self.n_accepted - 1, 0)[:, None], axis=1)[:, 0]
+        return jnp.where(self.n_accepted > 0, deepest, 0)
+
     def new_tokens(self, draft_BN: jax.Array) -> jax.Array:
         """int32 [B, D + 1]: the accepted draft tokens in path order, then the bonus token (garbage past it)."""
         draft_BT = jnp.concatenate([jnp.zeros_like(draft_BN[:, :1]), draft_BN], axis=1)  # step 0 = root slot

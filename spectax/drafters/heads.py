@@ -1,0 +1,265 @@
+"""Heads: k proposal heads on the target's own hidden state (blockwise parallel decoding, Medusa, Cerberus).
+
+Head i (0-based) reads the target's final hidden state x at the position that predicts the next root and proposes the
+token i + 1 positions after that root, through the target's own LM head (shared by all heads), restricted to a draft
+vocabulary of V' token ids (the most frequent ones in the target's outputs: FR-Spec / EAGLE-3):
+
+  blockwise (Stern et al. 2018)   h_i = x + relu(x W1_i + b1_i) W2_i          (one hidden FFN layer, residual)
+  medusa    (Cai et al. 2024)     h_i = x + silu(x W1_i + b1_i)               (a residual SiLU block)
+  cerberus  (Zheng et al. 2024)   h_i = x + silu(x W1_i + h_{i-1} W2_i + b1_i) (sequential: head i sees head i - 1)
+  logits_i = h_i E'^T             E' [V', D]: the target's head rows at the draft vocabulary
+
+Combined predict + verify: the heads run in `update` on the hidden state that the step's verification forward
+computed at each row's deepest accepted node, so a step costs exactly one target forward. Cerberus adds an entropy
+gate: a row whose target distribution at that node has entropy above `gate` (nats) does not speculate next step,
+and a step where no row speculates runs as a plain step (see loop.step).
+
+Tree nodes: the node of rank r at depth d holds head d - 1's r-th candidate (greedy: its r-th best token; sampling:
+its r-th Gumbel draw without replacement from the warped head distribution q, recorded for the verifier; q is zero
+outside V', so verification stays lossless over the full vocabulary).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import lax
+
+from spectax.drafters.base import Draft
+from spectax.sampling import gumbel_rows, warp
+from spectax.tree import DraftTree
+
+KINDS = ("blockwise", "medusa", "cerberus")
+MANIFEST = "heads.json"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsConfig:
+    """The static half of a set of heads (hashable: part of the jit cache key)."""
+
+    kind: str
+    num_heads: int
+    hidden_size: int          # the target's D
+    vocab_size: int           # the target's V
+    gate: float | None = None  # cerberus: max target entropy (nats) at which a row speculates; None = always
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Heads kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("num_heads", "hidden_size", "vocab_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"Heads {name} must be an int >= 1, got {v!r}")
+        if self.gate is not None and (self.kind != "cerberus" or not isinstance(self.gate, (int, float))
+                                      or isinstance(self.gate, bool) or not math.isfinite(self.gate)
+                                      or self.gate < 0):
+            raise ValueError(f"gate (a finite entropy >= 0 in nats) is for kind='cerberus' only, got {self.gate!r}")
+
+
+def head_table(model) -> jax.Array:
+    """[V, D]: the target's LM head as rows (the tied embedding, or the transposed untied head)."""
+    p = model.params
+    if "lm_head" in p:
+        return p["lm_head"]["kernel"].T
+    return (p["embed"] if "embed" in p else p["wte"])["embedding"]
+
+
+def init_params(config: HeadsConfig, seed: int = 0, scale: float = 0.0) -> dict:
+    """Head weights, zero biases. The matrices that feed a residual are N(0, scale^2 / D) (scale 0, the training
+    start: every head begins as the identity and proposes what the LM head would at its own position); blockwise's
+    inner layer is N(0, 2 / D) (He), so its zero output layer still gets gradients."""
+    H, D = config.num_heads, config.hidden_size
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    normal = lambda k, std: std * jax.random.normal(k, (H, D, D), jnp.float32)  # noqa: E731
+    if config.kind == "blockwise":
+        return {"w1": normal(k1, math.sqrt(2 / D)), "b1": jnp.zeros((H, D), jnp.float32),
+                "w2": normal(k2, scale / math.sqrt(D))}
+    params = {"w1": normal(k1, scale / math.sqrt(D)), "b1": jnp.zeros((H, D), jnp.float32)}
+    if config.kind == "cerberus":
+        params["w2"] = normal(k2, scale / math.sqrt(D))
+    return params
+
+
+def head_states(config: HeadsConfig, params: dict, x_BD: jax.Array) -> jax.Array:
+    """[B, H, D]: every head's hidden state h_i from the target hidden state x (one pass, see module docstring)."""
+    x = x_BD.astype(jnp.float32)
+    if config.kind == "blockwise":
+        inner = jax.nn.relu(jnp.einsum("bd,hde->bhe", x, params["w1"]) + params["b1"])
+        return x[:, None] + jnp.einsum("bhe,hed->bhd", inner, params["w2"])
+    if config.kind == "medusa":
+        return x[:, None] + jax.nn.silu(jnp.einsum("bd,hde->bhe", x, params["w1"]) + params["b1"])
+    pre_BHD = jnp.einsum("bd,hde->bhe", x, params["w1"]) + params["b1"]
+
+    def one(prev_BD, i):
+        h = x + jax.nn.silu(pre_BHD[:, i] + prev_BD @ params["w2"][i])
+        return h, h
+
+    _, hs = lax.scan(one, jnp.zeros_like(x), jnp.arange(config.num_heads))
+    return jnp.moveaxis(hs, 0, 1)
+
+
+def head_logits(config: HeadsConfig, params: dict, table_VpD: jax.Array, x_BD: jax.Array) -> jax.Array:
+    """float32 [B, H, V']: every head's logits over the draft vocabulary (table_VpD: the head rows E')."""
+    return jnp.einsum("bhd,vd->bhv", head_states(config, params, x_BD), table_VpD.astype(jnp.float32))
+
+
+def entropy(logits_xV: jax.Array) -> jax.Array:
+    """float32 [...]: the entropy (nats) of softmax(logits)."""
+    logp = jax.nn.log_softmax(logits_xV.astype(jnp.float32), axis=-1)
+    return -jnp.sum(jnp.where(jnp.isfinite(logp), jnp.exp(logp) * logp, 0.0), axis=-1)
+
+
+@struct.dataclass
+class HeadsState:
+    table_VpD: jax.Array    # [V', D] the target's head rows at the draft vocabulary (constant through the loop)
+    logits_BHV: jax.Array   # float32 [B, H, V'] the heads' logits for the next step's proposal
+    live_B: jax.Array | None  # bool [B] rows that speculate next step (the Cerberus gate); None: ungated
+
+
+@struct.dataclass
+class Heads:
+    """A drafter of k heads on the target's hidden state; see the module docstring.
+
+    params: the head weights (init_params); vocab_ids: int32 [V'] the draft vocabulary (target ids).
+    `heads.replace(tree=...)` gives the same heads with another tree."""
+
+    config: HeadsConfig = struct.field(pytree_node=False)
+    params: dict
+    vocab_ids: jax.Array
+    tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(4))
+
+    @classmethod
+    def create(cls, model, kind: str = "medusa", num_heads: int = 4, tree: DraftTree | None = None, seed: int = 0,
+               vocab_ids=None, gate: float | None = None, scale: float = 1.0) -> "Heads":
+        """Randomly initialised heads for `model` (tests; training starts from scale=0). tree: default a chain of
+        num_heads; vocab_ids: the draft vocabulary (default: the whole target vocabulary)."""
+        c = model.config
+        config = HeadsConfig(kind=kind, num_heads=num_heads, hidden_size=c.hidden_size, vocab_size=c.vocab_size,
+                             gate=gate)
+        ids = np.arange(c.vocab_size) if vocab_ids is None else np.asarray(vocab_ids)
+        heads = cls(config=config, params=init_params(config, seed, scale), vocab_ids=_check_ids(ids, c.vocab_size),
+                    tree=DraftTree.chain(num_heads) if tree is None else tree)
+        heads.check(c)
+        return heads
+
+    # ------------------------------------------------------------------------------------------- drafter contract
+
+    def check(self, target_config, batch: int | None = None) -> None:
+        """ValueError unless these heads fit `target_config` and their tree fits the heads."""
+        c = self.config
+        if (c.hidden_size, c.vocab_size) != (target_config.hidden_size, target_config.vocab_size):
+            raise ValueError(f"these heads were made for a model with hidden size {c.hidden_size} and vocabulary "
+                             f"{c.vocab_size}; the target has {target_config.hidden_size} and "
+                             f"{target_config.vocab_size}")
+        if not isinstance(self.tree, DraftTree) or self.tree.num_nodes == 0:
+            raise ValueError(f"Heads need a non-empty DraftTree, got {self.tree!r}")
+        if self.tree.max_depth > c.num_heads:
+            raise ValueError(f"the tree is {self.tree.max_depth} deep but there are only {c.num_heads} heads "
+                             f"(one per depth)")
+        ids = np.asarray(self.vocab_ids)
+        _check_ids(ids, c.vocab_size)
+        if self.tree.max_children > ids.size:
+            raise ValueError(f"the tree has {self.tree.max_children} siblings under one node but the draft "
+                             f"vocabulary only {ids.size} tokens")
+
+    def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> HeadsState:
+        """The first proposal, from the hidden state of each row's last prompt token (out: the prefill's
+        TargetOut, T = 1)."""
+        table = head_table(target)[self.vocab_ids]
+        return self._next(HeadsState(table_VpD=table, logits_BHV=None, live_B=None), out.logits_BTV[:, 0],
+                          out.hidden_BTD[:, 0], jnp.ones(prompt_BP.shape[:1], bool))
+
+    def propose(self, state: HeadsState, root_B, keys_B, spec, sampling):
+        """Fills node (depth d, rank r) with head d - 1's r-th candidate; no target or head work here."""
+        tree = self.tree
+        K = tree.max_children
+        head_N, rank_N = jnp.asarray(tree.depth - 1), jnp.asarray(tree.child_rank)
+        if spec.sampler.greedy:
+            _, top_BHK = lax.top_k(state.logits_BHV, K)
+            return Draft(tokens_BN=self.vocab_ids[top_BHK[:, head_N, rank_N]], live_B=state.live_B), state
+        logq_BHV = jax.nn.log_softmax(warp(state.logits_BHV, spec.sampler, sampling), axis=-1)
+        _, top_BHK = lax.top_k(logq_BHV + gumbel_rows(keys_B, logq_BHV.shape[1:]), K)   # draws w/o replacement
+        B, V = root_B.shape[0], spec.vocab_size
+        q_BHV = jnp.zeros((B, self.config.num_heads, V), jnp.float32).at[:, :, self.vocab_ids].set(
+            jnp.exp(logq_BHV))
+        draft = Draft(tokens_BN=self.vocab_ids[top_BHK[:, head_N, rank_N]], q_BNV=q_BHV[:, head_N],
+                      without_replacement=True, live_B=state.live_B)
+        return draft, state
+
+    def update(self, state: HeadsState, verdict, new_tokens_BC, out, active_B) -> HeadsState:
+        """The next proposal from the verification forward's hidden state at each row's deepest accepted node."""
+        at = verdict.last_step[:, None, None]
+        logits_BV = jnp.take_along_axis(out.logits_BTV, at, axis=1)[:, 0]
+        hidden_BD = jnp.take_along_axis(out.hidden_BTD, at, axis=1)[:, 0]
+        return self._next(state, logits_BV, hidden_BD, active_B)
+
+    def _next(self, state: HeadsState, logits_BV, hidden_BD, active_B) -> HeadsState:
+        logits = head_logits(self.config, self.params, state.table_VpD, hidden_BD)
+        live = None if self.config.gate is None else entropy(logits_BV) <= self.config.gate
+        if state.logits_BHV is not None:
+            logits = jnp.where(active_B[:, None, None], logits, state.logits_BHV)
+        return state.replace(logits_BHV=logits, live_B=live)
+
+    # ------------------------------------------------------------------------------------------------ save / load
+
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Writes the heads to the directory `path` (heads.json + params.npz, written to a temp dir renamed into
+        place: never half-written). The target's LM head is not stored; the tree is (as rank paths)."""
+        from spectax.checkpoint import write_dir
+
+        manifest = {"format": "spectax-heads", "version": FORMAT_VERSION, "config": dataclasses.asdict(self.config),
+                    "tree": [list(p) for p in self.tree.rank_paths]}
+        arrays = {"vocab_ids": np.asarray(self.vocab_ids, np.int32),
+                  **{f"params/{k}": np.asarray(v) for k, v in self.params.items()}}
+
+        def fill(tmp: Path) -> None:
+            np.savez(tmp / "params.npz", **arrays)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+        return write_dir(path, overwrite, fill)
+
+    @classmethod
+    def load(cls, path) -> "Heads":
+        """Reads heads written by `save` (ValueError for anything else)."""
+        path = Path(path).expanduser()
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} holds no spectax heads ({MANIFEST}: {e})") from e
+        if not isinstance(manifest, dict) or manifest.get("format") != "spectax-heads" \
+                or manifest.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path / MANIFEST}: not spectax heads of format version {FORMAT_VERSION}")
+        try:
+            config = HeadsConfig(**manifest["config"])
+            tree = DraftTree.from_paths([tuple(p) for p in manifest["tree"]])
+            with np.load(path / "params.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+        except (KeyError, TypeError, OSError) as e:
+            raise ValueError(f"{path}: incomplete or invalid heads: {e}") from e
+        params = {k.split("/", 1)[1]: jnp.asarray(v) for k, v in arrays.items() if k.startswith("params/")}
+        expected = jax.tree_util.tree_map(np.shape, init_params(config))
+        if jax.tree_util.tree_map(np.shape, params) != expected or "vocab_ids" not in arrays:
+            raise ValueError(f"{path}: head weights do not match their config {config}")
+        return cls(config=config, params=params, vocab_ids=_check_ids(arrays["vocab_ids"], config.vocab_size),
+                   tree=tree)
+
+
+def _check_ids(ids: np.ndarray, vocab_size: int) -> jax.Array:
+    """int32 [V']: a validated draft vocabulary (distinct ids in [0, vocab_size))."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"the draft vocabulary must be a non-empty int [V'] array, got {ids.dtype} {ids.shape}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"draft vocabulary ids must be in the target's vocabulary [0, {vocab_size}), got "
+                         f"[{ids.min()}, {ids.max()}]")
+    if np.unique(ids).size != ids.size:
+        raise ValueError("draft vocabulary ids must be distinct")
+    return jnp.asarray(ids, jnp.int32)

@@ -1,0 +1,304 @@
+"""Self-distillation data for drafter heads: the target's own greedy answers, then its hidden states on them.
+
+A data directory (`generate` CLI) holds two splits, each a folder of shards:
+
+    DIR/train/shard-00000.npz ...   greedy generations for the first N training prompts
+    DIR/eval/shard-00000.npz ...    the held-out last 5% of the prompt list (`prompts.split_prompts`)
+    DIR/hidden/{train,eval}/...     final hidden states on the response positions (`hidden` CLI)
+
+A generation shard holds E examples (prompt + response, the response cut after its EOS):
+    tokens int32 [sum L_e] (all examples concatenated), offsets int64 [E + 1] (example e is
+    tokens[offsets[e]:offsets[e + 1]]), prompt_len int32 [E], prompt_index int32 [E] (row in the split's prompt
+    list), category str [E], vocab_size int64 [].
+A hidden shard adds, for example e with prompt length P and total length L, the target's final hidden state
+(after the final norm) at the L - P positions t = P - 1 .. L - 2, i.e. the positions whose next token is a response
+token: hidden_ND float16 [sum (L_e - P_e), D], hidden_offsets int64 [E + 1]. Row hidden_offsets[e] + j is position
+t = P_e - 1 + j of example e; the label "token t + 1 + i" for a head i is tokens[offsets[e] + t + 1 + i].
+
+Shards are written to a temporary name and then renamed, so a shard either exists whole or not at all; a rerun
+skips the shards that exist, so an interrupted run resumes where it stopped.
+
+    python -m spectax.train.distill generate --out /work/data/distill --n 2400
+    python -m spectax.train.distill hidden --data /work/data/distill
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from spectax import hub
+from spectax.api import decode
+from spectax.loader import load
+from spectax.models import Model
+from spectax.tokenizer import from_gguf
+from spectax.train.prompts import DEFAULT_OUT as DEFAULT_PROMPTS
+from spectax.train.prompts import read_prompts, split_prompts
+
+SHARD_SIZE = 256
+LENGTH_MULTIPLE = 64  # hidden-state batches are padded to a multiple of this many tokens
+SPLITS = ("eval", "train")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shards
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def shard_path(directory, index: int) -> Path:
+    return Path(directory) / f"shard-{index:05d}.npz"
+
+
+def shard_paths(directory) -> list[Path]:
+    """The finished shards of a directory, in order."""
+    return sorted(Path(directory).glob("shard-*.npz"))
+
+
+def write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez to `path` through a temporary file and a rename: readers never see a partial shard."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_shard(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def pack_examples(sequences: Sequence[np.ndarray], prompt_len: Sequence[int], **columns) -> dict[str, np.ndarray]:
+    """Concatenates E token sequences into tokens int32 [sum L] + offsets int64 [E + 1] (+ per-example columns)."""
+    offsets = np.zeros(len(sequences) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in sequences])
+    arrays = {"tokens": np.concatenate(sequences).astype(np.int32), "offsets": offsets,
+              "prompt_len": np.asarray(prompt_len, np.int32)}
+    arrays.update({k: np.asarray(v) for k, v in columns.items()})
+    return arrays
+
+
+def sequences(shard: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The shard's examples as a list of int32 token arrays [L_e] (prompt + response)."""
+    o = shard["offsets"]
+    return [shard["tokens"][o[e]:o[e + 1]] for e in range(len(o) - 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def greedy_responses(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None,
+                     batch: int) -> list[np.ndarray]:
+    """Plain greedy decoding of up to `batch` ragged prompts; each response is cut after its EOS (kept).
+
+    The batch is filled up to `batch` rows with copies of the first prompt so that every call has the same batch
+    size (one compile per prompt-length bucket).
+    """
+    rows = list(prompts) + [prompts[0]] * (batch - len(prompts))
+    out = decode(model, rows, max_new_tokens, eos_id=eos_id)
+    tokens_BN, lengths_B = np.asarray(out.tokens), np.asarray(out.lengths)
+    return [tokens_BN[i, :lengths_B[i]] for i in range(len(prompts))]
+
+
+def _check_meta(out_dir: Path, meta: dict) -> None:
+    """Records the run's settings in out_dir/meta.json; a rerun with other settings would mix data, so it fails."""
+    path = out_dir / "meta.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != meta:
+            raise ValueError(f"{out_dir} holds shards from a run with other settings ({old}, now {meta}); "
+                             f"use another directory or delete it")
+        return
+    tmp = path.with_name("meta.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path)
+
+
+def _prompts_digest(prompt_ids: Sequence[Sequence[int]]) -> str:
+    h = hashlib.sha256()
+    for ids in prompt_ids:
+        h.update(np.asarray(ids, np.int32).tobytes() + b"|")
+    return h.hexdigest()[:16]
+
+
+def generate_ids(model: Model, prompt_ids: Sequence[Sequence[int]], out_dir, eos_id: int | None,
+                 max_new_tokens: int = 160, batch: int = 32, shard_size: int = SHARD_SIZE,
+                 categories: Sequence[str] | None = None) -> list[Path]:
+    """Greedy generations for token-id prompts, written as resumable shards of `shard_size` examples.
+
+    Prompts are sorted by length (stable) so that a batch shares a prompt-length bucket; a shard holds consecutive
+    prompts of that order and records each one's index in `prompt_ids`. Existing shards are skipped.
+    Returns the shard paths.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_meta(out_dir, {"n_prompts": len(prompt_ids), "prompts_sha256": _prompts_digest(prompt_ids),
+                          "max_new_tokens": max_new_tokens, "shard_size": shard_size, "eos_id": eos_id})
+    order = np.argsort([len(p) for p in prompt_ids], kind="stable")
+    shards = [order[i:i + shard_size] for i in range(0, len(order), shard_size)]
+    todo = [(s, idx) for s, idx in enumerate(shards) if not shard_path(out_dir, s).exists()]
+    bar = tqdm(total=len(prompt_ids), initial=len(prompt_ids) - sum(len(idx) for _, idx in todo), unit="prompt",
+               desc=out_dir.name, mininterval=30, file=sys.stderr)
+    for s, idx in todo:
+        start, responses = time.perf_counter(), []
+        for b in range(0, len(idx), batch):
+            responses += greedy_responses(model, [prompt_ids[i] for i in idx[b:b + batch]], max_new_tokens, eos_id,
+                                          batch)
+            bar.update(min(batch, len(idx) - b))
+        seqs = [np.concatenate([np.asarray(prompt_ids[i], np.int32), r]) for i, r in zip(idx, responses)]
+        cats = [categories[i] for i in idx] if categories is not None else [""] * len(idx)
+        write_atomic(shard_path(out_dir, s), pack_examples(seqs, [len(prompt_ids[i]) for i in idx],
+                                                           prompt_index=idx.astype(np.int32), category=cats,
+                                                           vocab_size=np.int64(model.config.vocab_size)))
+        n_new = sum(len(r) for r in responses)
+        bar.write(f"{shard_path(out_dir, s)}: {len(idx)} examples, {n_new} new tokens, "
+                  f"{n_new / (time.perf_counter() - start):.1f} tok/s")
+    bar.close()
+    return [shard_path(out_dir, s) for s in range(len(shards))]
+
+
+def encode_prompts(tok, prompts: Sequence[dict]) -> list[list[int]]:
+    """Each `{"text": ...}` prompt as a one-turn user conversation in the chat template."""
+    return [tok.encode_chat([{"role": "user", "content": p["text"]}]) for p in prompts]
+
+
+def generate(model: Model, tok, prompts: Sequence[dict], out_dir, max_new_tokens: int = 160, batch: int = 32,
+             shard_size: int = SHARD_SIZE) -> list[Path]:
+    """Greedy self-distillation of `{"category", "text"}` chat prompts into shards in out_dir (see generate_ids)."""
+    return generate_ids(model, encode_prompts(tok, prompts), out_dir, tok.eos_id, max_new_tokens, batch, shard_size,
+                        categories=[p.get("category", "") for p in prompts])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hidden states
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@jax.jit
+def final_hidden(model: Model, tokens_BT):
+    """Causal forward without a cache: int32 [B, T] -> float16 hidden [B, T, D] after the final norm.
+
+    The LM head runs on one dummy position per row (logits_at_BK), so the [B, T, V] logits never exist.
+    """
+    B, T = tokens_BT.shape
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    mask_TT = jnp.tril(jnp.ones((T, T), bool))
+    _, hidden_BTD, _ = model.forward(tokens_BT, positions_BT, None, jnp.zeros((B,), jnp.int32), mask_TT,
+                                     logits_at_BK=jnp.zeros((B, 1), jnp.int32))
+    return hidden_BTD.astype(jnp.float16)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def response_hidden(model: Model, shard: dict[str, np.ndarray], batch: int = 8,
+                    length_multiple: int = LENGTH_MULTIPLE) -> dict[str, np.ndarray]:
+    """hidden_ND float16 [sum (L_e - P_e), D] and hidden_offsets int64 [E + 1] for a generation shard.
+
+    Examples are batched in length order, right-padded to a multiple of `length_multiple` tokens (causal, so the
+    padding never reaches a real position), and every batch is filled up to `batch` rows.
+    """
+    seqs, prompt_len = sequences(shard), shard["prompt_len"]
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    per_example = [None] * len(seqs)
+    for b in range(0, len(order), batch):
+        idx = order[b:b + batch]
+        tokens_BT = np.zeros((batch, _round_up(max(len(seqs[e]) for e in idx), length_multiple)), np.int32)
+        for row, e in enumerate(idx):
+            tokens_BT[row, :len(seqs[e])] = seqs[e]
+        hidden_BTD = np.asarray(final_hidden(model, tokens_BT))
+        for row, e in enumerate(idx):
+            per_example[e] = hidden_BTD[row, prompt_len[e] - 1:len(seqs[e]) - 1]
+    hidden_offsets = np.zeros(len(seqs) + 1, np.int64)
+    hidden_offsets[1:] = np.cumsum([len(s) - p for s, p in zip(seqs, prompt_len)])
+    return {"hidden_ND": np.concatenate(per_example), "hidden_offsets": hidden_offsets}
+
+
+def cache_hidden(model: Model, shards_dir, out_dir, batch: int = 8) -> list[Path]:
+    """For every generation shard in shards_dir, writes out_dir/<same name> with its arrays plus the response
+    hidden states (see the module docstring). Existing output shards are skipped. Returns the output paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = shard_paths(shards_dir)
+    for path in tqdm(paths, desc=f"hidden {Path(shards_dir).name}", unit="shard", file=sys.stderr):
+        target = out_dir / path.name
+        if not target.exists():
+            shard = load_shard(path)
+            write_atomic(target, {**shard, **response_hidden(model, shard, batch)})
+    return [out_dir / p.name for p in paths]
+
+
+def token_frequencies(shards_dir) -> np.ndarray:
+    """int64 [V]: how often each token id occurs in the responses (EOS included) of a directory's shards."""
+    counts = None
+    for path in shard_paths(shards_dir):
+        shard = load_shard(path)
+        if counts is None:
+            counts = np.zeros(int(shard["vocab_size"]), np.int64)
+        for seq, p in zip(sequences(shard), shard["prompt_len"]):
+            counts += np.bincount(seq[p:], minlength=len(counts))
+    if counts is None:
+        raise ValueError(f"no shards in {shards_dir}")
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _model_and_tokenizer(name: str):
+    return load(name), from_gguf(hub.resolve(name))
+
+
+def _generate_cli(args) -> None:
+    train, held_out = split_prompts(read_prompts(args.prompts), args.eval_fraction)
+    model, tok = _model_and_tokenizer(args.model)
+    for split, prompts in (("eval", held_out), ("train", train[:args.n])):
+        print(f"{split}: {len(prompts)} prompts -> {Path(args.out) / split}", flush=True)
+        generate(model, tok, prompts, Path(args.out) / split, args.max_new_tokens, args.batch, args.shard_size)
+
+
+def _hidden_cli(args) -> None:
+    model, _ = _model_and_tokenizer(args.model)
+    for split in SPLITS:
+        cache_hidden(model, Path(args.data) / split, Path(args.data) / "hidden" / split, args.batch)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="greedy generations for the training prompts (eval split included)")
+    gen.add_argument("--out", required=True, help="data directory (gets train/ and eval/)")
+    gen.add_argument("--n", type=int, default=None, help="training prompts to use (default: all)")
+    gen.add_argument("--prompts", default=str(DEFAULT_PROMPTS))
+    gen.add_argument("--eval-fraction", type=float, default=0.05)
+    gen.add_argument("--max-new-tokens", type=int, default=160)
+    gen.add_argument("--batch", type=int, default=32)
+    gen.add_argument("--shard-size", type=int, default=SHARD_SIZE)
+    hid = sub.add_parser("hidden", help="cache the target's hidden states on the responses of a data directory")
+    hid.add_argument("--data", required=True)
+    hid.add_argument("--batch", type=int, default=8)
+    for p in (gen, hid):
+        p.add_argument("--model", default="smollm2-135m-instruct")
+    args = parser.parse_args(argv)
+    {"generate": _generate_cli, "hidden": _hidden_cli}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

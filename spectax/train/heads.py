@@ -1,0 +1,180 @@
+"""Training proposal heads (spectax.drafters.Heads) by self-distillation, the target frozen.
+
+Data: the hidden-state shards of `spectax.train.distill` (the target's own greedy answers and its final hidden
+states on them). At a response position t the target's hidden state x_t predicts token t + 1 through the LM head;
+head h (0-based) learns token t + 2 + h: cross-entropy over the draft vocabulary V' (positions whose label is past
+the end of the answer or outside V' are masked out of the loss; they still count as misses in the evaluation).
+
+Optimiser: optax AdamW, linear warmup then cosine decay. The batch order is a function of (seed, step) only, and
+orbax checkpoints hold params + optimiser state + step, so a resumed run follows the same trajectory, bit for bit,
+as an uninterrupted one.
+
+    spectax train heads --data /work/data/distill --kind medusa --out checkpoints/smollm2-135m-instruct/medusa
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from spectax.drafters.heads import Heads, HeadsConfig, head_logits, head_table, init_params
+from spectax.train.distill import load_shard, shard_paths
+from spectax.tree import DraftTree
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a run (written next to its checkpoints)."""
+
+    kind: str = "medusa"
+    num_heads: int = 4
+    draft_vocab: int = 8192       # V': the most frequent response tokens of the training split
+    steps: int = 2000
+    batch: int = 256
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 200
+
+
+@dataclasses.dataclass
+class HeadsData:
+    """Training rows: hidden_ND float16 [N, D] and labels_NH int32 [N, H] (token ids, -1 past the answer's end)."""
+
+    hidden_ND: np.ndarray
+    labels_NH: np.ndarray
+
+
+def load_data(hidden_dir, num_heads: int) -> HeadsData:
+    """Every response position of every hidden shard in `hidden_dir`, with the H labels its heads learn."""
+    hidden, labels = [], []
+    for path in shard_paths(hidden_dir):
+        shard = load_shard(path)
+        tokens, offsets, prompt_len = shard["tokens"], shard["offsets"], shard["prompt_len"]
+        for e in range(len(prompt_len)):
+            seq = tokens[offsets[e]:offsets[e + 1]]
+            rows = slice(shard["hidden_offsets"][e], shard["hidden_offsets"][e + 1])
+            t = prompt_len[e] - 1 + np.arange(rows.stop - rows.start)                  # positions of the rows
+            idx = t[:, None] + 2 + np.arange(num_heads)[None, :]                        # [n, H] label positions
+            labels.append(np.where(idx < len(seq), seq[np.minimum(idx, len(seq) - 1)], -1).astype(np.int32))
+            hidden.append(shard["hidden_ND"][rows])
+    if not hidden:
+        raise ValueError(f"no hidden-state shards in {hidden_dir} (run `python -m spectax.train.distill hidden`)")
+    return HeadsData(hidden_ND=np.concatenate(hidden), labels_NH=np.concatenate(labels))
+
+
+def draft_vocabulary(freqs_V: np.ndarray, size: int) -> np.ndarray:
+    """int32 [size]: the `size` most frequent token ids (ties by id), sorted by id."""
+    if not 1 <= size <= freqs_V.size:
+        raise ValueError(f"draft vocabulary size must be in [1, {freqs_V.size}], got {size}")
+    order = np.lexsort((np.arange(freqs_V.size), -freqs_V))
+    return np.sort(order[:size]).astype(np.int32)
+
+
+def to_draft_index(labels_NH: np.ndarray, vocab_ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """int32 [N, H]: each label's index in the draft vocabulary, -1 where masked (past the end, or not in V')."""
+    index_V = np.full(vocab_size, -1, np.int32)
+    index_V[vocab_ids] = np.arange(vocab_ids.size, dtype=np.int32)
+    return np.where(labels_NH >= 0, index_V[np.maximum(labels_NH, 0)], -1)
+
+
+def loss_fn(params, config: HeadsConfig, table_VpD, x_BD, target_BH):
+    """Mean cross-entropy over the unmasked (row, head) pairs; target_BH: draft-vocabulary indices, -1 masked."""
+    logits = head_logits(config, params, table_VpD, x_BD)                              # [B, H, V']
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(target_BH, 0))
+    valid = target_BH >= 0
+    return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1),
+                                                  end_value=cfg.lr * 0.05)
+    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
+
+
+def batch_rows(n_rows: int, cfg: TrainConfig, step: int) -> np.ndarray:
+    """int [batch]: the rows of step `step`, a function of (seed, step) only: epoch e is one permutation."""
+    per_epoch = max(n_rows // cfg.batch, 1)
+    epoch, i = divmod(step, per_epoch)
+    perm = np.random.default_rng((cfg.seed, epoch)).permutation(n_rows)
+    return perm[i * cfg.batch:(i + 1) * cfg.batch]
+
+
+def make_step(config: HeadsConfig, opt: optax.GradientTransformation):
+    @jax.jit
+    def train_step(params, opt_state, table_VpD, x_BD, target_BH):
+        loss, grads = jax.value_and_grad(loss_fn)(params, config, table_VpD, x_BD, target_BH)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    return train_step
+
+
+def train(target, data: HeadsData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt_dir, log=print,
+          progress: bool = True, stop_at: int | None = None) -> Heads:
+    """Trains heads for `target` on `data`; resumes from the newest checkpoint in `ckpt_dir` if there is one.
+    `stop_at`: end this call after that step (checkpointed), e.g. to split a run over sessions.
+
+    Returns the trained Heads (a chain of num_heads; pick a tree with heads.replace(tree=...))."""
+    c = target.config
+    config = HeadsConfig(kind=cfg.kind, num_heads=cfg.num_heads, hidden_size=c.hidden_size, vocab_size=c.vocab_size)
+    if data.labels_NH.shape[1] != cfg.num_heads:
+        raise ValueError(f"data has labels for {data.labels_NH.shape[1]} heads, config asks for {cfg.num_heads}")
+    table = jnp.asarray(head_table(target))[jnp.asarray(vocab_ids)]
+    target_NH = to_draft_index(data.labels_NH, vocab_ids, c.vocab_size)
+    opt = optimizer(cfg)
+    params = init_params(config, cfg.seed)
+    state = {"params": params, "opt_state": opt.init(params), "step": jnp.int32(0)}
+    ckpt_dir = Path(ckpt_dir).absolute()
+    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    (ckpt_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    if manager.latest_step() is not None:
+        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
+        log(f"resumed from step {int(state['step'])}")
+    train_step = make_step(config, opt)
+    start, t0 = int(state["step"]), time.perf_counter()
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"train {cfg.kind}", file=sys.stderr,
+               disable=not progress)
+    params, opt_state = state["params"], state["opt_state"]
+    for step in bar:
+        rows = batch_rows(len(target_NH), cfg, step)
+        params, opt_state, loss = train_step(params, opt_state, table, jnp.asarray(data.hidden_ND[rows], jnp.float32),
+                                             jnp.asarray(target_NH[rows]))
+        if (step + 1) % 50 == 0:
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+            manager.save(step + 1, args=ocp.args.StandardSave(
+                {"params": params, "opt_state": opt_state, "step": jnp.int32(step + 1)}))
+    manager.wait_until_finished()
+    log(f"trained steps {start}..{end} of {cfg.steps} in {time.perf_counter() - t0:.0f} s")
+    return Heads(config=config, params=params, vocab_ids=jnp.asarray(vocab_ids, jnp.int32),
+                 tree=DraftTree.chain(cfg.num_heads))
+
+
+def evaluate(heads: Heads, target, data: HeadsData, top: int = 5, batch: int = 1024) -> np.ndarray:
+    """float [H, top]: per head, the fraction of held-out positions whose label (a full-vocabulary token id) is among
+    the head's top-k candidates, k = 1..top (labels outside the draft vocabulary count as misses)."""
+    table = jnp.asarray(head_table(target))[heads.vocab_ids]
+    topk = jax.jit(lambda x: jax.lax.top_k(head_logits(heads.config, heads.params, table, x), top)[1])
+    hits = np.zeros((heads.config.num_heads, top))
+    counts = np.zeros(heads.config.num_heads)
+    ids = np.asarray(heads.vocab_ids)
+    for i in range(0, len(data.hidden_ND), batch):
+        cand = ids[np.asarray(topk(jnp.asarray(data.hidden_ND[i:i + batch], jnp.float32)))]   # [b, H, top]
+        labels = data.labels_NH[i:i + batch]
+        valid = labels >= 0
+        first_hit = np.cumsum(cand == labels[..., None], axis=-1) > 0                         # [b, H, top]
+        hits += (first_hit & valid[..., None]).sum(0)
+        counts += valid.sum(0)
+    return hits / np.maximum(counts, 1)[:, None]
