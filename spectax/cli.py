@@ -1,6 +1,9 @@
 """The `spectax` command line: `spectax generate` (one prompt through a model) and `spectax list` (named models).
 
+    spectax demo                                  (SmolLM2 plain and with its shipped heads, side by side)
     spectax generate --model smollm2-135m-instruct "What is the capital of France?"
+    spectax generate --model smollm2-135m-instruct --drafter medusa "What is the capital of France?"
+    spectax train heads --data DIR --kind medusa --out DIR
     spectax generate --model ./my_checkpoint --tokenizer ./tokenizer.json --raw --max-new-tokens 32 "Once upon"
     spectax list
 
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 
 PROG = "spectax"
+DEMO_MODEL = "smollm2-135m-instruct"
+DEMO_DRAFTER = "medusa"
 
 
 def _positive_int(text: str) -> int:
@@ -37,7 +42,14 @@ def _positive_int(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Speculative and parallel decoding in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,list}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,list,train}")
+
+    demo = sub.add_parser("demo", help="SmolLM2-135M-Instruct answers a chat prompt plain and with shipped heads",
+                          description="Answers a chat prompt with SmolLM2-135M-Instruct twice, plain and with the "
+                                      "shipped heads, and prints both texts, tokens/s, speedup and tau.")
+    demo.add_argument("prompt", nargs="?", default="Explain in a few sentences why the sky is blue.")
+    demo.add_argument("--drafter", default=DEMO_DRAFTER, help="shipped heads kind (default: %(default)s)")
+    demo.add_argument("--max-new-tokens", type=_positive_int, default=128, help="default: %(default)s")
 
     gen = sub.add_parser("generate", help="generate a reply to one prompt",
                          description="Generate a reply to one prompt; prints the text on stdout and a speed line "
@@ -54,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     gen.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
     gen.add_argument("--system", help="a system message for the chat template")
+    gen.add_argument("--drafter", help="speculate with heads: a shipped kind for a registered model (blockwise, "
+                                       "medusa, cerberus) or a heads directory (default: plain decoding)")
+
+    train = sub.add_parser("train", help="train a drafter (`spectax train heads --help`)", add_help=False)
+    train.add_argument("what", choices=["heads"])
+    train.add_argument("rest", nargs=argparse.REMAINDER)
 
     sub.add_parser("list", help="list the registered model names", description="List the registered model names.")
     return parser
@@ -99,9 +117,11 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is empty")
     eos = tok.eos_id if tok.eos_id is not None else model.config.eos_id
 
+    drafter = None if args.drafter is None else pick_heads(args.model, args.drafter)
+
     def run():
         out = spectax.decode(model, [ids], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                             top_k=args.top_k, top_p=args.top_p, rng=args.seed, eos_id=eos)
+                             top_k=args.top_k, top_p=args.top_p, rng=args.seed, eos_id=eos, drafter=drafter)
         return jax.block_until_ready(out)
 
     run()  # warm-up: same shapes and arguments, so the timed run below compiles nothing
@@ -114,8 +134,55 @@ def _generate(args: argparse.Namespace) -> int:
     answer = new[:-1] if new and eos is not None and new[-1] == eos else new
     print(tok.decode(answer, skip_special_tokens=True))
     print(f"[spectax] {n} tokens in {seconds:.2f} s: {n / seconds:.1f} tokens/s (prefill {len(ids)} prompt tokens "
-          f"+ decode; compile excluded by a warm-up run of the same shapes)", file=sys.stderr)
+          f"+ decode; compile excluded by a warm-up run of the same shapes)"
+          + ("" if drafter is None else f"; tau {out.stats.tau:.2f} tokens per target call"), file=sys.stderr)
     return 0
+
+
+def pick_heads(model_arg: str, drafter: str):
+    """Heads for `--drafter`: a shipped kind of a registered model, or a heads directory."""
+    from spectax import hub
+    from spectax.drafters import Heads
+
+    path = Path(drafter).expanduser()
+    if (path / "heads.json").is_file():
+        return Heads.load(path)
+    if model_arg not in hub.REGISTRY:
+        raise ValueError(f"--drafter {drafter!r} is not a heads directory, and shipped heads exist only for "
+                         f"registered models")
+    return Heads.load(hub.shipped_heads(model_arg, drafter))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import jax
+
+    import spectax
+    from spectax import hub
+    from spectax.tokenizer import from_gguf
+
+    model = spectax.load(DEMO_MODEL)
+    tok = from_gguf(hub.resolve(DEMO_MODEL))
+    heads = pick_heads(DEMO_MODEL, args.drafter)
+    ids = tok.encode_chat([{"role": "user", "content": args.prompt}])
+    runs = {}
+    for name, drafter in (("plain", None), (f"{args.drafter} heads", heads)):
+        run = lambda: jax.block_until_ready(spectax.decode(model, [ids], args.max_new_tokens,  # noqa: E731
+                                                           eos_id=tok.eos_id, drafter=drafter))
+        run()                                   # warm-up: compiles; the timed run below compiles nothing
+        start = time.perf_counter()
+        out = run()
+        runs[name] = (out, time.perf_counter() - start)
+    base = runs["plain"][1]
+    for name, (out, seconds) in runs.items():
+        n = int(out.lengths[0])
+        new = [int(t) for t in out.tokens[0, :n]]
+        print(f"--- {name}: {n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, speedup "
+              f"{base / seconds:.2f}x, tau {out.stats.tau:.2f} tokens per target call")
+        print(tok.decode(new[:-1] if new and new[-1] == tok.eos_id else new, skip_special_tokens=True))
+    (a, _), (b, _) = runs.values()
+    same = bool((a.tokens == b.tokens).all())
+    print(f"--- greedy outputs identical: {same} (compile excluded by a warm-up run of each; CPU timings are noisy)")
+    return 0 if same else 1
 
 
 def _list() -> int:
@@ -133,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _list()
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "train":
+            from spectax.train.heads import main as train_heads
+
+            train_heads(args.rest)
+            return 0
         return _generate(args)
     except ValueError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

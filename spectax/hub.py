@@ -132,3 +132,15 @@ def resolve(name: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+SHIPPED = Path(__file__).parent / "checkpoints"   # drafters trained for the registered models (package data)
+
+
+def shipped_heads(model: str, kind: str) -> Path:
+    """The directory of the heads of `kind` shipped for the registered model `model` (ValueError if none)."""
+    path = SHIPPED / model / kind
+    if not (path / "heads.json").is_file():
+        have = sorted(p.parent.name + "/" + p.name for p in SHIPPED.glob("*/*") if (p / "heads.json").is_file())
+        raise ValueError(f"no shipped {kind!r} heads for {model!r}; shipped: {have or 'none'}")
+    return path

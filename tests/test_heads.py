@@ -299,3 +299,20 @@ def test_bad_heads_raise_before_tracing(tiny_llama, make, word, monkeypatch):
 def test_bad_heads_config(tiny_llama, kwargs, word):
     with pytest.raises(ValueError, match=word):
         Heads.create(tiny_llama, **kwargs)
+
+
+def test_lossy_blockwise_rules_with_heads(tiny_llama, trained, plain):
+    """Stern's opt-in variants: top-1 match is exact greedy; a minimum block of 2 commits >= 2 draft tokens every
+    step; top-k approximate acceptance and Medusa's typical acceptance accept at least as much as exact matching."""
+    from spectax.verify import TopKMatch, Typical
+    heads = trained["blockwise"].replace(tree=DraftTree.chain(3))
+    exact = spectax.decode(tiny_llama, PROMPTS, NEW, drafter=heads, lossy=TopKMatch(k=1))
+    assert_plain(exact, plain[4])
+    block = spectax.decode(tiny_llama, PROMPTS, NEW, drafter=heads, lossy=TopKMatch(k=1, min_block=2))
+    assert np.asarray(block.stats.accepted_hist)[:, :2].sum() == 0 and block.stats.tau >= 3.0
+    loose = spectax.decode(tiny_llama, PROMPTS, NEW, drafter=heads, lossy=TopKMatch(k=5))
+    assert loose.stats.tau >= exact.stats.tau
+    typical = spectax.decode(tiny_llama, PROMPTS, NEW, drafter=heads, lossy=Typical(), temperature=0.7)
+    assert typical.stats.tau > 1.3 and (np.asarray(typical.lengths) == NEW).all()
+    with pytest.raises(ValueError, match="min_block"):
+        TopKMatch(k=1, min_block=-1)

@@ -120,3 +120,15 @@ def test_speculative_greedy_matches_transformers(case, tree):
         assert np.asarray(out.tokens[i]).tolist() == want, f"{name} {tree} row {i}"
     hist = np.asarray(out.stats.accepted_hist).sum(0)
     assert out.stats.tau > 1.2 and hist[:t.max_depth].sum() > 0, "the draft must be accepted often, not always"
+
+
+@pytest.mark.parametrize("kind", ["blockwise", "medusa", "cerberus"])
+def test_heads_greedy_matches_transformers(case, kind):
+    """Heads on each fixture (GPT-2 and Qwen2 tied heads, Llama's untied one) reproduce transformers' greedy tokens."""
+    name, d, model, golden = case
+    heads = spectax.drafters.Heads.create(model, kind=kind, num_heads=3, seed=1, scale=0.5,
+                                          tree=SPEC_TREES["paths"], gate=3.0 if kind == "cerberus" else None)
+    with jax.default_matmul_precision("highest"):
+        out = spectax.decode(model, golden["prompts"], max_new_tokens=N_NEW, drafter=heads)
+    for i, want in enumerate(golden["greedy"]):
+        assert np.asarray(out.tokens[i]).tolist() == want, f"{name} {kind} row {i}"

@@ -97,3 +97,26 @@ def test_ragged_batch_of_two(model, golden):
     np.testing.assert_array_equal(out.lengths, [32, 32])
     assert np.asarray(out.tokens[0]).tolist() == golden["greedy_ids"][:32]
     assert np.asarray(out.tokens[1]).tolist() == second["greedy_ids"]
+
+
+@pytest.mark.parametrize("kind", ["blockwise", "medusa", "cerberus"])
+def test_shipped_heads_reproduce_the_goldens(model, golden, kind):
+    """The shipped heads load from the repo (or the installed package) and reproduce transformers' greedy tokens
+    on the real model, batch of two ragged prompts, with their shipped tree; and they are accepted."""
+    from spectax.drafters import Heads
+    from spectax.hub import shipped_heads
+
+    heads = Heads.load(shipped_heads(NAME, kind))
+    heads.check(model.config)
+    second = golden["second_prompt"]
+    with jax.default_matmul_precision("highest"):
+        out = spectax.decode(model, [golden["prompt_ids"], second["prompt_ids"]], max_new_tokens=32, drafter=heads)
+    assert np.asarray(out.tokens[0]).tolist() == golden["greedy_ids"][:32]
+    assert np.asarray(out.tokens[1]).tolist() == second["greedy_ids"]
+    assert out.stats.tau > 1.2
+
+
+def test_repo_checkpoints_path_is_the_package_one():
+    from spectax.hub import SHIPPED
+    repo = Path(__file__).parents[1] / "checkpoints"
+    assert repo.resolve() == SHIPPED.resolve()

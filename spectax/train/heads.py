@@ -56,13 +56,18 @@ class HeadsData:
     labels_NH: np.ndarray
 
 
-def load_data(hidden_dir, num_heads: int) -> HeadsData:
-    """Every response position of every hidden shard in `hidden_dir`, with the H labels its heads learn."""
-    hidden, labels = [], []
-    for path in shard_paths(hidden_dir):
+def load_data(hidden_dirs, num_heads: int) -> HeadsData:
+    """Every response position of every hidden shard in `hidden_dirs` (one directory or several, of the same prompt
+    list: an example whose prompt index was already loaded is skipped), with the H labels its heads learn."""
+    dirs = [hidden_dirs] if isinstance(hidden_dirs, (str, Path)) else list(hidden_dirs)
+    hidden, labels, seen = [], [], set()
+    for path in [p for d in dirs for p in shard_paths(d)]:
         shard = load_shard(path)
         tokens, offsets, prompt_len = shard["tokens"], shard["offsets"], shard["prompt_len"]
         for e in range(len(prompt_len)):
+            if int(shard["prompt_index"][e]) in seen:
+                continue
+            seen.add(int(shard["prompt_index"][e]))
             seq = tokens[offsets[e]:offsets[e + 1]]
             rows = slice(shard["hidden_offsets"][e], shard["hidden_offsets"][e + 1])
             t = prompt_len[e] - 1 + np.arange(rows.stop - rows.start)                  # positions of the rows
@@ -70,7 +75,7 @@ def load_data(hidden_dir, num_heads: int) -> HeadsData:
             labels.append(np.where(idx < len(seq), seq[np.minimum(idx, len(seq) - 1)], -1).astype(np.int32))
             hidden.append(shard["hidden_ND"][rows])
     if not hidden:
-        raise ValueError(f"no hidden-state shards in {hidden_dir} (run `python -m spectax.train.distill hidden`)")
+        raise ValueError(f"no hidden-state shards in {dirs} (run `python -m spectax.train.distill hidden`)")
     return HeadsData(hidden_ND=np.concatenate(hidden), labels_NH=np.concatenate(labels))
 
 
@@ -178,3 +183,107 @@ def evaluate(heads: Heads, target, data: HeadsData, top: int = 5, batch: int = 1
         hits += (first_hit & valid[..., None]).sum(0)
         counts += valid.sum(0)
     return hits / np.maximum(counts, 1)[:, None]
+
+
+def write_readme(path: Path, cfg: TrainConfig, command: str, data_note: str, seconds: float, acc_HK: np.ndarray,
+                 coverage: float) -> None:
+    """The shipped checkpoint's README: command, data, time, machine, per-head accuracy."""
+    import platform
+    rows = "\n".join(f"| {h} (token t+{h + 2}) | " + " | ".join(f"{a:.3f}" for a in acc_HK[h]) + " |"
+                     for h in range(acc_HK.shape[0]))
+    path.write_text(f"""# {cfg.kind} heads for SmolLM2-135M-Instruct
+
+Load with `spectax.drafters.Heads.load(path)`; decode with `spectax.decode(model, prompts, drafter=heads)`.
+
+- Command: `{command}`
+- Data: {data_note}
+- Draft vocabulary: the {cfg.draft_vocab} most frequent response tokens of the training split; they cover
+  {coverage:.1%} of the held-out response tokens.
+- Training: {cfg.steps} steps of {cfg.batch} positions, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine),
+  weight decay {cfg.weight_decay}, seed {cfg.seed}; target frozen; {seconds / 60:.1f} min on
+  {platform.processor() or platform.machine()} ({jax.default_backend()}, {jax.device_count()} device(s),
+  JAX {jax.__version__}).
+- Held-out accuracy (the target's own greedy token, full vocabulary; top-k = the label is among the head's k best):
+
+| head | top-1 | top-2 | top-3 | top-4 | top-5 |
+|---|---|---|---|---|---|
+{rows}
+""")
+
+
+def main(argv=None) -> None:
+    """`spectax train heads`: train, evaluate and save heads (see the module docstring)."""
+    import argparse
+    import shlex
+
+    from spectax.loader import load
+    from spectax.train.distill import token_frequencies
+
+    ap = argparse.ArgumentParser(prog="spectax train heads", description="Train proposal heads by self-distillation.")
+    ap.add_argument("--data", nargs="+", required=True, help="distill data dirs (each with hidden/train, "
+                                                              "hidden/eval and train/)")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--out", required=True, help="where to save the trained heads")
+    ap.add_argument("--ckpt-dir", help="orbax training checkpoints (default: OUT.train)")
+    ap.add_argument("--stop-at", type=int, help="end this call after that step (resume later)")
+    ap.add_argument("--data-note", default="self-distillation: the target's greedy answers to the prompts of "
+                                           "spectax/train/data/prompts.jsonl (not Spec-Bench)")
+    for f in dataclasses.fields(TrainConfig):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = ap.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    target = load(args.model)
+    dirs = [Path(d) for d in args.data]
+    data = load_data([d / "hidden" / "train" for d in dirs], cfg.num_heads)
+    held_out = load_data([dirs[0] / "hidden" / "eval"], cfg.num_heads)
+    freqs = sum(token_frequencies(d / "train") for d in dirs)
+    vocab_ids = draft_vocabulary(freqs, cfg.draft_vocab)
+    eval_tokens = held_out.labels_NH[:, 0][held_out.labels_NH[:, 0] >= 0]
+    coverage = float(np.isin(eval_tokens, vocab_ids).mean())
+    print(f"{len(data.hidden_ND)} training positions, {len(held_out.hidden_ND)} held out; draft vocabulary "
+          f"{cfg.draft_vocab} covers {coverage:.1%} of held-out tokens", flush=True)
+    t0 = time.perf_counter()
+    heads = train(target, data, vocab_ids, cfg, args.ckpt_dir or str(args.out).rstrip("/") + ".train",
+                  stop_at=args.stop_at)
+    seconds = time.perf_counter() - t0
+    acc = evaluate(heads, target, held_out)
+    for h, row in enumerate(acc):
+        print(f"head {h} (token t+{h + 2}): " + " ".join(f"top-{k + 1} {a:.3f}" for k, a in enumerate(row)))
+    out = heads.save(args.out, overwrite=True)
+    write_readme(out / "README.md", cfg, "spectax train heads " + shlex.join(argv if argv is not None
+                                                                             else sys.argv[1:]),
+                 args.data_note, seconds, acc, coverage)
+    print(f"saved {out}")
+
+
+def choose_gate(heads: Heads, target, data: HeadsData, cost, depth: int, batch: int = 512) -> tuple[float, dict]:
+    """The Cerberus gate for a chain of `depth` heads: the entropy threshold (nats) that maximises the expected tokens
+    per unit time over held-out positions, where a speculating position yields 1 + (its run of correct heads) tokens
+    for cost[depth] and a gated one 1 token for 1. Returns (gate, {"rate", "rate_always", "open_fraction"}); the
+    gate is 0.0 (closed but for certain positions) when speculating never pays."""
+    full = jnp.asarray(head_table(target), jnp.float32)
+    table = full[heads.vocab_ids]
+
+    @jax.jit
+    def score(x_BD):
+        logp = jax.nn.log_softmax(x_BD @ full.T, axis=-1)
+        ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        top1 = heads.vocab_ids[jnp.argmax(head_logits(heads.config, heads.params, table, x_BD), axis=-1)]
+        return ent, top1
+
+    ents, tops = [], []
+    for i in range(0, len(data.hidden_ND), batch):
+        e, t = score(jnp.asarray(data.hidden_ND[i:i + batch], jnp.float32))
+        ents.append(np.asarray(e))
+        tops.append(np.asarray(t))
+    ent, top = np.concatenate(ents), np.concatenate(tops)
+    right = (top[:, :depth] == data.labels_NH[:, :depth]) & (data.labels_NH[:, :depth] >= 0)
+    tokens = 1 + np.cumprod(right, axis=1).sum(1)
+    order = np.argsort(ent)
+    n, c = len(ent), float(cost[depth])
+    i = np.arange(n + 1)
+    spec_tokens = np.concatenate([[0], np.cumsum(tokens[order])])
+    rate = (spec_tokens + (n - i)) / (i * c + (n - i))
+    best = int(np.argmax(rate))
+    gate = float(ent[order[best - 1]]) if best else 0.0
+    return gate, {"rate": float(rate[best]), "rate_always": float(rate[-1]), "open_fraction": best / n}
