@@ -32,6 +32,7 @@ def write_dir(path, overwrite: bool, fill) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        os.chmod(tmp, 0o755)                  # mkdtemp makes it private; the result is an ordinary directory
         fill(tmp)
         if path.exists():
             shutil.rmtree(path)
