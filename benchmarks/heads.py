@@ -18,6 +18,7 @@ spectax.calibrate on this backend, which the "optimal" tree (DraftTree.optimal(.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import defaultdict
@@ -72,8 +73,10 @@ def run_variants(model, variants: dict, prompts, batch: int, new: int, bucket: i
         group = prompts[i:i + batch]
         ids = [p[-bucket:] for _, p in group]
         programs = {name: LoopProgram(model, d, ids, new, bucket) for name, d in variants.items()}
-        for prog in programs.values():          # compile (first group) / warm up
-            jax.block_until_ready(prog())
+        jax.block_until_ready([prog.state for prog in programs.values()])   # the prefills, before any clock starts
+        if i == 0:
+            for prog in programs.values():      # compile and warm up (the first call after a compile is slow)
+                jax.block_until_ready(prog())
         reference = None
         times = defaultdict(list)
         for _ in range(repeats):
@@ -126,6 +129,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["blockwise", "medusa", "cerberus"])
     ap.add_argument("--main-kind", default="medusa", help="the kind measured with every chain and a path list")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--reuse", type=Path, help="a previous result JSON: reuse its c(N), heads cost and rank "
+                                               "acceptance instead of measuring them again")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "heads.json")
     args = ap.parse_args()
 
@@ -135,16 +140,19 @@ def main() -> None:
     result = {"machine": machine(), "model": MODEL, "new_tokens": args.new, "prompt_bucket": args.bucket,
               "prompts": len(prompts), "categories": sorted({c for c, _ in prompts}), "repeats": args.repeats}
 
+    previous = json.loads(args.reuse.read_text()) if args.reuse else {}
     t0 = time.perf_counter()
-    cost = calibrate.verify_cost(model, node_counts=(0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), batch=1,
-                                 context=256, repeats=5)
+    cost = previous.get("verify_cost_batch1") or calibrate.verify_cost(
+        model, node_counts=(0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), batch=1, context=256, repeats=5)
     curve = calibrate.cost_curve(cost, 64)
     result["verify_cost_batch1"] = {**cost, "curve": curve.tolist()}
-    print(f"c(N) measured in {time.perf_counter() - t0:.0f} s: {np.round(cost['cost'], 2).tolist()}", flush=True)
+    print(f"c(N) in {time.perf_counter() - t0:.0f} s: {np.round(cost['cost'], 2).tolist()}", flush=True)
 
     heads = {k: Heads.load(hub.shipped_heads(MODEL, k)) for k in args.kinds}
-    result["heads_cost_ms"] = {}
+    result["heads_cost_ms"] = previous.get("heads_cost_ms", {})
     for k, h in heads.items():
+        if k in result["heads_cost_ms"]:
+            continue
         full = h.replace(vocab_ids=jnp.arange(model.config.vocab_size, dtype=jnp.int32))
         result["heads_cost_ms"][k] = {f"batch{b}": {"draft_vocab": heads_cost_ms(model, h, b),
                                                     "full_vocab": heads_cost_ms(model, full, b)}
@@ -154,23 +162,27 @@ def main() -> None:
     # trees: chains of 1..num_heads, a path list, and the optimal tree for the measured rank acceptance and c(N)
     probe = {k: h.replace(tree=DraftTree.kary((4, 3, 2, 1)[:h.config.num_heads])) for k, h in heads.items()}
     calib_prompts = prompts[::3]
-    acc = {}
+    acc = {k: np.asarray(v) for k, v in previous.get("rank_acceptance", {}).items()}
     for k, h in probe.items():
-        st = spectax.decode(model, [p[-args.bucket:] for _, p in calib_prompts], args.new, drafter=h).stats
-        acc[k] = st.rank_acceptance
+        if k not in acc:
+            st = spectax.decode(model, [p[-args.bucket:] for _, p in calib_prompts], args.new, drafter=h).stats
+            acc[k] = st.rank_acceptance
     result["rank_acceptance"] = {k: v.tolist() for k, v in acc.items()}
     variants = {"plain": NoDraft()}
     trees = {}
     for k, h in heads.items():
         H = h.config.num_heads
-        options = ({f"chain{d}": DraftTree.chain(d) for d in range(1, H + 1)} if k == args.main_kind
-                   else {"chain2": DraftTree.chain(2)})
+        options = {f"chain{d}": DraftTree.chain(d) for d in range(1, min(H, 3) + 1)} if k == args.main_kind else {}
         if k == args.main_kind:
             options["paths"] = DraftTree.from_paths([p for p in PATHS if len(p) <= H])
         options["optimal"] = DraftTree.optimal(acc[k], budget=16, max_depth=H, cost=curve)
         if options["optimal"].num_nodes == 0:
             del options["optimal"]                                  # nothing pays at this cost curve
         for t, tree in options.items():
+            same = [name for name, v in variants.items() if name.startswith(k + "/") and v.tree == tree]
+            if same:                                   # e.g. the optimal tree is one of the chains: measured once
+                trees[f"{k}/{t}"] = f"= {same[0]}"
+                continue
             variants[f"{k}/{t}"] = h.replace(tree=tree)
             trees[f"{k}/{t}"] = [list(p) for p in tree.rank_paths]
     result["trees"] = trees
