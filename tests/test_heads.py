@@ -200,9 +200,9 @@ def small_target():
     return spectax.Model.random(SMALL, seed=11, scale=1.0)
 
 
-SLOW = pytest.mark.slow   # the extra settings: CI runs them; `-m "not slow"` keeps a plain and a filtered one
-SAMPLING = [pytest.param((0.5, 0, 1.0), marks=SLOW), (1.0, 0, 1.0), pytest.param((1.5, 0, 1.0), marks=SLOW),
-            (1.0, 3, 1.0), pytest.param((1.5, 0, 0.8), marks=SLOW)]
+HEAVY = pytest.mark.heavy   # extra settings: deselected by default, run with `-m heavy`
+SAMPLING = [pytest.param((0.5, 0, 1.0), marks=HEAVY), (1.0, 0, 1.0), pytest.param((1.5, 0, 1.0), marks=HEAVY),
+            (1.0, 3, 1.0), pytest.param((1.5, 0, 0.8), marks=HEAVY)]
 
 
 @pytest.mark.parametrize("settings", SAMPLING)

@@ -145,9 +145,9 @@ def sampled(model, drafter, temperature, top_k, top_p, seed=0, rows=ROWS):
     return tokens, out.stats
 
 
-SLOW = pytest.mark.slow   # the extra settings of a matrix: CI runs them; `-m "not slow"` keeps one of each kind
-SETTINGS = [pytest.param(0.5, 0, 1.0, marks=SLOW), (1.0, 0, 1.0), pytest.param(1.5, 0, 1.0, marks=SLOW),
-            pytest.param(1.0, 3, 1.0, marks=SLOW), (1.5, 0, 0.8)]
+HEAVY = pytest.mark.heavy   # extra settings of the matrix: deselected by default, run with `-m heavy`
+SETTINGS = [pytest.param(0.5, 0, 1.0, marks=HEAVY), (1.0, 0, 1.0), pytest.param(1.5, 0, 1.0, marks=HEAVY),
+            pytest.param(1.0, 3, 1.0, marks=HEAVY), (1.5, 0, 0.8)]
 
 
 def make_drafter(kind, draft, tree, rows=ROWS, **kw):
