@@ -2,8 +2,9 @@
 
 from spectax import drafters
 from spectax.api import DecodeResult, decode
+from spectax.ensemble import Ensemble
 from spectax.loader import load, save
 from spectax.models import Model, ModelConfig
 from spectax.tree import DraftTree
 
-__all__ = ["DecodeResult", "DraftTree", "Model", "ModelConfig", "decode", "drafters", "load", "save"]
+__all__ = ["DecodeResult", "DraftTree", "Ensemble", "Model", "ModelConfig", "decode", "drafters", "load", "save"]

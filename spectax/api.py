@@ -13,6 +13,7 @@ from flax import struct
 from pallas_kernels.tree_attention import IMPLS
 from spectax.cache import KVCache
 from spectax.drafters import NoDraft
+from spectax.ensemble import Ensemble
 from spectax.loop import DecodeStats, LoopSpec, prefill, run
 from spectax.models import Model
 from spectax.sampling import SamplingParams, make_sampling
@@ -172,8 +173,8 @@ def _check_lossy(lossy, vocab_size: int) -> None:
 def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
             pad_id, attn_impl, cache_size, lossy, poison_cache) -> DecodeResult:
     """decode() with a test knob: `poison_cache` fills every unwritten cache slot with NaN."""
-    if not isinstance(model, Model):
-        raise ValueError(f"model must be a spectax Model (spectax.load(...)), got {type(model).__name__}")
+    if not isinstance(model, (Model, Ensemble)):
+        raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble, got {type(model).__name__}")
     config = model.config
     tokens, lengths = prepare_prompt(prompt, prompt_lengths, config.vocab_size)
     drafter = NoDraft() if drafter is None else drafter

@@ -1,8 +1,9 @@
 """Drafters fill the nodes of a static DraftTree each step. `None` (no drafter) is the zero-node `NoDraft`."""
 
 from spectax.drafters.base import Draft, NoDraft
+from spectax.drafters.cos import CoS
 from spectax.drafters.draft_model import DraftModel
 from spectax.drafters.heads import Heads
 from spectax.drafters.replay import Replay
 
-__all__ = ["Draft", "DraftModel", "Heads", "NoDraft", "Replay"]
+__all__ = ["CoS", "Draft", "DraftModel", "Heads", "NoDraft", "Replay"]
