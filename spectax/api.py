@@ -11,7 +11,6 @@ import numpy as np
 from flax import struct
 
 from pallas_kernels.tree_attention import IMPLS
-from spectax.cache import KVCache
 from spectax.drafters import NoDraft
 from spectax.ensemble import Ensemble
 from spectax.loop import DecodeStats, LoopSpec, prefill, run
@@ -217,7 +216,7 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
 def _decode_program(model, drafter, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp: SamplingParams, keys_B, *,
                     spec: LoopSpec, cache_size: int, poison_cache: bool):
     B = prompt_BP.shape[0]
-    cache = KVCache.create(model.config, B, cache_size, model.dtype, jnp.nan if poison_cache else 0.0)
+    cache = model.create_cache(B, cache_size, jnp.nan if poison_cache else 0.0)
     state = prefill(model, drafter, spec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp, keys_B, cache)
     state = run(model, drafter, spec, state, max_new, eos_id, sp)
     return state.tokens, state.n_out, state.stats

@@ -143,18 +143,25 @@ def _rank_counts(tree: DraftTree, verdict, active_B) -> jax.Array:
 def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos_id, sp: SamplingParams) -> DecodeState:
     """propose -> verify (the one target call) -> accept -> commit.
 
-    A drafter that gates rows (Draft.live_B) gets a plain step, with no tree in the forward, whenever no active row
-    speculates: lax.cond between the two static shapes."""
+    A drafter that limits its rows' depths (Draft.depth_B) gets the smallest depth truncation of its tree, among
+    Draft.cuts and the full depth, that covers every active row: lax.switch between static shapes, so a step where
+    no active row speculates runs as a plain step (no tree in the forward)."""
     keys_B3 = split_rows(state.rng, 3)
     draft, drafter_state = drafter.propose(state.drafter_state, state.root, keys_B3[:, 1], spec, sp)
     state = state.replace(drafter_state=drafter_state, rng=keys_B3[:, 0])
-    full = lambda s: _verify_commit(model, drafter, drafter.tree, spec, s, draft, keys_B3[:, 2], max_new, eos_id, sp)
-    if draft.live_B is None:
-        return full(state)
-    plain_draft = Draft(tokens_BN=draft.tokens_BN[:, :0], live_B=jnp.zeros_like(draft.live_B))
-    plain = lambda s: _verify_commit(model, drafter, DraftTree.none(), spec, s, plain_draft, keys_B3[:, 2], max_new,
-                                     eos_id, sp)
-    return lax.cond(jnp.any(draft.live_B & ~state.done), full, plain, state)
+
+    def at_depth(depth: int):
+        tree = drafter.tree.truncated(depth)
+        return lambda s: _verify_commit(model, drafter, tree, spec, s, draft.truncated(tree), keys_B3[:, 2], max_new,
+                                        eos_id, sp)
+
+    D = drafter.tree.max_depth
+    if draft.depth_B is None:
+        return at_depth(D)(state)
+    levels = sorted({d for d in draft.cuts if 0 <= d < D} | {D})
+    need = jnp.max(jnp.where(state.done, 0, draft.depth_B))
+    branch = jnp.sum(need > jnp.asarray(levels[:-1], jnp.int32))                   # the first level >= need
+    return lax.switch(branch, [at_depth(d) for d in levels], state)
 
 
 def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state: DecodeState, draft, keys_B, max_new,
@@ -173,7 +180,7 @@ def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state
     tokens, n_out, done, count = _append(state, new_BC, verdict.n_accepted + 1, eos_id, max_new)
     cache = commit_path(state.cache.with_layers(kv), verdict.path_BD[:, :tree.max_depth], verdict.n_accepted, active,
                         tree.is_chain)
-    spec_B = active & draft.live()[:, 0]                                          # rows that speculated this step
+    spec_B = active & draft.offers()                                        # rows that speculated this step
     st = state.stats
     stats = DecodeStats(target_calls=st.target_calls + 1, row_calls=st.row_calls + active,
                         new_tokens=st.new_tokens + count, speculated=st.speculated + spec_B,

@@ -150,6 +150,18 @@ class DraftTree:
             paths = _pad_root(_optimal_paths(tables, size), size)
         return cls.from_paths(paths) if paths else cls.none()
 
+    def truncated(self, depth: int) -> "DraftTree":
+        """The nodes of depth <= `depth`, which must be the tree's first nodes (true of every BFS-ordered tree:
+        chain, kary, from_paths, optimal); ValueError otherwise. The loop runs these prefixes as cheaper steps."""
+        if not _is_int(depth) or depth < 0:
+            raise ValueError(f"truncation depth must be an int >= 0, got {depth!r}")
+        keep = self.depth <= depth
+        n = int(keep.sum())
+        if not keep[:n].all():
+            raise ValueError(f"the nodes of depth <= {depth} are not the first nodes of this tree; truncating "
+                             f"needs nodes ordered by depth (build it with from_paths or kary)")
+        return DraftTree(self.parents[:n])
+
     # ------------------------------------------------------------ properties
 
     @property

@@ -146,7 +146,7 @@ def gated(heads, gate):
 
 @pytest.mark.parametrize("kind", ["medusa", "cerberus"])
 def test_one_target_forward_per_step(tiny_llama, trained, plain, kind, monkeypatch, fresh_trace):
-    """Counted at trace time (the loop body holds one target forward, or one per lax.cond branch) and at run time
+    """Counted at trace time (the loop body holds one target forward, or one per lax.switch branch) and at run time
     (one executed forward per step, equal to stats.target_calls and to the number of steps)."""
     heads = trained[kind].replace(tree=TREES["paths"])
     prompts = PROMPTS if kind == "medusa" else PROMPTS[:1]     # one row: a step is gated exactly when it is
@@ -156,7 +156,7 @@ def test_one_target_forward_per_step(tiny_llama, trained, plain, kind, monkeypat
     steps = StepLog()
     out = spectax.decode(tiny_llama, prompts, NEW, drafter=Recording(heads, steps))
     T = 1 + heads.tree.num_nodes
-    assert log.traced[1:] == ([T] if kind == "medusa" else [T, 1]), "after the prefill: the loop body's forwards"
+    assert sorted(log.traced[1:]) == ([T] if kind == "medusa" else [1, T]), "after the prefill: the loop body's forwards"
     executed = log.ran[1:]                                           # after the prefill's one forward
     assert len(executed) == int(out.stats.target_calls) == len(steps.steps)
     if kind == "cerberus":

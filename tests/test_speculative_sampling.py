@@ -29,7 +29,7 @@ import spectax
 import spectax.verify.multi_draft as multi_draft_mod
 import spectax.verify.speculative as speculative_mod
 from spectax import DraftTree
-from spectax.drafters import Draft, DraftModel, Replay
+from spectax.drafters import Combined, Draft, DraftModel, Heads, NGram, Replay
 from spectax.models import Model, ModelConfig
 from spectax.sampling import Sampler, categorical_rows, warp
 from test_sampling import np_warp
@@ -157,15 +157,21 @@ def make_drafter(kind, draft, tree, rows=ROWS, **kw):
     if kind == "independent":
         logits = jax.random.normal(jax.random.key(3), (tree.num_nodes, SMALL.vocab_size)) * 1.5
         return IndependentDraws(logits_NV=logits, tree=tree, **kw)
+    if kind == "ngram":    # deterministic, context-dependent drafts: distinct matches as siblings
+        return NGram(max_n=2, tree=tree, occurrences=2)
+    if kind == "combined":  # a deterministic n-gram sibling before two heads siblings drawn without replacement
+        heads = Heads.create(draft, num_heads=tree.max_depth, tree=DraftTree.kary((2,) + (1,) * (tree.max_depth - 1)))
+        return Combined((NGram(max_n=2, tree=DraftTree.chain(tree.max_depth)), heads))
     return DraftModel(draft, tree=tree)
 
 
 CASES = [("model", DraftTree.chain(2)), ("model", DraftTree.kary((3, 2))), ("independent", DraftTree.kary((2, 2))),
-         ("replay", DraftTree.chain(2))]
+         ("replay", DraftTree.chain(2)), ("ngram", DraftTree.kary((2, 1))), ("combined", DraftTree.chain(2))]
 
 
 @pytest.mark.parametrize("temperature,top_k,top_p", SETTINGS)
-@pytest.mark.parametrize("kind,tree", CASES, ids=["chain", "tree-sequoia", "tree-specinfer", "chain-deterministic"])
+@pytest.mark.parametrize("kind,tree", CASES, ids=["chain", "tree-sequoia", "tree-specinfer", "chain-deterministic",
+                                             "ngram-tree", "ngram-and-heads"])
 def test_speculative_sampling_is_lossless_over_several_steps(target, draft, kind, tree, temperature, top_k, top_p):
     tokens, st = sampled(target, make_drafter(kind, draft, tree), temperature, top_k, top_p)
     hist = np.asarray(st.accepted_hist).sum(0)
@@ -209,6 +215,14 @@ def test_draws_without_replacement_must_remove_drawn_tokens(target, draft, monke
     before trying the next sibling is caught."""
     monkeypatch.setattr(multi_draft_mod, "without", lambda q, x: q)
     tokens, _ = sampled(target, DraftModel(draft, tree=DraftTree.kary((3, 2))), 1.0, 0, 1.0)
+    assert law_pvalue(target, tokens, 1.0, 0, 1.0) < LEVEL
+
+
+def test_mixed_sibling_rules_must_be_kept(target, draft, monkeypatch, fresh_trace):
+    """Combined puts a deterministic n-gram sibling before heads siblings drawn without replacement; a verifier
+    that treats every sibling as an independent draw (dropping the per-node rule) is caught."""
+    monkeypatch.setattr(Draft, "continues", lambda self, tree: np.zeros(tree.num_nodes, bool))
+    tokens, _ = sampled(target, make_drafter("combined", draft, DraftTree.chain(2)), 1.0, 0, 1.0)
     assert law_pvalue(target, tokens, 1.0, 0, 1.0) < LEVEL
 
 

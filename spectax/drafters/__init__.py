@@ -2,8 +2,10 @@
 
 from spectax.drafters.base import Draft, NoDraft
 from spectax.drafters.cos import CoS
+from spectax.drafters.combined import Combined
 from spectax.drafters.draft_model import DraftModel
 from spectax.drafters.heads import Heads
+from spectax.drafters.ngram import NGram
 from spectax.drafters.replay import Replay
 
-__all__ = ["CoS", "Draft", "DraftModel", "Heads", "NoDraft", "Replay"]
+__all__ = ["Combined", "CoS", "Draft", "DraftModel", "Heads", "NGram", "NoDraft", "Replay"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from spectax.tree import DraftTree
@@ -14,30 +15,59 @@ class Draft:
     """One step's proposal: a token per tree node and, for sampled drafts, the distribution each was drawn from.
 
     q_BNV[b, n] is the (warped) draft distribution node n's token was drawn from; None means the tokens are
-    deterministic (the verifiers then use a one-hot q). without_replacement: the siblings of each node are successive
-    draws from their shared q with earlier draws removed (Sequoia); otherwise each node is an independent draw.
-    live_B: None (every row speculates) or bool [B], the rows that speculate this step (a gate, e.g. Cerberus'):
-    the verifiers accept no node of another row, whose bonus token is then a plain target token. The loop runs a
-    step where no active row is live as a plain step (no tree in the forward).
+    deterministic (the verifiers then use a one-hot q). without_replacement: True when the siblings of each node are
+    successive draws from their shared q with earlier draws removed (Sequoia), False when each node is an independent
+    draw from its own q, or a bool per node (a drafter that combines both, see `continues`).
+
+    depth_B: None (every row offers the whole tree) or int32 [B], the deepest tree level row b offers this step
+    (0: the row does not speculate; a gate such as Cerberus', or an n-gram matcher that found nothing or only a
+    short match). The verifiers accept no node deeper than its row's depth_B. cuts (static): the tree depths the
+    loop may truncate the step's forward to; each step the loop runs the smallest of cuts + (the full depth,) that
+    covers every active row's depth_B (lax.switch between these static shapes), so a step where no row speculates
+    costs a plain step. Truncating needs a tree whose nodes are ordered by depth (DraftTree.truncated).
     """
 
     tokens_BN: jax.Array                                   # int32 [B, N] node tokens in the tree's node order
     q_BNV: jax.Array | None = None                         # float32 [B, N, V]
-    without_replacement: bool = struct.field(pytree_node=False, default=False)
-    live_B: jax.Array | None = None                        # bool [B]
+    without_replacement: bool | tuple[bool, ...] = struct.field(pytree_node=False, default=False)
+    depth_B: jax.Array | None = None                       # int32 [B]
+    cuts: tuple[int, ...] = struct.field(pytree_node=False, default=(0,))
 
-    def live(self) -> jax.Array:
-        """bool [B, 1]: the rows whose nodes may be accepted (broadcasts against [B, N])."""
-        if self.live_B is None:
-            return jnp.ones((self.tokens_BN.shape[0], 1), bool)
-        return self.live_B[:, None]
+    def live(self, tree: DraftTree) -> jax.Array:
+        """bool [B, N] (or [1, N] when every row offers everything): the nodes that may be accepted."""
+        if self.depth_B is None:
+            return jnp.ones((1, tree.num_nodes), bool)
+        return jnp.asarray(tree.depth)[None, :] <= self.depth_B[:, None]
 
-    def probs(self, vocab_size: int) -> jax.Array:
-        """float32 [B, N, V]: q, or one-hot on the tokens for a deterministic draft; zero on rows that are not live
-        (nothing drawn, so nothing to accept and no residual to take)."""
+    def continues(self, tree: DraftTree) -> np.ndarray:
+        """bool [N] (static): node n's token is the next draw without replacement after its previous sibling's, from
+        that sibling's q with the sibling's token removed; otherwise it was drawn from its own q_BNV[:, n]."""
+        if isinstance(self.without_replacement, tuple):
+            cont = np.asarray(self.without_replacement, bool).reshape(tree.num_nodes)
+            if (cont & (tree.child_rank == 0)).any():
+                raise ValueError("a first child cannot continue a previous sibling's draws")
+            return cont
+        return (tree.child_rank > 0) & bool(self.without_replacement)
+
+    def offers(self) -> jax.Array:
+        """bool [B]: the rows that speculate this step."""
+        if self.depth_B is None:
+            return jnp.ones(self.tokens_BN.shape[:1], bool)
+        return self.depth_B > 0
+
+    def probs(self, vocab_size: int, tree: DraftTree) -> jax.Array:
+        """float32 [B, N, V]: q, or one-hot on the tokens for a deterministic draft; zero at the nodes a row does
+        not offer (nothing drawn there, so nothing to accept and no residual to take)."""
         q = (jax.nn.one_hot(self.tokens_BN, vocab_size, dtype=jnp.float32) if self.q_BNV is None
              else self.q_BNV)
-        return q if self.live_B is None else q * self.live_B[:, None, None]
+        return q if self.depth_B is None else q * self.live(tree)[..., None]
+
+    def truncated(self, tree: DraftTree) -> "Draft":
+        """The same draft on `tree`, a depth truncation of the drafter's tree (its first tree.num_nodes nodes)."""
+        n = tree.num_nodes
+        wr = self.without_replacement
+        return self.replace(tokens_BN=self.tokens_BN[:, :n], q_BNV=None if self.q_BNV is None else self.q_BNV[:, :n],
+                            without_replacement=wr[:n] if isinstance(wr, tuple) else wr)
 
 
 @struct.dataclass

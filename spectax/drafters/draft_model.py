@@ -8,7 +8,7 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from spectax.cache import KVCache, commit_path
+from spectax.cache import commit_path
 from spectax.drafters.base import Draft
 from spectax.models import Model
 from spectax.sampling import fold_rows, gumbel_rows, warp
@@ -51,7 +51,7 @@ class DraftModel:
     def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> DraftModelState:
         """Prefills the draft's own cache with the prompts."""
         config = self.model.config
-        cache = KVCache.create(config, prompt_BP.shape[0], cache_size, self.model.dtype)
+        cache = self.model.create_cache(prompt_BP.shape[0], cache_size)
         tokens = jnp.minimum(prompt_BP, config.vocab_size - 1)
         kv, _, _ = self.model.prefill(tokens, prompt_len_B, cache.layers, spec.prefill_chunk, spec.attn_impl)
         last = jnp.take_along_axis(prompt_BP, (prompt_len_B - 1)[:, None], axis=1)[:, 0]

@@ -184,15 +184,19 @@ class Heads:
         head_N, rank_N = jnp.asarray(tree.depth - 1), jnp.asarray(tree.child_rank)
         if spec.sampler.greedy:
             _, top_BHK = lax.top_k(state.logits_BHV, K)
-            return Draft(tokens_BN=self.vocab_ids[top_BHK[:, head_N, rank_N]], live_B=state.live_B), state
+            return Draft(tokens_BN=self.vocab_ids[top_BHK[:, head_N, rank_N]], depth_B=self._depths(state)), state
         logq_BHV = jax.nn.log_softmax(warp(state.logits_BHV, spec.sampler, sampling), axis=-1)
         _, top_BHK = lax.top_k(logq_BHV + gumbel_rows(keys_B, logq_BHV.shape[1:]), K)   # draws w/o replacement
         B, V = root_B.shape[0], spec.vocab_size
         q_BHV = jnp.zeros((B, self.config.num_heads, V), jnp.float32).at[:, :, self.vocab_ids].set(
             jnp.exp(logq_BHV))
         draft = Draft(tokens_BN=self.vocab_ids[top_BHK[:, head_N, rank_N]], q_BNV=q_BHV[:, head_N],
-                      without_replacement=True, live_B=state.live_B)
+                      without_replacement=True, depth_B=self._depths(state))
         return draft, state
+
+    def _depths(self, state: HeadsState):
+        """int32 [B] or None: the whole tree for rows the gate lets speculate, nothing for the others."""
+        return None if state.live_B is None else jnp.where(state.live_B, self.tree.max_depth, 0)
 
     def update(self, state: HeadsState, verdict, new_tokens_BC, out, active_B) -> HeadsState:
         """The next proposal from the verification forward's hidden state at each row's deepest accepted node."""

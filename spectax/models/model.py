@@ -10,6 +10,7 @@ import numpy as np
 from flax import struct
 from jax import lax
 
+from spectax.cache import KVCache
 from spectax.models.config import ModelConfig
 from spectax.models.gpt2 import GPT2Decoder
 from spectax.models.llama import LlamaDecoder
@@ -72,6 +73,10 @@ class Model:
     @property
     def dtype(self):
         return jax.tree_util.tree_leaves(self.params)[0].dtype
+
+    def create_cache(self, batch: int, size: int, fill: float = 0.0) -> KVCache:
+        """An empty KV cache of `size` slots per row in the model's dtype; `fill` is what dead slots hold."""
+        return KVCache.create(self.config, batch, size, self.dtype, fill)
 
     def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla", logits_at_BK=None):
         """One forward over T new tokens per row.

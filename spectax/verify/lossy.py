@@ -75,7 +75,7 @@ def verify_lossy(logits_BTV, draft: Draft, tree: DraftTree, keys_B, sampler: Sam
                  rule) -> Verdict:
     """The deepest path whose every node passes `rule`, then the target's own token (argmax or a draw) after it."""
     ok_BN = rule.accepts(logits_BTV[:, tree.parent + 1], draft.tokens_BN, sampler, params)
-    ok_BN = (ok_BN | jnp.asarray(tree.depth <= rule.min_block)[None]) & draft.live()
+    ok_BN = (ok_BN | jnp.asarray(tree.depth <= rule.min_block)[None]) & draft.live(tree)
     best_step = deepest_accepted(ok_BN, tree)
     last_BV = jnp.take_along_axis(logits_BTV, best_step[:, None, None], axis=1)[:, 0]
     return Verdict(path_BD=path_from_best(tree, best_step), n_accepted=jnp.asarray(tree.step_depth)[best_step],

@@ -26,9 +26,9 @@ def verify_speculative(logits_BTV, draft: Draft, tree: DraftTree, keys_B, sample
     D = T - 1
     keys_B2 = split_rows(keys_B, 2)
     p_BTV = target_probs(logits_BTV, sampler, params)
-    q_BDV = draft.probs(V)                                               # node d's token was drawn from q_d
+    q_BDV = draft.probs(V, tree)                                               # node d's token was drawn from q_d
     x_BD = draft.tokens_BN
-    ok_BD = accepts(uniform_rows(keys_B2[:, 0], (D,)), at(p_BTV[:, :D], x_BD), at(q_BDV, x_BD)) & draft.live()
+    ok_BD = accepts(uniform_rows(keys_B2[:, 0], (D,)), at(p_BTV[:, :D], x_BD), at(q_BDV, x_BD)) & draft.live(tree)
     n_accepted = jnp.sum(jnp.cumprod(ok_BD, axis=1), axis=1).astype(jnp.int32)
     p_at = jnp.take_along_axis(p_BTV, n_accepted[:, None, None], axis=1)[:, 0]          # [B, V]
     if D:
