@@ -14,7 +14,7 @@ from jax import lax
 from spectax.cache import KVCache, commit_path
 from spectax.models import Model
 from spectax.sampling import Sampler, SamplingParams, sample, split_rows
-from spectax.drafters.base import Draft, TargetOut
+from spectax.drafters.base import TargetOut
 from spectax.tree import DraftTree
 from spectax.verify import verify_greedy, verify_lossy, verify_multi_draft, verify_speculative
 

@@ -8,7 +8,7 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from spectax.cache import commit_path
+from spectax.cache import KVCache, commit_path
 from spectax.drafters.base import Draft
 from spectax.models import Model
 from spectax.sampling import fold_rows, gumbel_rows, warp
