@@ -66,7 +66,8 @@ def heads_cost_ms(model, heads: Heads, batch: int, repeats: int = 50) -> float:
 
 def run_variants(model, variants: dict, prompts, batch: int, new: int, bucket: int, repeats: int) -> dict:
     """Interleaved loop timings: {name: {"seconds": [...], "tau": ..., "stats": [...], "categories": [...]}}."""
-    results = {name: {"seconds": 0.0, "calls": 0, "tokens": 0, "hist": None, "per_prompt": []} for name in variants}
+    results = {name: {"seconds": 0.0, "calls": 0, "tokens": 0, "speculated": 0, "hist": None, "per_prompt": []}
+               for name in variants}
     if len(prompts) % batch:                     # whole batches only (one compile per variant): wrap around
         prompts = prompts + prompts[:batch - len(prompts) % batch]
     for i in range(0, len(prompts), batch):
@@ -95,6 +96,7 @@ def run_variants(model, variants: dict, prompts, batch: int, new: int, bucket: i
             r["seconds"] += sec
             r["calls"] += int(np.asarray(st.row_calls).sum())
             r["tokens"] += int(np.asarray(st.new_tokens).sum())
+            r["speculated"] += int(np.asarray(st.speculated).sum())
             hist = np.asarray(st.accepted_hist).sum(0)
             r["hist"] = hist if r["hist"] is None else r["hist"] + hist
             r["per_prompt"].append({"categories": [c for c, _ in group], "seconds": sec,
@@ -114,6 +116,7 @@ def summarize(results: dict) -> dict:
             if len(mine["categories"]) == 1:
                 cats.setdefault(mine["categories"][0], []).append(plain["seconds"] / mine["seconds"])
         out[name] = {"tau": tau, "speedup": speedup, "eta": speedup / tau, "loop_seconds": r["seconds"],
+                     "speculating_fraction": r["speculated"] / max(r["calls"], 1),
                      "acceptance_per_depth": (at_least[1:] / np.maximum(at_least[:-1], 1)).tolist(),
                      "speedup_by_category": {c: float(np.median(v)) for c, v in cats.items()}}
     return out
