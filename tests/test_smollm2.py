@@ -120,3 +120,22 @@ def test_repo_checkpoints_path_is_the_package_one():
     from spectax.hub import SHIPPED
     repo = Path(__file__).parents[1] / "checkpoints"
     assert repo.resolve() == SHIPPED.resolve()
+
+
+COPY_TEXT = ("The library opens at nine in the morning and closes at six in the evening. Members can borrow up to "
+             "five books at a time, and each loan lasts three weeks. Late returns cost ten cents per day. The reading "
+             "room on the second floor is quiet and has free wireless internet for everyone.")
+
+
+def test_ngram_on_a_copy_prompt(model, tok):
+    """Prompt lookup on copy-heavy work: asked to repeat a paragraph, the real model's greedy tokens are unchanged
+    and each target call yields more than 1.5 tokens."""
+    from spectax import DraftTree
+    from spectax.drafters import NGram
+
+    prompt = tok.encode_chat([{"role": "user", "content": "Repeat this paragraph word for word:\n\n" + COPY_TEXT}])
+    with jax.default_matmul_precision("highest"):
+        plain = spectax.decode(model, [prompt], max_new_tokens=48)
+        out = spectax.decode(model, [prompt], max_new_tokens=48, drafter=NGram(tree=DraftTree.chain(6)))
+    np.testing.assert_array_equal(out.tokens, plain.tokens)
+    assert out.stats.tau > 1.5
