@@ -132,7 +132,11 @@ class NGram:
             n = m + 1
             if n >= self.min_n:
                 score_BH = jnp.where(match_BH, t_H[None, :], -1)
-                latest_BK, _ = jax.lax.top_k(score_BH, K)                # the K latest ends of an n-token match
+                latest = []                                              # the K latest ends of an n-token match
+                for _ in range(K):                                       # (K max-reductions: far cheaper than a
+                    latest.append(jnp.max(score_BH, axis=1))             # top_k over H on CPU)
+                    score_BH = jnp.where(score_BH >= latest[-1][:, None], -1, score_BH)
+                latest_BK = jnp.stack(latest, axis=1)
                 ends.append(latest_BK)
                 found.append(latest_BK >= 0)
                 n_found.append(jnp.where(latest_BK[:, 0] >= 0, n, 0))
