@@ -13,7 +13,6 @@ import jax
 import numpy as np
 
 from spectax.api import bucket, prepare_prompt, row_keys
-from spectax.cache import KVCache
 from spectax.loop import LoopSpec, prefill, run
 from spectax.models import Model
 from spectax.sampling import make_sampling
@@ -37,14 +36,15 @@ def timed(fn) -> tuple[float, object]:
 
 
 class LoopProgram:
-    """The greedy decode loop (spectax.loop.run, the while_loop decode() runs) for one drafter and prompt batch,
-    from a prefilled state built once; calling it runs the loop and returns the final DecodeState.
+    """The decode loop (spectax.loop.run, the while_loop decode() runs) for one drafter and prompt batch, from a
+    prefilled state built once; calling it runs the loop and returns the final DecodeState.
 
-    Prompts are right-padded to `prompt_bucket`; `cache_scale` multiplies the KV cache allocation."""
+    Prompts are right-padded to `prompt_bucket`; `cache_scale` multiplies the KV cache allocation; `temperature`
+    0 is greedy (sampling: rng seed 0, no top-k / top-p). `model`: a Model or an Ensemble."""
 
     def __init__(self, model: Model, drafter, prompts: list[list[int]], new: int, prompt_bucket: int,
-                 cache_scale: int = 1):
-        sampler, self.sp = make_sampling(0.0, 0, 1.0)
+                 cache_scale: int = 1, temperature: float = 0.0):
+        sampler, self.sp = make_sampling(temperature, 0, 1.0)
         self.spec = LoopSpec(sampler=sampler, out_size=bucket(new), vocab_size=model.config.vocab_size)
         tokens, lengths = prepare_prompt(prompts, None, model.config.vocab_size)
         prompt = np.zeros((len(prompts), prompt_bucket), np.int32)
@@ -59,7 +59,7 @@ class LoopProgram:
 
 @jax.jit(static_argnames=("spec", "size"))
 def _start(model, drafter, prompt, lengths, new, sp, *, spec, size):
-    cache = KVCache.create(model.config, prompt.shape[0], size, model.dtype)
+    cache = model.create_cache(prompt.shape[0], size)
     return prefill(model, drafter, spec, prompt, lengths, new, np.int32(-1), np.int32(0), sp,
                    row_keys(0, prompt.shape[0]), cache)
 

@@ -203,3 +203,15 @@ def test_load_manifest(tmp_path, tiny_llama):
         Ensemble.load(tmp_path)
     with pytest.raises(ValueError, match="manifest"):
         Ensemble.load(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_shipped_contrastive_ensemble_on_smollm2():
+    """The shipped ensemble loads (SmolLM2 and its early exit), and greedy CoS equals its naive decoding."""
+    ensemble = Ensemble.load("smollm2-135m-instruct/cos-contrastive")
+    assert ensemble.mode == "contrastive" and ensemble.models[1].config.num_layers < 30
+    prompts = [[1, 9690, 198, 2683, 314], [1, 4093, 28, 1]]
+    naive = spectax.decode(ensemble, prompts, 16)
+    cos = spectax.decode(ensemble, prompts, 16, drafter=CoS(ensemble, tree=DraftTree.chain(2)))
+    np.testing.assert_array_equal(np.asarray(cos.tokens), np.asarray(naive.tokens))
+    assert cos.stats.tau > 1.0
