@@ -1,10 +1,9 @@
 """N-gram (prompt lookup) drafts on SmolLM2-135M-Instruct (fp32, greedy) against spectax plain decoding.
 
-1. Calibration, on held-out prompts (spectax/train/data/prompts.jsonl, never Spec-Bench): plain greedy outputs, then
-   for every output position the drafter's own proposal (a chain of MAX_DEPTH) and its longest match n: how many
-   proposed tokens greedy verification would accept, by n. With the measured verification cost c(N) (batch 1), the
-   depth offered after a match of n is the one maximising (1 + E[accepted | n, depth]) / c(depth), 0 (a plain step)
-   where no depth pays: `depth_by_n`.
+1. Calibration, on held-out prompts (spectax/train/data/prompts.jsonl, never Spec-Bench): spectax.calibrate's
+   ngram_acceptance (for every position of the plain greedy outputs, the longest match n and how many tokens of the
+   drafter's chain greedy verification would accept) and ngram_depths (with the measured c(N), batch 1, the depth
+   maximising (1 + E[accepted | n, depth]) / c(depth) after a match of n, 0 = a plain step): `depth_by_n`.
 2. Spec-Bench (a stratified sample, every category): plain decoding and n-gram variants (chains, the calibrated
    adaptive chain, a tree of two matches, and n-gram + the shipped Medusa heads combined), interleaved prompt by
    prompt in one process (benchmarks/heads.py's loop timing: decode loop from a prefilled state, blocked on; tokens
@@ -44,45 +43,6 @@ def held_out_prompts(n: int, tok) -> list[list[int]]:
     """The first n held-out prompts (the heads' training prompts, one per line), chat-templated."""
     rows = [json.loads(line) for line in HELD_OUT.read_text().splitlines()[:n]]
     return [tok.encode_chat([{"role": "user", "content": r["text"]}]) for r in rows]
-
-
-def match_acceptance(model, prompts, new: int, bucket: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int [S] longest match n per output position (0: none), int [S] leading proposed tokens equal to the greedy
-    continuation), over every position of every prompt's plain greedy output."""
-    probe = NGram(max_n=MAX_N, min_n=1, tree=DraftTree.chain(MAX_DEPTH), depth_by_n=tuple(range(1, MAX_N + 1)))
-    propose = jax.jit(lambda s, r: probe.propose(s, r, None, None, None)[0])
-    ns, accepted = [], []
-    for p in prompts:
-        p = p[-bucket:]
-        out = np.asarray(spectax.decode(model, [p], new).tokens[0]).tolist()
-        B = len(out) - 1
-        width = len(p) + B
-        hist = np.full((B, width), -1, np.int32)
-        for i in range(B):                              # row i: the prompt and out[:i] committed, root out[i]
-            hist[i, :len(p) + i] = p + out[:i]
-        state = probe.init(None, jnp.asarray(hist), jnp.asarray([len(p) + i for i in range(B)], jnp.int32), None,
-                           width, None)
-        draft = propose(state, jnp.asarray(out[:B], jnp.int32))
-        tokens = np.asarray(draft.tokens_BN)
-        for i in range(B):
-            truth = out[i + 1:i + 1 + MAX_DEPTH]
-            same = np.asarray(tokens[i, :len(truth)]) == np.asarray(truth)
-            accepted.append(int(np.cumprod(same).sum()))
-        ns.extend(np.asarray(draft.depth_B).tolist())  # depth_by_n = (1, .., MAX_N): the depth is n itself
-    return np.asarray(ns), np.asarray(accepted)
-
-
-def choose_depths(ns, accepted, curve) -> tuple[tuple[int, ...], dict]:
-    """depth_by_n for n = 1 .. MAX_N maximising (1 + E[min(accepted, d)]) / c(d), and the table behind it."""
-    depths, table = [], {}
-    for n in range(1, MAX_N + 1):
-        a = accepted[ns == n]
-        gain = [(1 + (np.minimum(a, d).mean() if a.size else 0.0)) / curve[d] for d in range(MAX_DEPTH + 1)]
-        depths.append(int(np.argmax(gain)))
-        table[n] = {"positions": int(a.size), "mean_accepted_at_depth": [float(np.minimum(a, d).mean()) if a.size
-                                                                         else 0.0 for d in range(MAX_DEPTH + 1)],
-                    "expected_speedup_at_depth": [float(g) for g in gain]}
-    return tuple(depths), table
 
 
 def propose_cost_ms(batch: int, history: int, drafter: NGram, repeats: int = 50) -> float:
@@ -128,8 +88,10 @@ def main() -> None:
         depths = tuple(calib["depth_by_n"])
     else:
         t0 = time.perf_counter()
-        ns, accepted = match_acceptance(model, held_out_prompts(args.held_out, tok), args.new, args.bucket)
-        depths, table = choose_depths(ns, accepted, curve)
+        held_out = [p[-args.bucket:] for p in held_out_prompts(args.held_out, tok)]
+        measured = calibrate.ngram_acceptance(model, held_out, args.new, MAX_N, MAX_DEPTH)
+        depths, table = calibrate.ngram_depths(measured, curve)
+        ns = np.asarray(measured["n"])
         calib = {"held_out_prompts": args.held_out, "positions": int(ns.size),
                  "match_rate_by_n": {n: float((ns == n).mean()) for n in range(MAX_N + 1)},
                  "by_n": table, "depth_by_n": list(depths)}

@@ -142,3 +142,55 @@ def cost_curve(measured: dict, budget: int) -> np.ndarray:
     if budget > nodes[-1]:
         raise ValueError(f"budget {budget} is beyond the largest measured node count {nodes[-1]}")
     return np.interp(np.arange(budget + 1), nodes, np.maximum.accumulate(cost))
+
+
+def ngram_acceptance(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64, max_n: int = 4,
+                     max_depth: int = 8) -> dict:
+    """How prompt lookup fares on this model's own greedy text, by match length.
+
+    For every position of every prompt's plain greedy output: the longest n-gram match n (0: none; n <= max_n)
+    that `NGram` finds there and how many tokens of its chain of max_depth greedy verification would accept (the
+    leading proposals equal to the true continuation). Returns {"n": [...], "accepted": [...], "max_n", "max_depth"}
+    for `ngram_depths`. Use prompts you do not benchmark on."""
+    from spectax.api import decode
+    from spectax.drafters.ngram import NGram
+
+    max_n, max_depth = _check_int("max_n", max_n, 1), _check_int("max_depth", max_depth, 1)
+    probe = NGram(max_n=max_n, tree=DraftTree.chain(max_depth), depth_by_n=tuple(range(1, max_n + 1)))
+    propose = jax.jit(lambda s, r: probe.propose(s, r, None, None, None)[0])   # depth_B = the match length n
+    ns, accepted = [], []
+    for p in prompts:
+        p = list(p)
+        out = np.asarray(decode(model, [p], max_new_tokens).tokens[0]).tolist()
+        B = len(out) - 1                                 # row i: prompt + out[:i] committed, root out[i]
+        hist = np.full((B, len(p) + B), -1, np.int32)
+        for i in range(B):
+            hist[i, :len(p) + i] = p + out[:i]
+        state = probe.init(None, jnp.asarray(hist), jnp.asarray(len(p) + np.arange(B), jnp.int32), None,
+                           hist.shape[1], None)
+        draft = propose(state, jnp.asarray(out[:B], jnp.int32))
+        tokens = np.asarray(draft.tokens_BN)
+        for i in range(B):
+            truth = np.asarray(out[i + 1:i + 1 + max_depth])
+            accepted.append(int(np.cumprod(tokens[i, :truth.size] == truth).sum()))
+        ns.extend(np.asarray(draft.depth_B).tolist())
+    return {"n": ns, "accepted": accepted, "max_n": max_n, "max_depth": max_depth}
+
+
+def ngram_depths(measured: dict, cost: np.ndarray) -> tuple[tuple[int, ...], dict]:
+    """NGram's depth_by_n (n = 1 .. max_n) from `ngram_acceptance`: after a match of n, the depth d maximising
+    (1 + E[accepted within d | n]) / c(d), 0 (a plain step) where nothing pays. cost: c(0..>= max_depth), e.g.
+    `cost_curve`. Returns (depth_by_n, {n: {"positions", "mean_accepted_at_depth", "expected_speedup_at_depth"}})."""
+    ns, accepted = np.asarray(measured["n"]), np.asarray(measured["accepted"])
+    D = measured["max_depth"]
+    cost = np.asarray(cost, np.float64)
+    if cost.ndim != 1 or cost.size < D + 1 or cost[0] <= 0:
+        raise ValueError(f"cost must be c(0..{D}) with c(0) > 0 (cost_curve(measured, >= {D})), got {cost!r}")
+    depths, table = [], {}
+    for n in range(1, measured["max_n"] + 1):
+        a = accepted[ns == n]
+        mean = [float(np.minimum(a, d).mean()) if a.size else 0.0 for d in range(D + 1)]
+        gain = [(1 + m) / (cost[d] / cost[0]) for d, m in enumerate(mean)]
+        depths.append(int(np.argmax(gain)))
+        table[n] = {"positions": int(a.size), "mean_accepted_at_depth": mean, "expected_speedup_at_depth": gain}
+    return tuple(depths), table

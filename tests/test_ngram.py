@@ -155,3 +155,23 @@ def test_bad_combinations(tiny_llama):
         spectax.decode(tiny_llama, [[1, 2]], 4, drafter=Combined((NGram(),)))
     with pytest.raises(ValueError, match="DraftModel cannot be combined"):
         spectax.decode(tiny_llama, [[1, 2]], 4, drafter=Combined((NGram(), DraftModel(tiny_llama))))
+
+
+def test_depth_calibration(bigram):
+    """calibrate.ngram_acceptance on the bigram target's cycling text: long matches there are always right, so a
+    cheap enough verification makes ngram_depths offer the whole chain after them, and nothing after a match
+    that is never accepted."""
+    from spectax import calibrate
+
+    measured = calibrate.ngram_acceptance(bigram, [follow(bigram, 7, 12), [3, 9]], 16, max_n=3, max_depth=4)
+    n, acc = np.asarray(measured["n"]), np.asarray(measured["accepted"])
+    assert n.size == acc.size == 2 * 15
+    left = np.tile(np.minimum(4, 15 - np.arange(15)), 2)                # continuation tokens known at each position
+    assert (acc[n == 3] == left[n == 3]).all() and (n == 3).sum() >= 8, "cycling text: 3-gram matches are right"
+    cost = np.array([1.0, 1.3, 1.5, 1.7, 1.9])
+    depths, table = calibrate.ngram_depths({"n": [1, 1, 2, 3, 3], "accepted": [0, 0, 1, 4, 4], "max_n": 3,
+                                            "max_depth": 4}, cost)
+    assert depths == (0, 1, 4)
+    assert table[3]["expected_speedup_at_depth"][4] == pytest.approx(5 / 1.9)
+    with pytest.raises(ValueError, match="cost"):
+        calibrate.ngram_depths(measured, cost[:3])
