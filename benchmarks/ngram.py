@@ -83,18 +83,20 @@ def main() -> None:
     result["verify_cost_batch1"] = {k: v for k, v in cost.items() if k != "curve"} | {"curve": curve.tolist()}
     print(f"c(N) in {time.perf_counter() - t0:.0f} s: {np.round(curve[:9], 2).tolist()}", flush=True)
 
-    if "calibration" in previous:
+    if "calibration" in previous and "measured" in previous["calibration"]:
         calib = previous["calibration"]
         depths = tuple(calib["depth_by_n"])
+        calib_measured = calib["measured"]
     else:
         t0 = time.perf_counter()
         held_out = [p[-args.bucket:] for p in held_out_prompts(args.held_out, tok)]
         measured = calibrate.ngram_acceptance(model, held_out, args.new, MAX_N, MAX_DEPTH)
         depths, table = calibrate.ngram_depths(measured, curve)
+        calib_measured = measured
         ns = np.asarray(measured["n"])
         calib = {"held_out_prompts": args.held_out, "positions": int(ns.size),
                  "match_rate_by_n": {n: float((ns == n).mean()) for n in range(MAX_N + 1)},
-                 "by_n": table, "depth_by_n": list(depths)}
+                 "by_n": table, "depth_by_n": list(depths), "measured": measured}
         print(f"calibration in {time.perf_counter() - t0:.0f} s: depth_by_n {depths}", flush=True)
     result["calibration"] = calib
     write_result(args.out, result)
@@ -116,7 +118,18 @@ def main() -> None:
     print("propose cost (ms):", result["propose_cost_ms"], flush=True)
     for b in args.batches:
         t0 = time.perf_counter()
-        res = run_variants(model, variants, prompts, b, args.new, args.bucket, args.repeats)
+        batch_variants = dict(variants)
+        if b > 1:       # the depths that pay at this batch size: its own c(N) (a verify of B x (1 + d) tokens)
+            key = f"verify_cost_batch{b}"
+            cost_b = previous.get(key) or calibrate.verify_cost(model, node_counts=(0, 1, 2, 3, 4, 6, 8), batch=b,
+                                                                context=256, repeats=5)
+            result[key] = cost_b
+            depths_b, _ = calibrate.ngram_depths(calib_measured, calibrate.cost_curve(cost_b, MAX_DEPTH))
+            result[f"depth_by_n_batch{b}"] = list(depths_b)
+            if max(depths_b):
+                batch_variants[f"ngram/adaptive-b{b}"] = NGram(max_n=MAX_N, tree=DraftTree.chain(max(depths_b)),
+                                                               depth_by_n=depths_b)
+        res = run_variants(model, batch_variants, prompts, b, args.new, args.bucket, args.repeats)
         summary = summarize(res)
         result[f"batch{b}"] = summary
         print(f"batch {b} done in {time.perf_counter() - t0:.0f} s:",

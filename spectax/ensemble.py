@@ -180,11 +180,12 @@ class Ensemble:
         return KVCache(k=sum((c.k for c in caches), ()), v=sum((c.v for c in caches), ()),
                        lengths=jnp.zeros((batch,), jnp.int32))
 
-    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla", logits_at_BK=None):
+    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla", logits_at_BK=None,
+                write_cache: bool = True):
         """Every member's forward over the same tokens (see `Model.forward`); returns (log r [B, T or K, V],
         member 0's hidden [B, T, D], the concatenated kv)."""
         outs = [m.forward(jnp.minimum(tokens_BT, m.config.vocab_size - 1), positions_BT, layers, lengths_B, mask_TT,
-                          attn_impl, logits_at_BK) for m, layers in zip(self.models, self._split(kv))]
+                          attn_impl, logits_at_BK, write_cache) for m, layers in zip(self.models, self._split(kv))]
         kv_out = None if kv is None else sum((tuple(layers) for _, _, layers in outs), ())
         return self.combine([logits for logits, _, _ in outs]), outs[0][1], kv_out
 

@@ -11,7 +11,7 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from spectax.cache import KVCache, commit_path
+from spectax.cache import KVCache, commit_path, write_block
 from spectax.models import Model
 from spectax.sampling import Sampler, SamplingParams, sample, split_rows
 from spectax.drafters.base import TargetOut
@@ -150,36 +150,46 @@ def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos
     draft, drafter_state = drafter.propose(state.drafter_state, state.root, keys_B3[:, 1], spec, sp)
     state = state.replace(drafter_state=drafter_state, rng=keys_B3[:, 0])
 
+    D = drafter.tree.max_depth
+    if draft.depth_B is None:
+        return _verify_commit(model, drafter, drafter.tree, spec, state, draft, keys_B3[:, 2], max_new, eos_id, sp)
+
     def at_depth(depth: int):
         tree = drafter.tree.truncated(depth)
         return lambda s: _verify_commit(model, drafter, tree, spec, s, draft.truncated(tree), keys_B3[:, 2], max_new,
-                                        eos_id, sp)
+                                        eos_id, sp, width=1 + drafter.tree.num_nodes)
 
-    D = drafter.tree.max_depth
-    if draft.depth_B is None:
-        return at_depth(D)(state)
     levels = sorted({d for d in draft.cuts if 0 <= d < D} | {D})
     need = jnp.max(jnp.where(state.done, 0, draft.depth_B))
     branch = jnp.sum(need > jnp.asarray(levels[:-1], jnp.int32))                   # the first level >= need
-    return lax.switch(branch, [at_depth(d) for d in levels], state)
+    # the branches only read the cache and return the step's new K/V (padded to the full tree): written here, once,
+    # outside lax.switch, so the switch never copies the cache
+    new, verdict, active, blocks = lax.switch(branch, [at_depth(d) for d in levels], state)
+    layers = tuple((write_block(k, bk, state.cache.lengths), write_block(v, bv, state.cache.lengths))
+                   for (k, v), (bk, bv) in zip(state.cache.layers, blocks))
+    cache = commit_path(state.cache.with_layers(layers), verdict.path_BD, verdict.n_accepted, active,
+                        drafter.tree.is_chain)
+    return new.replace(cache=cache)
 
 
 def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state: DecodeState, draft, keys_B, max_new,
-                   eos_id, sp: SamplingParams) -> DecodeState:
-    """One target forward over the root + `tree`'s nodes, then accept and commit. `tree` is the drafter's, or the
-    empty tree for a plain step; the verdict is padded to the drafter's depth so both give the same state types."""
+                   eos_id, sp: SamplingParams, width: int | None = None):
+    """One target forward over the root + `tree`'s nodes, then accept and commit. `tree` is the drafter's or a depth
+    truncation of it; the verdict is padded to the drafter's depth so every truncation gives the same state types.
+
+    width None: returns the new DecodeState. width W (a lax.switch branch): the cache is only read; returns (the new
+    state without its cache (None), the verdict, active rows [B], each layer's new (k, v) [B, W, K, D], zero-padded)
+    for the caller to write and commit."""
     step_tokens = jnp.concatenate([state.root[:, None], draft.tokens_BN], axis=1)          # [B, 1 + N]
     positions = state.cache.lengths[:, None] + jnp.asarray(tree.step_depth)[None, :]
     logits, hidden, kv = model.forward(step_tokens, positions, state.cache.layers, state.cache.lengths,
-                                       jnp.asarray(tree.step_mask), spec.attn_impl)
+                                       jnp.asarray(tree.step_mask), spec.attn_impl, write_cache=width is None)
     verdict = _verify(spec, tree, logits, draft, keys_B, sp)
     D = drafter.tree.max_depth
     verdict = verdict.replace(path_BD=jnp.pad(verdict.path_BD, ((0, 0), (0, D - tree.max_depth)), constant_values=-1))
     active = ~state.done
     new_BC = verdict.new_tokens(draft.tokens_BN)
     tokens, n_out, done, count = _append(state, new_BC, verdict.n_accepted + 1, eos_id, max_new)
-    cache = commit_path(state.cache.with_layers(kv), verdict.path_BD[:, :tree.max_depth], verdict.n_accepted, active,
-                        tree.is_chain)
     spec_B = active & draft.offers()                                        # rows that speculated this step
     st = state.stats
     stats = DecodeStats(target_calls=st.target_calls + 1, row_calls=st.row_calls + active,
@@ -187,11 +197,16 @@ def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state
                         accepted_hist=st.accepted_hist + (jax.nn.one_hot(verdict.n_accepted, D + 1, dtype=jnp.int32)
                                                           * spec_B[:, None]),
                         rank_hist=st.rank_hist + _rank_counts(drafter.tree, verdict, spec_B))
-    return DecodeState(tokens=tokens, n_out=n_out, root=jnp.where(active, verdict.next_root, state.root),
-                       done=done, cache=cache,
-                       drafter_state=drafter.update(state.drafter_state, verdict, new_BC, TargetOut(logits, hidden),
-                                                    active),
-                       rng=state.rng, stats=stats)
+    new = DecodeState(tokens=tokens, n_out=n_out, root=jnp.where(active, verdict.next_root, state.root), done=done,
+                      cache=None,
+                      drafter_state=drafter.update(state.drafter_state, verdict, new_BC, TargetOut(logits, hidden),
+                                                   active),
+                      rng=state.rng, stats=stats)
+    if width is None:
+        return new.replace(cache=commit_path(state.cache.with_layers(kv), verdict.path_BD[:, :tree.max_depth],
+                                             verdict.n_accepted, active, tree.is_chain))
+    pad = lambda a: jnp.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0), (0, 0)))     # noqa: E731
+    return new, verdict, active, tuple((pad(k), pad(v)) for k, v in kv)
 
 
 def run(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos_id, sp: SamplingParams) -> DecodeState:

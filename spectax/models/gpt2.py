@@ -15,6 +15,7 @@ class _GPT2Attention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
     attn_impl: str
+    write_cache: bool = True
 
     @nn.compact
     def __call__(self, x_BTD, layer_kv, lengths_B, mask_TT):
@@ -22,7 +23,8 @@ class _GPT2Attention(nn.Module):
         B, T, D = x_BTD.shape
         qkv = nn.Dense(3 * D, dtype=self.dtype, param_dtype=self.dtype, name="qkv")(x_BTD)
         q, k, v = (a.reshape(B, T, c.num_heads, c.head_dim) for a in jnp.split(qkv, 3, axis=-1))
-        out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl)
+        out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl,
+                                          self.write_cache)
         return nn.Dense(D, dtype=self.dtype, param_dtype=self.dtype, name="o")(out.reshape(B, T, D)), layer_kv
 
 
@@ -41,12 +43,13 @@ class _GPT2Block(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
     attn_impl: str
+    write_cache: bool = True
 
     @nn.compact
     def __call__(self, x_BTD, layer_kv, lengths_B, mask_TT):
         norm = lambda name: nn.LayerNorm(epsilon=self.config.norm_eps, dtype=self.dtype, param_dtype=self.dtype,
                                          name=name)
-        h, layer_kv = _GPT2Attention(self.config, self.dtype, self.attn_impl, name="attn")(
+        h, layer_kv = _GPT2Attention(self.config, self.dtype, self.attn_impl, self.write_cache, name="attn")(
             norm("ln_1")(x_BTD), layer_kv, lengths_B, mask_TT)
         x_BTD = x_BTD + h
         return x_BTD + _GPT2MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(x_BTD)), layer_kv
@@ -58,6 +61,7 @@ class GPT2Decoder(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     attn_impl: str = "xla"
+    write_cache: bool = True   # False: read the cache, return each layer's new (k, v) [B, T, K, D] instead
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):
@@ -67,7 +71,7 @@ class GPT2Decoder(nn.Module):
         x = wte(tokens_BT) + wpe(jnp.minimum(positions_BT, c.max_position - 1))
         new_kv = []
         for i in range(c.num_layers):
-            x, layer_kv = _GPT2Block(c, self.dtype, self.attn_impl, name=f"layers_{i}")(
+            x, layer_kv = _GPT2Block(c, self.dtype, self.attn_impl, self.write_cache, name=f"layers_{i}")(
                 x, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
         hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)

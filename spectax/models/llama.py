@@ -16,6 +16,7 @@ class LlamaAttention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
     attn_impl: str
+    write_cache: bool = True
 
     @nn.compact
     def __call__(self, x_BTD, positions_BT, layer_kv, lengths_B, mask_TT):
@@ -27,7 +28,8 @@ class LlamaAttention(nn.Module):
         v = dense(c.num_kv_heads * c.head_dim, "v", c.qkv_bias)(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
         inv_freq = inv_frequencies(c)
         q, k = apply_rope(q, positions_BT, inv_freq), apply_rope(k, positions_BT, inv_freq)
-        out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl)
+        out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl,
+                                          self.write_cache)
         out = dense(c.hidden_size, "o", False)(out.reshape(B, T, c.num_heads * c.head_dim))
         return out, layer_kv
 
@@ -48,12 +50,13 @@ class _LlamaBlock(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
     attn_impl: str
+    write_cache: bool = True
 
     @nn.compact
     def __call__(self, x_BTD, positions_BT, layer_kv, lengths_B, mask_TT):
         c = self.config
         norm = lambda name: nn.RMSNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name=name)
-        h, layer_kv = LlamaAttention(c, self.dtype, self.attn_impl, name="attn")(
+        h, layer_kv = LlamaAttention(c, self.dtype, self.attn_impl, self.write_cache, name="attn")(
             norm("attn_norm")(x_BTD), positions_BT, layer_kv, lengths_B, mask_TT)
         x_BTD = x_BTD + h
         x_BTD = x_BTD + LlamaMLP(c, self.dtype, name="mlp")(norm("mlp_norm")(x_BTD))
@@ -67,6 +70,7 @@ class LlamaDecoder(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     attn_impl: str = "xla"
+    write_cache: bool = True   # False: read the cache, return each layer's new (k, v) [B, T, K, D] instead
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):
@@ -76,7 +80,7 @@ class LlamaDecoder(nn.Module):
         x = embed(tokens_BT)
         new_kv = []
         for i in range(c.num_layers):
-            layer = _LlamaBlock(c, self.dtype, self.attn_impl, name=f"layers_{i}")
+            layer = _LlamaBlock(c, self.dtype, self.attn_impl, self.write_cache, name=f"layers_{i}")
             x, layer_kv = layer(x, positions_BT, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
         hidden = norm("final_norm")(x)

@@ -19,9 +19,9 @@ from spectax.models.rope import check_rope
 _DECODERS = {"llama": LlamaDecoder, "gpt2": GPT2Decoder}
 
 
-def decoder_module(config: ModelConfig, dtype, attn_impl: str = "xla"):
+def decoder_module(config: ModelConfig, dtype, attn_impl: str = "xla", write_cache: bool = True):
     """The Flax module for `config.arch`."""
-    return _DECODERS[config.arch](config, dtype=dtype, attn_impl=attn_impl)
+    return _DECODERS[config.arch](config, dtype=dtype, attn_impl=attn_impl, write_cache=write_cache)
 
 
 def _param_shapes(config: ModelConfig, dtype) -> Any:
@@ -78,16 +78,18 @@ class Model:
         """An empty KV cache of `size` slots per row in the model's dtype; `fill` is what dead slots hold."""
         return KVCache.create(self.config, batch, size, self.dtype, fill)
 
-    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla", logits_at_BK=None):
+    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla", logits_at_BK=None,
+                write_cache: bool = True):
         """One forward over T new tokens per row.
 
         tokens_BT, positions_BT: int32 [B, T]. kv: tuple of per-layer (k [B, S, K, D], v) or None (no cache).
         lengths_B: int32 [B] committed cache length per row (new K/V are written from there). mask_TT: bool [T, T]
         or [B, T, T] visibility among the new tokens. logits_at_BK: optional int32 [B, K] token indices: compute the
         LM head only there (prefill needs one position per row). Returns logits [B, T or K, V] float32,
-        hidden [B, T, D] (after the final norm), kv.
+        hidden [B, T, D] (after the final norm), kv; with write_cache=False the cache is only read and the returned
+        kv holds each layer's new (k [B, T, K, D], v) for the caller to write (cache.write_block).
         """
-        module = decoder_module(self.config, self.dtype, attn_impl)
+        module = decoder_module(self.config, self.dtype, attn_impl, write_cache)
         return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK)
 
     def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: str = "xla"):
