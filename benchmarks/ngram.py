@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--reuse", type=Path, help="a previous result JSON: reuse its c(N) and calibration")
+    ap.add_argument("--variants", nargs="+", help="only these variants (plain is always run)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ngram.json")
     args = ap.parse_args()
 
@@ -111,6 +112,8 @@ def main() -> None:
                                                                    (0, 0, 0, 0), (1, 0, 0, 0)]), occurrences=2,
                                        depth_by_n=tuple(min(d, 4) for d in depths)),
                 "ngram+medusa": Combined((adaptive, medusa))}
+    if args.variants:
+        variants = {k: v for k, v in variants.items() if k == "plain" or k in args.variants}
     result["variants"] = {name: [list(p) for p in v.tree.rank_paths] for name, v in variants.items()}
     result["propose_cost_ms"] = {f"batch{b}": {"history512": propose_cost_ms(b, 512, adaptive),
                                                "history2048": propose_cost_ms(b, 2048, adaptive)}
@@ -129,6 +132,8 @@ def main() -> None:
             if max(depths_b):
                 batch_variants[f"ngram/adaptive-b{b}"] = NGram(max_n=MAX_N, tree=DraftTree.chain(max(depths_b)),
                                                                depth_by_n=depths_b)
+        if args.variants:
+            batch_variants = {k: v for k, v in batch_variants.items() if k in variants or k in args.variants}
         res = run_variants(model, batch_variants, prompts, b, args.new, args.bucket, args.repeats)
         summary = summarize(res)
         result[f"batch{b}"] = summary
