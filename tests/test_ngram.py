@@ -175,3 +175,16 @@ def test_depth_calibration(bigram):
     assert table[3]["expected_speedup_at_depth"][4] == pytest.approx(5 / 1.9)
     with pytest.raises(ValueError, match="cost"):
         calibrate.ngram_depths(measured, cost[:3])
+
+
+def test_ngram_drafts_for_an_ensemble(tiny_llama, bigram):
+    """Any target works: prompt lookup on a contrastive Ensemble (the gated switch path over every member's cache)
+    gives the naive ensemble's greedy tokens."""
+    from spectax import Ensemble
+
+    cd = Ensemble([bigram, tiny_llama], mode="contrastive", alpha=0.5)
+    ps = prompts(bigram.config.vocab_size)
+    naive = spectax.decode(cd, ps, NEW)
+    out = spectax.decode(cd, ps, NEW, drafter=NGram(tree=DraftTree.chain(4), depth_by_n=(0, 2, 4, 4)))
+    np.testing.assert_array_equal(out.tokens, naive.tokens)
+    assert np.asarray(out.stats.speculated).sum() > 0
