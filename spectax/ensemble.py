@@ -29,6 +29,7 @@ from flax import struct
 from spectax.cache import KVCache
 from spectax.drafters.draft_model import VOCAB_SLACK, _to_vocab
 from spectax.models import Model, ModelConfig
+from spectax.models.model import _full_logits
 
 MODES = ("mix", "contrastive")
 MANIFEST = "ensemble.json"
@@ -203,15 +204,6 @@ class Ensemble:
         if tokens_BT.ndim != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tokens_BT.shape}")
         return _full_logits(self, tokens_BT)
-
-
-@jax.jit
-def _full_logits(ensemble: Ensemble, tokens_BT):
-    B, T = tokens_BT.shape
-    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    logits, _, _ = ensemble.forward(tokens_BT, positions, None, jnp.zeros((B,), jnp.int32),
-                                    jnp.tril(jnp.ones((T, T), bool)))
-    return logits
 
 
 def early_exit(model: Model, num_layers: int) -> Model:

@@ -132,7 +132,8 @@ class Model:
 
 
 @jax.jit
-def _full_logits(model: Model, tokens_BT):
+def _full_logits(model, tokens_BT):
+    """The full causal forward of any target (a Model or an Ensemble: anything with `forward`), no cache."""
     B, T = tokens_BT.shape
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     mask = jnp.tril(jnp.ones((T, T), bool))
