@@ -166,7 +166,7 @@ def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos
     # outside lax.switch, so the switch never copies the cache
     new, verdict, active, blocks = lax.switch(branch, [at_depth(d) for d in levels], state)
     layers = tuple((write_block(k, bk, state.cache.lengths), write_block(v, bv, state.cache.lengths))
-                   for (k, v), (bk, bv) in zip(state.cache.layers, blocks))
+                   for k, v, bk, bv in blocks)
     cache = commit_path(state.cache.with_layers(layers), verdict.path_BD, verdict.n_accepted, active,
                         drafter.tree.is_chain)
     return new.replace(cache=cache)
@@ -178,8 +178,8 @@ def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state
     truncation of it; the verdict is padded to the drafter's depth so every truncation gives the same state types.
 
     width None: returns the new DecodeState. width W (a lax.switch branch): the cache is only read; returns (the new
-    state without its cache (None), the verdict, active rows [B], each layer's new (k, v) [B, W, K, D], zero-padded)
-    for the caller to write and commit."""
+    state without its cache (None), the verdict, active rows [B], per layer (k cache, v cache, the step's new k
+    [B, W, K, D], v), the new K/V zero-padded) for the caller to write, into those caches, and commit."""
     step_tokens = jnp.concatenate([state.root[:, None], draft.tokens_BN], axis=1)          # [B, 1 + N]
     positions = state.cache.lengths[:, None] + jnp.asarray(tree.step_depth)[None, :]
     logits, hidden, kv = model.forward(step_tokens, positions, state.cache.layers, state.cache.lengths,
@@ -206,7 +206,7 @@ def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state
         return new.replace(cache=commit_path(state.cache.with_layers(kv), verdict.path_BD[:, :tree.max_depth],
                                              verdict.n_accepted, active, tree.is_chain))
     pad = lambda a: jnp.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0), (0, 0)))     # noqa: E731
-    return new, verdict, active, tuple((pad(k), pad(v)) for k, v in kv)
+    return new, verdict, active, tuple((kc, vc, pad(k), pad(v)) for kc, vc, k, v in kv)
 
 
 def run(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos_id, sp: SamplingParams) -> DecodeState:

@@ -2,11 +2,14 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 from spectax.hf import is_hf_checkpoint, load_hf, load_hf_config, load_hf_params
+from spectax.models import Model
+from spectax.models.llama import fuse_params
 
 V, D, L, H, HKV, F = 40, 16, 2, 4, 2, 24
 HD = D // H
@@ -66,6 +69,34 @@ def test_llama_round_trip(tmp_path):
     np.testing.assert_array_equal(layer["mlp"]["down"]["kernel"], tensors["model.layers.1.mlp.down_proj.weight"].T)
     assert layer["attn"]["k"]["kernel"].shape == (D, HKV * HD)
     assert layer["mlp"]["gate"]["kernel"].shape == (D, F)
+
+
+def test_fused_layout_groups_each_kv_head_with_its_query_heads(tmp_path):
+    """Model.create fuses q|k|v and gate|up (llama.fuse_params): slice k of the qkv kernel holds kv head k's G query
+    heads, its key and its value, so a head-sharded kernel keeps every group on one device; fusing is idempotent."""
+    tensors = llama_tensors(np.random.default_rng(3), qkv_bias=True)
+    cfg, params = load_hf(make_dir(tmp_path / "f", llama_config_json(model_type="qwen2"), tensors))
+    fused = fuse_params(cfg, params)
+    G = H // HKV
+    for i in range(L):
+        t = lambda name: tensors[f"model.layers.{i}.{name}"]            # noqa: E731
+        qkv, qkv_b = fused[f"layers_{i}"]["attn"]["qkv"]["kernel"], fused[f"layers_{i}"]["attn"]["qkv"]["bias"]
+        assert qkv.shape == (D, HKV, G + 2, HD) and qkv_b.shape == (HKV, G + 2, HD)
+        for h in range(H):   # query head h reads kv head h // G (transformers' repeat_kv)
+            np.testing.assert_array_equal(qkv[:, h // G, h % G], t("self_attn.q_proj.weight")[h * HD:(h + 1) * HD].T)
+            np.testing.assert_array_equal(qkv_b[h // G, h % G], t("self_attn.q_proj.bias")[h * HD:(h + 1) * HD])
+        for k in range(HKV):
+            np.testing.assert_array_equal(qkv[:, k, G], t("self_attn.k_proj.weight")[k * HD:(k + 1) * HD].T)
+            np.testing.assert_array_equal(qkv[:, k, G + 1], t("self_attn.v_proj.weight")[k * HD:(k + 1) * HD].T)
+            np.testing.assert_array_equal(qkv_b[k, G + 1], t("self_attn.v_proj.bias")[k * HD:(k + 1) * HD])
+        gate_up = fused[f"layers_{i}"]["mlp"]["gate_up"]["kernel"]
+        np.testing.assert_array_equal(gate_up[:, 0], t("mlp.gate_proj.weight").T)
+        np.testing.assert_array_equal(gate_up[:, 1], t("mlp.up_proj.weight").T)
+    again = fuse_params(cfg, fused)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: a is b, again, fused))
+    model = Model.create(cfg, params)
+    assert set(model.params["layers_0"]["attn"]) == {"qkv", "o"} and set(model.params["layers_0"]["mlp"]) == {
+        "gate_up", "down"}
 
 
 def test_tied_lm_head_in_file_is_ignored_and_qwen2_has_qkv_bias(tmp_path):

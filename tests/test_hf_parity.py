@@ -46,7 +46,7 @@ def test_config_exercises_the_feature(case):
         assert cfg.rope_theta == 1e6 and cfg.rope_scaling is None
         assert (d / "model.safetensors.index.json").is_file() and not (d / "model.safetensors").exists()
         assert len(list(d.glob("model-*-of-*.safetensors"))) > 1
-        assert np.abs(np.asarray(model.params["layers_0"]["attn"]["k"]["bias"])).max() > 0
+        assert np.abs(np.asarray(model.params["layers_0"]["attn"]["qkv"]["bias"][:, -2])).max() > 0  # k bias
     else:
         assert cfg.arch == "gpt2" and cfg.tie_embeddings and "wpe" in model.params
         assert (cfg.bos_id, cfg.eos_id) == (golden["vocab_size"] - 1,) * 2

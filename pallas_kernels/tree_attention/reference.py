@@ -5,6 +5,11 @@ Query token t of row b sees
   * new token j iff mask[t, j] (causal for prefill, the ancestor mask for a draft tree).
 Cache slots at or beyond lengths[b] are never read into the result, whatever they hold (NaN included).
 
+The caches are threaded through the block loops and handed back (`tree_attention_threaded`): a while loop that only
+closes over an array XLA later updates in place makes XLA copy the whole array first, every step. Writing the step's
+new K/V into the arrays the loops hand back keeps the cache in place (0 copies of the cache per step, where closing
+over it cost 2 full copies per layer per step).
+
 The prefix is read in blocks of `block_size` slots by an online-softmax loop whose trip count is
 about max(lengths) / block_size: the cost follows the used length, not the allocated cache size. Slots live for
 every row go unmasked (big blocks, then `edge_block_size` ones); only the blocks past the shortest row's end pay
@@ -42,14 +47,23 @@ def _online_update(carry, s_BKMS, v_BKSD, valid=None):
 
 def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
                              block_size=512, edge_block_size=128):
-    """Attention of T new tokens over each row's cache prefix plus the new tokens.
+    """Attention of T new tokens over each row's cache prefix plus the new tokens: `tree_attention_threaded`'s
+    output without the caches."""
+    return tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT,
+                                   block_size=block_size, edge_block_size=edge_block_size)[0]
+
+
+def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
+                            block_size=512, edge_block_size=128):
+    """Attention of T new tokens over each row's cache prefix plus the new tokens; returns (out, k_cache, v_cache).
 
     q_BTHD: [B, T, H, D] queries (RoPE applied). k_new_BTKD / v_new_BTKD: [B, T, K, D] the new tokens' keys and
     values (K = kv heads, H % K == 0: grouped-query attention). k_cache_BKSD / v_cache_BKSD: [B, K, S, D] (head-major:
     each head's slots are contiguous, so the score and value products need no transposes) or None (no prefix, e.g. a
     cache-free full forward). lengths_B: int32 [B] committed prefix length per row.
     mask_TT: bool [T, T] or [B, T, T], mask[t, j] = query t sees new token j (must include j == t).
-    Returns [B, T, H, D] in q's dtype; softmax in float32.
+    Returns (out [B, T, H, D] in q's dtype, softmax in float32; k_cache, v_cache: the caches' values as the block
+    loops carried them, unchanged, to be written next instead of the arguments).
     """
     B, T, H, D = q_BTHD.shape
     K = k_new_BTKD.shape[2]
@@ -69,27 +83,35 @@ def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cac
         shortest, longest = jnp.min(lengths_B), jnp.max(lengths_B)
 
         def blocks(carry, first, count, size, masked):
-            """Folds `count` blocks of `size` slots starting at slot `first`; `masked` for blocks past a row's end."""
+            """Folds `count` blocks of `size` slots starting at slot `first`; `masked` for blocks past a row's end.
+            carry: (softmax state, k_cache, v_cache)."""
             def body(i, carry):
+                state, k_cache, v_cache = carry
                 start = first + i * size
                 start_c = jnp.minimum(start, S - size)  # dynamic_slice would clamp silently: mask the overlap
-                kb = lax.dynamic_slice_in_dim(k_cache_BKSD, start_c, size, axis=2)  # [B, K, size, D]
-                vb = lax.dynamic_slice_in_dim(v_cache_BKSD, start_c, size, axis=2)
+                kb = lax.dynamic_slice_in_dim(k_cache, start_c, size, axis=2)  # [B, K, size, D]
+                vb = lax.dynamic_slice_in_dim(v_cache, start_c, size, axis=2)
                 if not masked:
-                    return _online_update(carry, _scores(q_BKMD, kb, scale), vb)
-                slots = start_c + jnp.arange(size)
-                valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
-                vb = jnp.where(valid_BS[:, None, :, None], vb, 0)  # 0 * NaN would poison the sum
-                return _online_update(carry, _scores(q_BKMD, kb, scale), vb, valid_BS[:, None, None, :])
+                    state = _online_update(state, _scores(q_BKMD, kb, scale), vb)
+                else:
+                    slots = start_c + jnp.arange(size)
+                    valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
+                    vb = jnp.where(valid_BS[:, None, :, None], vb, 0)  # 0 * NaN would poison the sum
+                    state = _online_update(state, _scores(q_BKMD, kb, scale), vb, valid_BS[:, None, None, :])
+                # the barrier keeps the caches real loop carries (JAX would hoist an unchanged carry into a
+                # closed-over constant, and XLA copies those before the in-place write that follows)
+                return lax.optimization_barrier((state, k_cache, v_cache))
             return lax.fori_loop(0, count, body, carry)
 
         # live for every row: big unmasked blocks, then small unmasked ones, then small masked ones to the end
         big = shortest // bs
         small = (shortest - big * bs) // es
         edge_from = big * bs + small * es
+        carry = (carry, k_cache_BKSD, v_cache_BKSD)
         carry = blocks(carry, 0, big, bs, masked=False)
         carry = blocks(carry, big * bs, small, es, masked=False)
-        carry = blocks(carry, edge_from, (longest - edge_from + es - 1) // es, es, masked=True)
+        carry, k_cache_BKSD, v_cache_BKSD = blocks(carry, edge_from, (longest - edge_from + es - 1) // es, es,
+                                                   masked=True)
 
     mask = jnp.asarray(mask_TT, bool)
     mask_BTT = jnp.broadcast_to(mask, (B, T, T)) if mask.ndim == 2 else mask
@@ -97,4 +119,5 @@ def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cac
     k_new_BKTD, v_new_BKTD = k_new_BTKD.transpose(0, 2, 1, 3), v_new_BTKD.transpose(0, 2, 1, 3)
     m, l, acc = _online_update(carry, _scores(q_BKMD, k_new_BKTD, scale), v_new_BKTD, mask_B1MT)
     out_BKGTD = (acc / l[..., None]).reshape(B, K, G, T, D)
-    return out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D).astype(q_BTHD.dtype)
+    out = out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D).astype(q_BTHD.dtype)
+    return out, k_cache_BKSD, v_cache_BKSD

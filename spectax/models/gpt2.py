@@ -61,7 +61,7 @@ class GPT2Decoder(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     attn_impl: str = "xla"
-    write_cache: bool = True   # False: read the cache, return each layer's new (k, v) [B, T, K, D] instead
+    write_cache: bool = True   # False: read the cache; return per layer (k cache, v cache, new k, new v)
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):

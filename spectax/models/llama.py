@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
@@ -22,15 +23,16 @@ class LlamaAttention(nn.Module):
     def __call__(self, x_BTD, positions_BT, layer_kv, lengths_B, mask_TT):
         c = self.config
         B, T, _ = x_BTD.shape
-        dense = lambda n, name, bias: nn.Dense(n, use_bias=bias, dtype=self.dtype, param_dtype=self.dtype, name=name)
-        q = dense(c.num_heads * c.head_dim, "q", c.qkv_bias)(x_BTD).reshape(B, T, c.num_heads, c.head_dim)
-        k = dense(c.num_kv_heads * c.head_dim, "k", c.qkv_bias)(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
-        v = dense(c.num_kv_heads * c.head_dim, "v", c.qkv_bias)(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
-        inv_freq = inv_frequencies(c)
-        q, k = apply_rope(q, positions_BT, inv_freq), apply_rope(k, positions_BT, inv_freq)
-        out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl,
-                                          self.write_cache)
-        out = dense(c.hidden_size, "o", False)(out.reshape(B, T, c.num_heads * c.head_dim))
+        K, G = c.num_kv_heads, c.num_heads // c.num_kv_heads
+        # one product for q|k|v, grouped by kv head: [B, T, K, G + 2, hd] = kv head k's G query heads, its k, its v
+        qkv = nn.DenseGeneral((K, G + 2, c.head_dim), use_bias=c.qkv_bias, dtype=self.dtype, param_dtype=self.dtype,
+                              name="qkv")(x_BTD)
+        qk = apply_rope(qkv[:, :, :, :G + 1], positions_BT, inv_frequencies(c))         # q and k rotate alike
+        q = qk[:, :, :, :G].reshape(B, T, c.num_heads, c.head_dim)                     # head k * G + g
+        out, layer_kv = cached_attention(q, qk[:, :, :, G], qkv[:, :, :, G + 1], layer_kv, lengths_B, mask_TT,
+                                         self.attn_impl, self.write_cache)
+        out = nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
+                       name="o")(out.reshape(B, T, c.num_heads * c.head_dim))
         return out, layer_kv
 
 
@@ -41,9 +43,43 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x_BTD):
         c = self.config
-        dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name=name)
-        h = jax.nn.silu(dense(c.intermediate_size, "gate")(x_BTD)) * dense(c.intermediate_size, "up")(x_BTD)
-        return dense(c.hidden_size, "down")(h)
+        gate_up = nn.DenseGeneral((2, c.intermediate_size), use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
+                                  name="gate_up")(x_BTD)                                 # [B, T, 2, F]: one product
+        h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+        return nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name="down")(h)
+
+
+def fuse_params(config: ModelConfig, params: dict) -> dict:
+    """The per-projection layout the loaders read (q, k, v kernels [D, H*hd] / [D, K*hd], gate, up [D, F], as in
+    Hugging Face) -> the fused layout the decoder multiplies with: attn/qkv kernel [D, K, G + 2, hd] (per kv head k:
+    its G query heads, its key, its value; bias [K, G + 2, hd]) and mlp/gate_up kernel [D, 2, F].
+
+    Grouping by kv head keeps every head's projections in one slice of axis 1, so sharding heads over devices splits
+    the fused kernel cleanly. Layers already fused pass through; numpy in, numpy out (no device copy)."""
+    K, hd = config.num_kv_heads, config.head_dim
+    G = config.num_heads // K
+    out = dict(params)
+    for i in range(config.num_layers):
+        layer = out.get(f"layers_{i}")
+        if not isinstance(layer, dict) or not {"attn", "mlp"} <= set(layer):
+            continue
+        attn, mlp = dict(layer["attn"]), dict(layer["mlp"])
+        if {"q", "k", "v"} <= set(attn):
+            q, k, v = attn.pop("q"), attn.pop("k"), attn.pop("v")
+            xp = np if isinstance(q["kernel"], np.ndarray) else jnp
+            D = q["kernel"].shape[0]
+            fused = {"kernel": xp.concatenate([q["kernel"].reshape(D, K, G, hd), k["kernel"].reshape(D, K, 1, hd),
+                                               v["kernel"].reshape(D, K, 1, hd)], axis=2)}
+            if "bias" in q:
+                fused["bias"] = xp.concatenate([q["bias"].reshape(K, G, hd), k["bias"].reshape(K, 1, hd),
+                                                v["bias"].reshape(K, 1, hd)], axis=1)
+            attn = {"qkv": fused, **attn}
+        if {"gate", "up"} <= set(mlp):
+            gate, up = mlp.pop("gate")["kernel"], mlp.pop("up")["kernel"]
+            xp = np if isinstance(gate, np.ndarray) else jnp
+            mlp = {"gate_up": {"kernel": xp.stack([gate, up], axis=1)}, **mlp}
+        out[f"layers_{i}"] = {**layer, "attn": attn, "mlp": mlp}
+    return out
 
 
 class _LlamaBlock(nn.Module):
@@ -70,7 +106,7 @@ class LlamaDecoder(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     attn_impl: str = "xla"
-    write_cache: bool = True   # False: read the cache, return each layer's new (k, v) [B, T, K, D] instead
+    write_cache: bool = True   # False: read the cache; return per layer (k cache, v cache, new k, new v)
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):

@@ -13,7 +13,7 @@ from jax import lax
 from spectax.cache import KVCache
 from spectax.models.config import ModelConfig
 from spectax.models.gpt2 import GPT2Decoder
-from spectax.models.llama import LlamaDecoder
+from spectax.models.llama import LlamaDecoder, fuse_params
 from spectax.models.rope import check_rope
 
 _DECODERS = {"llama": LlamaDecoder, "gpt2": GPT2Decoder}
@@ -56,8 +56,11 @@ class Model:
 
     @classmethod
     def create(cls, config: ModelConfig, params: Any, dtype=None) -> "Model":
-        """Validates params against the architecture and moves them to device arrays of `dtype`."""
+        """Validates params against the architecture and moves them to device arrays of `dtype`. Llama params may
+        come in the loaders' per-projection layout (q/k/v, gate/up): they are fused here (`llama.fuse_params`)."""
         check_rope(config)
+        if config.arch == "llama":
+            params = fuse_params(config, params)
         check_params(config, params)
         cast = (lambda a: jnp.asarray(a, dtype)) if dtype is not None else jnp.asarray
         return cls(config=config, params=jax.tree_util.tree_map(cast, params))
@@ -87,7 +90,8 @@ class Model:
         or [B, T, T] visibility among the new tokens. logits_at_BK: optional int32 [B, K] token indices: compute the
         LM head only there (prefill needs one position per row). Returns logits [B, T or K, V] float32,
         hidden [B, T, D] (after the final norm), kv; with write_cache=False the cache is only read and the returned
-        kv holds each layer's new (k [B, T, K, D], v) for the caller to write (cache.write_block).
+        kv holds per layer (k cache, v cache, new k [B, T, K, D], new v) for the caller to write the new K/V into
+        those caches (cache.write_block).
         """
         module = decoder_module(self.config, self.dtype, attn_impl, write_cache)
         return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK)
