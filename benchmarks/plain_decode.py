@@ -1,13 +1,20 @@
-"""Plain (non-speculative) decoding speed on SmolLM2-135M-Instruct, fp32, batch 1, against its weights floor.
+"""Plain (non-speculative) decoding speed on SmolLM2-135M-Instruct, fp32, against the machine's bandwidth limit.
 
 Measured in one process, interleaved, medians over repeats:
+  * the machine's read bandwidth: a jitted sum over a 256 MB array and a 128 MB matrix-vector product; the faster
+    of the two is the bandwidth the limits below use;
+  * the physical limit of a step: the bytes it must read (every weight once, plus the used K/V of every row) over that
+    bandwidth; each step is reported as a fraction of it;
+  * the XLA-matmul floor: only the step's weight products (q|k|v, o, gate|up, down per layer + LM head) on one token,
+    iterated inside a jitted lax.scan like the decode loop: no attention, norms, RoPE or sampling;
   * step time at a used context of ~128 and ~2048 tokens: the prompt is ctx - new/2 tokens of real text (Spec-Bench
-    prompts), `--new` tokens are generated, so the mean context over the steps is ctx. The decode loop
-    (spectax.loop.run, the same jitted while_loop decode() runs) is timed on its own from a prefilled state;
-  * the same step time with the KV cache allocated 8x larger (cost must follow the used length, not the allocation);
+    prompts), `--new` tokens are generated, so the mean context over the steps is ctx. Three ways: the decode loop
+    alone (spectax.loop.run, the while_loop decode() runs) from a prefilled state; the same with the KV cache
+    allocated 8x larger (cost must follow the used length, not the allocation); and what a user of `spectax.decode`
+    gets: (time of decode(new + 1 tokens) - time of decode(1 token)) / new, prefill included in both, compile in
+    neither, the same cache_size for both;
+  * batch 8 at the short context: eight different prompts of the same length, one step for all (weights read once);
   * end to end `spectax.decode` (prefill + loop, compile excluded);
-  * the weights floor: every weight matmul of one decode step (q, k, v, o, gate, up, down per layer + LM head) on one
-    token, iterated inside a jitted lax.scan like the decode loop — no attention, norms, RoPE or sampling;
   * when torch + transformers are installed: transformers' greedy `generate` on the same GGUF, same prompt, same
     thread count, end to end (prefill included), against spectax end to end.
 
@@ -48,29 +55,52 @@ def prompt_of_length(tok, questions, n_tokens: int) -> list[int]:
     return ids[-n_tokens:]
 
 
-def loop_only(model, prompt: list[int], new: int, cache_scale: int = 1):
+def loop_only(model, prompts: list[list[int]], new: int, cache_scale: int = 1):
     """A callable running just the greedy decode loop from a prefilled state (the state is built once)."""
-    program = LoopProgram(model, NoDraft(), [prompt], new, bucket(len(prompt)), cache_scale)
+    program = LoopProgram(model, NoDraft(), prompts, new, bucket(max(map(len, prompts))), cache_scale)
     return lambda: program().n_out
 
 
+def decode_step(model, prompt: list[int], new: int):
+    """Two callables, spectax.decode of new + 1 tokens and of 1 token, with the same cache size: their time
+    difference over `new` is the step a user of decode() gets."""
+    size = bucket(len(prompt)) + bucket(new + 1) + 1
+    run = lambda n: spectax.decode(model, [prompt], max_new_tokens=n, cache_size=size).tokens  # noqa: E731
+    return (lambda: run(new + 1)), (lambda: run(1))
+
+
+def read_bandwidth():
+    """Two callables reading large arrays once: a sum over 256 MB and a 128 MB matrix-vector product (the matrix
+    contracted on its minor dim, as the model's tied LM head is); with the bytes each reads."""
+    flat = jnp.ones((64 * 2**20,), jnp.float32)
+    matrix, vector = jnp.ones((16384, 2048), jnp.float32), jnp.ones((2048,), jnp.float32)
+    total, matvec = jax.jit(jnp.sum), jax.jit(lambda m, v: m @ v)
+    return {"reduction": (lambda: total(flat), flat.nbytes), "matvec": (lambda: matvec(matrix, vector), matrix.nbytes)}
+
+
+def kv_bytes(model, context: int, batch: int) -> int:
+    """The K/V bytes one step reads at a used context (every layer, key and value)."""
+    c = model.config
+    return 2 * c.num_layers * context * c.num_kv_heads * c.head_dim * model.dtype.itemsize * batch
+
+
 def weights_floor(model, steps: int):
-    """A jitted loop of `steps` iterations doing only the decode step's weight matmuls on one token."""
+    """A jitted loop of `steps` iterations doing only the decode step's weight products on one token."""
     params, cfg = model.params, model.config
 
     def one(x, _):
         for i in range(cfg.num_layers):
             a, m = params[f"layers_{i}"]["attn"], params[f"layers_{i}"]["mlp"]
-            q = x @ a["q"]["kernel"]
-            kv = (x @ a["k"]["kernel"]).sum() + (x @ a["v"]["kernel"]).sum()
-            h = jax.nn.silu(x @ m["gate"]["kernel"]) * (x @ m["up"]["kernel"])
-            x = jnp.tanh(q @ a["o"]["kernel"] + h @ m["down"]["kernel"] + kv)
-        table = params["embed"]["embedding"]
-        logits = jax.lax.dot_general(table, x, (((1,), (1,)), ((), ())))  # [V, 1], as the model's tied head
-        return x + logits[:1, 0], None
+            qkv = jnp.einsum("d,dkjh->kjh", x, a["qkv"]["kernel"])
+            q = qkv[:, :-2].reshape(-1)
+            gate_up = jnp.einsum("d,dcf->cf", x, m["gate_up"]["kernel"])
+            h = jax.nn.silu(gate_up[0]) * gate_up[1]
+            x = jnp.tanh(q @ a["o"]["kernel"] + h @ m["down"]["kernel"] + qkv[:, -2:].sum())
+        logits = params["embed"]["embedding"] @ x  # [V]: the tied head, table contracted on its minor dim
+        return x + logits[0], None
 
     run = jax.jit(lambda x: jax.lax.scan(one, x, None, length=steps)[0])
-    return lambda: run(jnp.ones((1, cfg.hidden_size), model.dtype))
+    return lambda: run(jnp.ones((cfg.hidden_size,), model.dtype))
 
 
 def hf_generate_rate(gguf_path: Path, prompt: list[int], new: int, threads: int, repeats: int) -> dict | None:
@@ -103,6 +133,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--contexts", type=int, nargs="+", default=[128, 2048])
     ap.add_argument("--new", type=int, default=128, help="tokens generated per measurement")
+    ap.add_argument("--batch", type=int, default=8, help="the batched measurement's rows (at the shortest context)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
@@ -114,54 +145,70 @@ def main(argv=None):
     tok = from_gguf(gguf_path)
     questions = spec_bench_prompts(args.spec_bench)
     long_questions = sorted(questions, key=lambda q: -len(q["turns"][0]))
-    floor = weights_floor(model, args.new)
+    short = min(args.contexts)
 
     prompts = {ctx: prompt_of_length(tok, long_questions if ctx > 512 else questions, ctx - args.new // 2)
                for ctx in args.contexts}
-    runs = {}
+    batch_prompts = [prompt_of_length(tok, questions[i:], short - args.new // 2) for i in range(args.batch)]
+    runs = {"weights_floor": weights_floor(model, args.new),
+            **{f"bandwidth_{name}": fn for name, (fn, _) in read_bandwidth().items()},
+            f"batch{args.batch}_loop": loop_only(model, batch_prompts, args.new)}
     for ctx, prompt in prompts.items():
-        runs[ctx] = {"loop": loop_only(model, prompt, args.new),
-                     "loop_cache_x8": loop_only(model, prompt, args.new, cache_scale=8),
-                     "decode": lambda p=prompt: spectax.decode(model, [p], max_new_tokens=args.new).tokens}
-        for fn in runs[ctx].values():
-            fn()  # compile
-    floor()
+        long_run, one_token = decode_step(model, prompt, args.new)
+        runs.update({f"{ctx}_loop": loop_only(model, [prompt], args.new),
+                     f"{ctx}_loop_cache_x8": loop_only(model, [prompt], args.new, cache_scale=8),
+                     f"{ctx}_decode_new_plus_1": long_run, f"{ctx}_decode_1": one_token,
+                     f"{ctx}_decode": lambda p=prompt: spectax.decode(model, [p], max_new_tokens=args.new).tokens})
+    for fn in runs.values():
+        timed(fn)  # compile, and a first run whose tail the next timing must not pay for
 
-    samples = {ctx: {name: [] for name in runs[ctx]} for ctx in args.contexts}
-    floor_s = []
+    samples = {name: [] for name in runs}
     for _ in range(args.repeats):  # interleaved: every measurement sees the same machine state
-        floor_s.append(timed(floor)[0])
-        for ctx, fns in runs.items():
-            for name, fn in fns.items():
-                samples[ctx][name].append(timed(fn)[0])
+        for name, fn in runs.items():
+            samples[name].append(timed(fn)[0])
+    med = {name: statistics.median(v) for name, v in samples.items()}
 
-    floor_step = statistics.median(floor_s) / args.new
+    reads = {name: nbytes for name, (_, nbytes) in read_bandwidth().items()}
+    bandwidth = {name: reads[name] / med[f"bandwidth_{name}"] for name in reads}          # bytes / s
+    limit_bw = max(bandwidth.values())
+    weight_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(model.params))
+    floor_step = med["weights_floor"] / args.new
     result = {
-        "benchmark": "plain_decode", "model": MODEL, "dtype": "float32", "batch": 1, "new_tokens": args.new,
-        "machine": machine(),
-        "weights_floor_ms_per_step": 1e3 * floor_step, "contexts": {},
+        "benchmark": "plain_decode", "model": MODEL, "dtype": "float32", "new_tokens": args.new,
+        "machine": machine(), "repeats": args.repeats,
+        "read_bandwidth_GBps": {name: bw / 1e9 for name, bw in bandwidth.items()},
+        "weight_bytes": weight_bytes,
+        "weights_limit_ms": 1e3 * weight_bytes / limit_bw,
+        "xla_matmul_floor_ms_per_step": 1e3 * floor_step, "contexts": {},
     }
     for ctx in args.contexts:
-        med = {name: statistics.median(v) for name, v in samples[ctx].items()}
-        step = med["loop"] / (args.new - 1)  # the loop makes new - 1 target calls (the prefill made the first)
+        step = med[f"{ctx}_loop"] / (args.new - 1)  # the loop makes new - 1 target calls (the prefill made the first)
+        limit = (weight_bytes + kv_bytes(model, ctx, 1)) / limit_bw
         result["contexts"][str(ctx)] = {
             "prompt_tokens": len(prompts[ctx]), "step_ms": 1e3 * step, "decode_tokens_per_s": 1 / step,
-            "step_ms_cache_allocated_x8": 1e3 * med["loop_cache_x8"] / (args.new - 1),
-            "end_to_end_s": med["decode"], "end_to_end_tokens_per_s": args.new / med["decode"],
-            "fraction_of_weights_floor": floor_step / step,
+            "step_ms_cache_allocated_x8": 1e3 * med[f"{ctx}_loop_cache_x8"] / (args.new - 1),
+            "step_ms_through_decode": 1e3 * (med[f"{ctx}_decode_new_plus_1"] - med[f"{ctx}_decode_1"]) / args.new,
+            "limit_ms": 1e3 * limit, "fraction_of_bandwidth_limit": limit / step,
+            "fraction_of_xla_matmul_floor": floor_step / step,
+            "end_to_end_s": med[f"{ctx}_decode"], "end_to_end_tokens_per_s": args.new / med[f"{ctx}_decode"],
         }
+    step_b = med[f"batch{args.batch}_loop"] / (args.new - 1)
+    limit_b = (weight_bytes + kv_bytes(model, short, args.batch)) / limit_bw
+    result[f"batch{args.batch}"] = {
+        "context": short, "step_ms": 1e3 * step_b, "tokens_per_s": args.batch / step_b, "limit_ms": 1e3 * limit_b,
+        "fraction_of_bandwidth_limit": limit_b / step_b,
+        "step_over_batch1_step": step_b / (med[f"{short}_loop"] / (args.new - 1))}
     if len(args.contexts) >= 2:
         lo, hi = str(min(args.contexts)), str(max(args.contexts))
         result["step_ratio_long_over_short"] = result["contexts"][hi]["step_ms"] / result["contexts"][lo]["step_ms"]
 
     if not args.no_hf:
-        ctx = min(args.contexts)
-        hf = hf_generate_rate(gguf_path, prompts[ctx], args.new, threads=os.cpu_count(), repeats=3)
+        hf = hf_generate_rate(gguf_path, prompts[short], args.new, threads=os.cpu_count(), repeats=3)
         if hf is not None:
-            ours = spectax.decode(model, [prompts[ctx]], max_new_tokens=args.new).tokens[0].tolist()
+            ours = spectax.decode(model, [prompts[short]], max_new_tokens=args.new).tokens[0].tolist()
             hf["same_tokens_as_spectax"] = hf.pop("tokens") == ours
-            hf["context"] = ctx
-            hf["speedup_spectax_end_to_end"] = result["contexts"][str(ctx)]["end_to_end_tokens_per_s"] / \
+            hf["context"] = short
+            hf["speedup_spectax_end_to_end"] = result["contexts"][str(short)]["end_to_end_tokens_per_s"] / \
                 hf["tokens_per_s"]
             result["transformers"] = hf
 
