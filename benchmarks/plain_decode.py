@@ -150,8 +150,9 @@ def main(argv=None):
     prompts = {ctx: prompt_of_length(tok, long_questions if ctx > 512 else questions, ctx - args.new // 2)
                for ctx in args.contexts}
     batch_prompts = [prompt_of_length(tok, questions[i:], short - args.new // 2) for i in range(args.batch)]
+    reads = read_bandwidth()
     runs = {"weights_floor": weights_floor(model, args.new),
-            **{f"bandwidth_{name}": fn for name, (fn, _) in read_bandwidth().items()},
+            **{f"bandwidth_{name}": fn for name, (fn, _) in reads.items()},
             f"batch{args.batch}_loop": loop_only(model, batch_prompts, args.new)}
     for ctx, prompt in prompts.items():
         long_run, one_token = decode_step(model, prompt, args.new)
@@ -168,8 +169,7 @@ def main(argv=None):
             samples[name].append(timed(fn)[0])
     med = {name: statistics.median(v) for name, v in samples.items()}
 
-    reads = {name: nbytes for name, (_, nbytes) in read_bandwidth().items()}
-    bandwidth = {name: reads[name] / med[f"bandwidth_{name}"] for name in reads}          # bytes / s
+    bandwidth = {name: nbytes / med[f"bandwidth_{name}"] for name, (_, nbytes) in reads.items()}  # bytes / s
     limit_bw = max(bandwidth.values())
     weight_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(model.params))
     floor_step = med["weights_floor"] / args.new
