@@ -162,8 +162,8 @@ def step(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos
     levels = sorted({d for d in draft.cuts if 0 <= d < D} | {D})
     need = jnp.max(jnp.where(state.done, 0, draft.depth_B))
     branch = jnp.sum(need > jnp.asarray(levels[:-1], jnp.int32))                   # the first level >= need
-    # the branches only read the cache and return the step's new K/V (padded to the full tree): written here, once,
-    # outside lax.switch, so the switch never copies the cache
+    # the branches only read the cache and return it with the step's new K/V (padded to the full tree): written here,
+    # once, into the returned caches, outside lax.switch, so the switch never copies the cache
     new, verdict, active, blocks = lax.switch(branch, [at_depth(d) for d in levels], state)
     layers = tuple((write_block(k, bk, state.cache.lengths), write_block(v, bv, state.cache.lengths))
                    for k, v, bk, bv in blocks)

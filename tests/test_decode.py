@@ -200,3 +200,31 @@ def test_chunked_prefill_of_long_ragged_prompts(tiny_llama):
             s.append(int(jnp.argmax(logits[i, len(s) - 1])))
     for i, p in enumerate(prompts):
         assert out.tokens[i].tolist() == seqs[i][len(p):], f"row {i}"
+
+
+@pytest.mark.parametrize("drafter", ["plain", "ngram-depth-cuts"])
+def test_the_loop_never_copies_the_kv_cache(tiny_llama, drafter):
+    """The compiled decode program holds no copy of a KV cache array: the attention's block loops carry the caches
+    and hand them back, and the step's K/V are written into those (a loop that only closed over the cache made XLA
+    copy every layer's cache twice per step). The plain step and the lax.switch over n-gram depth cuts alike.
+    Teeth: without reference.py's optimization_barrier the plain program holds 8 such copies and this fails."""
+    from spectax.drafters import NGram, NoDraft
+    from spectax.loop import LoopSpec
+    from spectax.sampling import make_sampling
+    from spectax.tree import DraftTree
+
+    draft = NoDraft() if drafter == "plain" else NGram(max_n=2, tree=DraftTree.chain(3), depth_by_n=(1, 3))
+    sampler, sp = make_sampling(0.0, 0, 1.0)
+    spec = LoopSpec(sampler=sampler, out_size=16, vocab_size=tiny_llama.config.vocab_size)
+    prompt = np.ones((2, 16), np.int32)
+    size = 203  # a slot count no other array has
+    hlo = api._decode_program.lower(tiny_llama, draft, prompt, np.array([5, 9], np.int32), np.int32(8), np.int32(-1),
+                                    np.int32(0), sp, api.row_keys(0, 2), spec=spec, cache_size=size,
+                                    poison_cache=False).compile().as_text()
+    c = tiny_llama.config
+    cache_shape = f"f32[2,{c.num_kv_heads},{size},{c.head_dim}]"
+    assert cache_shape in hlo, "the cache shape must appear in the program (else the check below proves nothing)"
+    # the empty cache's fill is materialised once per array ("copy(%wrapped_broadcast"): not a copy of the cache
+    copies = [line for line in hlo.splitlines()
+              if cache_shape in line and " copy(" in line and "copy(%wrapped_broadcast" not in line]
+    assert not copies, f"{len(copies)} copies of a KV cache array, e.g. {copies[0].strip()[:160]}"
