@@ -26,7 +26,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from spectax import DraftTree, Ensemble, hub
+from spectax import DraftTree, Ensemble
+from spectax.io import hub
 from spectax.drafters import CoS, NoDraft
 from spectax.tokenizer import from_gguf
 

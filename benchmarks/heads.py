@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectax
-from spectax import DraftTree, calibrate, hub
+from spectax import DraftTree, calibrate
+from spectax.io import hub
 from spectax.drafters import Heads, NoDraft
 from spectax.drafters.heads import head_logits, head_table
 from spectax.tokenizer import from_gguf

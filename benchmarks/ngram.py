@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectax
-from spectax import DraftTree, calibrate, hub
+from spectax import DraftTree, calibrate
+from spectax.io import hub
 from spectax.drafters import Combined, Heads, NGram, NoDraft
 from spectax.tokenizer import from_gguf
 

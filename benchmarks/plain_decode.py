@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 import spectax
-from spectax import hub
+from spectax.io import hub
 from spectax.api import bucket
 from spectax.drafters import NoDraft
 from spectax.tokenizer import from_gguf

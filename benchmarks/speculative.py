@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectax
-from spectax import DraftTree, hub
+from spectax import DraftTree
+from spectax.io import hub
 from spectax.cache import KVCache
 from spectax.drafters import DraftModel, NoDraft, Replay
 from spectax.models import Model

@@ -3,7 +3,7 @@
 from spectax import drafters
 from spectax.api import DecodeResult, decode
 from spectax.ensemble import Ensemble
-from spectax.loader import load, save
+from spectax.io import load, save
 from spectax.models import Model, ModelConfig
 from spectax.tree import DraftTree
 

@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def pick_tokenizer(model_arg: str, tokenizer_arg: str | None):
     """The tokenizer for `--model model_arg` (and the optional `--tokenizer`); ValueError when there is none."""
-    from spectax import hub
+    from spectax.io import hub
     from spectax.tokenizer import from_gguf, load_tokenizer
 
     if tokenizer_arg is not None:
@@ -141,7 +141,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def pick_heads(model_arg: str, drafter: str):
     """Heads for `--drafter`: a shipped kind of a registered model, or a heads directory."""
-    from spectax import hub
+    from spectax.io import hub
     from spectax.drafters import Heads
 
     path = Path(drafter).expanduser()
@@ -157,7 +157,7 @@ def _demo(args: argparse.Namespace) -> int:
     import jax
 
     import spectax
-    from spectax import hub
+    from spectax.io import hub
     from spectax.tokenizer import from_gguf
 
     model = spectax.load(DEMO_MODEL)
@@ -186,7 +186,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _list() -> int:
-    from spectax import hub
+    from spectax.io import hub
 
     for name, description in hub.list_models().items():
         print(f"{name}\t{description}")
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except RuntimeError as e:  # spectax.hub.HubError: a named model could not be fetched
-        from spectax.hub import HubError
+    except RuntimeError as e:  # spectax.io.hub.HubError: a named model could not be fetched
+        from spectax.io.hub import HubError
 
         if not isinstance(e, HubError):
             raise

@@ -109,8 +109,8 @@ class Ensemble:
         members is loaded once. `path` may also be a folder of the shipped checkpoints, e.g.
         "smollm2-135m-instruct/cos-contrastive". ValueError on a missing or malformed manifest.
         """
-        from spectax.hub import SHIPPED
-        from spectax.loader import load
+        from spectax.io.hub import SHIPPED
+        from spectax.io.loader import load
 
         path = Path(path)
         if not (path / MANIFEST).is_file() and (SHIPPED / path / MANIFEST).is_file():

@@ -273,7 +273,7 @@ def _gguf_pre_tokenizer(pre: str | None, path: str):
 def from_gguf(path) -> HFTokenizer:
     """Builds the tokenizer stored in a GGUF file's metadata (byte-level BPE, `tokenizer.ggml.model == "gpt2"`).
 
-    `path`: a .gguf path or a reader from `spectax.gguf_loader.open_gguf` (parse a big file once, share it).
+    `path`: a .gguf path or a reader from `spectax.io.gguf.open_gguf` (parse a big file once, share it).
     Vocabulary from `tokenizer.ggml.tokens`, merges from `tokenizer.ggml.merges`, special tokens = the tokens of
     type CONTROL in `tokenizer.ggml.token_type` (USER_DEFINED ones become plain added tokens), pre-tokenizer from
     `tokenizer.ggml.pre` (SmolLM2: "smollm" = each digit on its own, then the GPT-2 regex, exactly like its
@@ -282,7 +282,7 @@ def from_gguf(path) -> HFTokenizer:
     """
     from tokenizers import AddedToken, Tokenizer as _Backend, decoders, models
 
-    from spectax.gguf_loader import _reader_and_name
+    from spectax.io.gguf import _reader_and_name
 
     reader, path = _reader_and_name(path)
 

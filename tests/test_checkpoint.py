@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import save_file
 
 import spectax
-from spectax import checkpoint
-from spectax.checkpoint import MANIFEST, is_checkpoint, load_checkpoint
+from spectax.io import checkpoint
+from spectax.io.checkpoint import MANIFEST, is_checkpoint, load_checkpoint
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9]]
 

@@ -122,7 +122,7 @@ def test_byte_tokenizer_and_sampling_flags(byte_ckpt, capsys):
 def test_list(capsys):
     out, _ = run_cli(capsys, "list")
     names = [line.split("\t")[0] for line in out.splitlines()]
-    assert names == sorted(spectax.hub.REGISTRY) and "smollm2-135m-instruct" in names
+    assert names == sorted(spectax.io.hub.REGISTRY) and "smollm2-135m-instruct" in names
 
 
 def test_bad_model_path(capsys, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from spectax.hf import is_hf_checkpoint, load_hf, load_hf_config, load_hf_params
+from spectax.io.hf import is_hf_checkpoint, load_hf, load_hf_config, load_hf_params
 from spectax.models import Model
 from spectax.models.llama import fuse_params
 

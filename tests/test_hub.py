@@ -1,4 +1,4 @@
-"""spectax.hub: registry look-up, one-time fetch into the cache, atomic extraction, clear errors (no network)."""
+"""spectax.io.hub: registry look-up, one-time fetch into the cache, atomic extraction, clear errors (no network)."""
 
 import hashlib
 import subprocess
@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from spectax import hub
+from spectax.io import hub
 
 PAYLOAD = b"GGUF fake model bytes" * 100
 

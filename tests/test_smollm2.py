@@ -34,7 +34,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def tok():
-    from spectax.hub import resolve
+    from spectax.io.hub import resolve
     from spectax.tokenizer import from_gguf
 
     return from_gguf(resolve(NAME))
@@ -104,7 +104,7 @@ def test_shipped_heads_reproduce_the_goldens(model, golden, kind):
     """The shipped heads load from the repo (or the installed package) and reproduce transformers' greedy tokens
     on the real model, batch of two ragged prompts, with their shipped tree; and they are accepted."""
     from spectax.drafters import Heads
-    from spectax.hub import shipped_heads
+    from spectax.io.hub import shipped_heads
 
     heads = Heads.load(shipped_heads(NAME, kind))
     heads.check(model.config)
@@ -117,7 +117,7 @@ def test_shipped_heads_reproduce_the_goldens(model, golden, kind):
 
 
 def test_repo_checkpoints_path_is_the_package_one():
-    from spectax.hub import SHIPPED
+    from spectax.io.hub import SHIPPED
     repo = Path(__file__).parents[1] / "checkpoints"
     assert repo.resolve() == SHIPPED.resolve()
 

@@ -20,14 +20,14 @@ def golden():
 
 @pytest.fixture(scope="module")
 def gguf_path():
-    from spectax.hub import resolve
+    from spectax.io.hub import resolve
 
     return resolve("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")
 def reader(gguf_path):
-    from spectax.gguf_loader import open_gguf
+    from spectax.io.gguf import open_gguf
 
     return open_gguf(gguf_path)  # parsing the metadata takes seconds: do it once
 
@@ -74,7 +74,7 @@ def test_digits_are_split_before_the_gpt2_regex(tok):
 
 
 def test_gguf_config(reader, golden):
-    from spectax.gguf_loader import read_gguf_config
+    from spectax.io.gguf import read_gguf_config
 
     cfg = read_gguf_config(reader)
     hf = golden["special"]["hf_model_config"]

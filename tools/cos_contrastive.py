@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 import spectax
-from spectax import Ensemble, hub
+from spectax import Ensemble
+from spectax.io import hub
 from spectax.ensemble import early_exit
 from spectax.tokenizer import from_gguf
 from spectax.train.prompts import read_prompts, split_prompts

@@ -218,7 +218,7 @@ class Heads:
         """Writes the heads to the directory `path` (heads.json + params.npz, written to a temp dir renamed into
         place: never half-written). The target's LM head is not stored; the tree is (as rank paths). With
         overwrite=True the whole directory is replaced: copy any other file in it (a README) back afterwards."""
-        from spectax.checkpoint import write_dir
+        from spectax.io.checkpoint import write_dir
 
         manifest = {"format": "spectax-heads", "version": FORMAT_VERSION, "config": dataclasses.asdict(self.config),
                     "tree": [list(p) for p in self.tree.rank_paths]}

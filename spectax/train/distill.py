@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from spectax import hub
+from spectax.io import hub
 from spectax.api import decode
-from spectax.loader import load
+from spectax.io.loader import load
 from spectax.models import Model
 from spectax.tokenizer import from_gguf
 from spectax.train.prompts import DEFAULT_OUT as DEFAULT_PROMPTS

@@ -216,7 +216,7 @@ def main(argv=None) -> None:
     import argparse
     import shlex
 
-    from spectax.loader import load
+    from spectax.io.loader import load
     from spectax.train.distill import token_frequencies
 
     ap = argparse.ArgumentParser(prog="spectax train heads", description="Train proposal heads by self-distillation.")

@@ -172,7 +172,7 @@ def load_gguf(path, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
 
     Quantized tensors are dequantized with `gguf.dequantize` (float32) and then cast to `dtype`; q/k rows are
     un-permuted back to the Hugging Face layout; matrices are transposed to kernels [in, out]. The params pytree
-    is the spectax llama layout (see `spectax.hf`); `lm_head` is absent when the file has no `output.weight`
+    is the spectax llama layout (see `spectax.io.hf`); `lm_head` is absent when the file has no `output.weight`
     (tied embeddings). Raises ValueError for other architectures or missing / mis-shaped tensors.
     """
     dtype = np.dtype(dtype)

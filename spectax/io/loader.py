@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from spectax import hub
-from spectax.checkpoint import is_checkpoint, load_checkpoint, save
-from spectax.gguf_loader import load_gguf
-from spectax.hf import is_hf_checkpoint, load_hf
+from spectax.io import hub
+from spectax.io.checkpoint import is_checkpoint, load_checkpoint, save
+from spectax.io.gguf import load_gguf
+from spectax.io.hf import is_hf_checkpoint, load_hf
 from spectax.models import Model
 
 

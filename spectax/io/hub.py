@@ -134,7 +134,7 @@ def resolve(name: str | os.PathLike) -> Path:
     return target
 
 
-SHIPPED = Path(__file__).parent / "checkpoints"   # drafters trained for the registered models (package data)
+SHIPPED = Path(__file__).parent.parent / "checkpoints"   # drafters trained for the registered models (package data)
 
 
 def shipped_heads(model: str, kind: str) -> Path:
