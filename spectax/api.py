@@ -16,6 +16,7 @@ from spectax.ensemble import Ensemble
 from spectax.loop import DecodeStats, LoopSpec, prefill, run
 from spectax.models import Model
 from spectax.sampling import SamplingParams, make_sampling
+from spectax.sharding import Layout, ShardingRules
 from spectax.tree import DraftTree
 from spectax.verify.lossy import LOSSY_RULES, TopKMatch
 
@@ -128,7 +129,8 @@ def row_keys(rng, batch: int) -> jax.Array:
 
 def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=None, drafter=None,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=0, eos_id: int | None = None,
-           pad_id: int = 0, attn_impl: str = "auto", cache_size: int | None = None, lossy=None) -> DecodeResult:
+           pad_id: int = 0, attn_impl: str = "auto", cache_size: int | None = None, lossy=None, mesh=None,
+           rules=None) -> DecodeResult:
     """Decodes up to `max_new_tokens` new tokens per row in one jitted program (prefill + lax.while_loop).
 
     prompt: a list of token-id lists (ragged), or int [B, P] right-padded with `prompt_lengths` int [B].
@@ -142,11 +144,16 @@ def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=No
     `eos_id` (kept in the output). Prompt and output lengths are bucketed to powers of two, so a new prompt length
     in the same bucket does not recompile. `cache_size` overrides the KV cache slots per row (default: prompt
     bucket + output bucket + draft nodes + 1).
+    mesh (spectax.sharding.make_mesh(data=, model=)): run the same program sharded over it by `rules` (default
+    spectax.sharding.ShardingRules()): batch rows over "data" (B must divide it), heads, MLP and vocabulary over
+    "model"; the model and drafter are placed there first unless already so (load(path, mesh=mesh) does it as it
+    loads). Tokens do not depend on the mesh.
     Returns DecodeResult(tokens [B, max_new_tokens], lengths [B], stats).
     """
     return _decode(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
                    temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, eos_id=eos_id, pad_id=pad_id,
-                   attn_impl=attn_impl, cache_size=cache_size, lossy=lossy, poison_cache=False)
+                   attn_impl=attn_impl, cache_size=cache_size, lossy=lossy, mesh=mesh, rules=rules,
+                   poison_cache=False)
 
 
 def _check_drafter(drafter, config, batch: int) -> None:
@@ -170,7 +177,7 @@ def _check_lossy(lossy, vocab_size: int) -> None:
 
 
 def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
-            pad_id, attn_impl, cache_size, lossy, poison_cache) -> DecodeResult:
+            pad_id, attn_impl, cache_size, lossy, mesh=None, rules=None, poison_cache) -> DecodeResult:
     """decode() with a test knob: `poison_cache` fills every unwritten cache slot with NaN."""
     if not isinstance(model, (Model, Ensemble)):
         raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble, got {type(model).__name__}")
@@ -205,7 +212,16 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
     width = min(tokens.shape[1], p_bucket)
     prompt_BP[:, :width] = tokens[:, :width]
     keys_B = row_keys(rng, tokens.shape[0])
-    spec = LoopSpec(sampler=sampler, out_size=out_bucket, vocab_size=config.vocab_size, attn_impl=impl, lossy=lossy)
+    layout = None
+    if mesh is not None or rules is not None:
+        if mesh is None:
+            raise ValueError("rules shard over a mesh: pass mesh= too")
+        layout = Layout(mesh, ShardingRules() if rules is None else rules)
+        layout.check_batch(tokens.shape[0])
+        model, drafter = layout.place(model), layout.place(drafter)
+        prompt_BP, lengths, keys_B = layout.rows(prompt_BP), layout.rows(lengths), layout.rows(keys_B)
+    spec = LoopSpec(sampler=sampler, out_size=out_bucket, vocab_size=config.vocab_size, attn_impl=impl, lossy=lossy,
+                    layout=layout)
     out, n_out, stats = _decode_program(model, drafter, prompt_BP, lengths, np.int32(max_new_tokens),
                                         np.int32(-1 if eos_id is None else eos_id), np.int32(pad_id), sp, keys_B,
                                         spec=spec, cache_size=int(cache_size), poison_cache=poison_cache)
@@ -216,7 +232,8 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
 def _decode_program(model, drafter, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp: SamplingParams, keys_B, *,
                     spec: LoopSpec, cache_size: int, poison_cache: bool):
     B = prompt_BP.shape[0]
-    cache = model.create_cache(B, cache_size, jnp.nan if poison_cache else 0.0)
-    state = prefill(model, drafter, spec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp, keys_B, cache)
+    cache = spec.constrain(model.create_cache(B, cache_size, jnp.nan if poison_cache else 0.0))
+    state = spec.constrain(prefill(model, drafter, spec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp, keys_B,
+                                   cache))
     state = run(model, drafter, spec, state, max_new, eos_id, sp)
     return state.tokens, state.n_out, state.stats

@@ -72,6 +72,11 @@ class LoopSpec:
     attn_impl: str = "xla"
     prefill_chunk: int = 256  # prompt tokens per prefill forward (bounds the [chunk, chunk] attention block)
     lossy: Any = None         # None (lossless) or a lossy acceptance rule from spectax.verify.lossy
+    layout: Any = None        # None (one device) or a spectax.sharding.Layout the state is pinned to
+
+    def constrain(self, tree):
+        """The decode state (or a part of it) pinned to the layout's shardings; as is without a layout."""
+        return tree if self.layout is None else self.layout.constrain(tree)
 
 
 def _verify(spec: LoopSpec, tree: DraftTree, logits_BTV, draft, keys_B, sp: SamplingParams):
@@ -212,5 +217,5 @@ def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state
 def run(model: Model, drafter, spec: LoopSpec, state: DecodeState, max_new, eos_id, sp: SamplingParams) -> DecodeState:
     """lax.while_loop until every row is done (each active row gains >= 1 token per step)."""
     cond = lambda s: ~jnp.all(s.done) & (s.stats.target_calls < spec.out_size)
-    body = lambda s: step(model, drafter, spec, s, max_new, eos_id, sp)
+    body = lambda s: spec.constrain(step(model, drafter, spec, s, max_new, eos_id, sp))
     return jax.lax.while_loop(cond, body, state)

@@ -59,8 +59,9 @@ def save(model: Model, path, overwrite: bool = False) -> Path:
     return write_dir(path, overwrite, fill)
 
 
-def load_checkpoint(path, dtype=None) -> Model:
-    """Reads a directory written by `save`; `dtype` casts the params (default: as saved)."""
+def load_checkpoint(path, dtype=None, layout=None) -> Model:
+    """Reads a directory written by `save`; `dtype` casts the params (default: as saved); layout: None or a
+    spectax.sharding.Layout to shard them over (see Model.create)."""
     path = Path(path).expanduser().absolute()
     if not is_checkpoint(path):
         raise ValueError(f"{path} is not a spectax checkpoint (no {MANIFEST})")
@@ -84,6 +85,6 @@ def load_checkpoint(path, dtype=None) -> Model:
     params = ocp.StandardCheckpointer().restore(path / "params")
     params = jax.tree_util.tree_map(np.asarray, params)
     try:
-        return Model.create(config, params, dtype=dtype)
+        return Model.create(config, params, dtype=dtype, layout=layout)
     except ValueError as e:  # params that do not fit the config
         raise ValueError(f"{path}: {e}") from e

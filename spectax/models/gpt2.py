@@ -21,11 +21,31 @@ class _GPT2Attention(nn.Module):
     def __call__(self, x_BTD, layer_kv, lengths_B, mask_TT):
         c = self.config
         B, T, D = x_BTD.shape
-        qkv = nn.Dense(3 * D, dtype=self.dtype, param_dtype=self.dtype, name="qkv")(x_BTD)
-        q, k, v = (a.reshape(B, T, c.num_heads, c.head_dim) for a in jnp.split(qkv, 3, axis=-1))
+        # [B, T, 3, H, hd]: q, k, v with the heads as their own axis (sharding heads splits the kernel cleanly)
+        qkv = nn.DenseGeneral((3, c.num_heads, c.head_dim), dtype=self.dtype, param_dtype=self.dtype,
+                              name="qkv")(x_BTD)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl,
                                           self.write_cache)
         return nn.Dense(D, dtype=self.dtype, param_dtype=self.dtype, name="o")(out.reshape(B, T, D)), layer_kv
+
+
+def split_heads(config: ModelConfig, params: dict) -> dict:
+    """The loaders' fused c_attn layout (qkv kernel [D, 3D] = q|k|v columns, bias [3D], as in Hugging Face) -> the
+    layout the decoder multiplies with: kernel [D, 3, H, hd], bias [3, H, hd]. Layers already split pass through;
+    numpy in, numpy out (no device copy)."""
+    H, hd = config.num_heads, config.head_dim
+    out = dict(params)
+    for i in range(config.num_layers):
+        layer = out.get(f"layers_{i}")
+        qkv = layer.get("attn", {}).get("qkv") if isinstance(layer, dict) else None
+        if not isinstance(qkv, dict) or "kernel" not in qkv or qkv["kernel"].ndim != 2:
+            continue
+        split = {"kernel": qkv["kernel"].reshape(qkv["kernel"].shape[0], 3, H, hd)}
+        if "bias" in qkv:
+            split["bias"] = qkv["bias"].reshape(3, H, hd)
+        out[f"layers_{i}"] = {**layer, "attn": {**layer["attn"], "qkv": split}}
+    return out
 
 
 class _GPT2MLP(nn.Module):

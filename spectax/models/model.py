@@ -12,9 +12,10 @@ from jax import lax
 
 from spectax.cache import KVCache
 from spectax.models.config import ModelConfig
-from spectax.models.gpt2 import GPT2Decoder
+from spectax.models.gpt2 import GPT2Decoder, split_heads
 from spectax.models.llama import LlamaDecoder, fuse_params
 from spectax.models.rope import check_rope
+from spectax.sharding import place_tree
 
 _DECODERS = {"llama": LlamaDecoder, "gpt2": GPT2Decoder}
 
@@ -55,13 +56,16 @@ class Model:
     params: Any
 
     @classmethod
-    def create(cls, config: ModelConfig, params: Any, dtype=None) -> "Model":
-        """Validates params against the architecture and moves them to device arrays of `dtype`. Llama params may
-        come in the loaders' per-projection layout (q/k/v, gate/up): they are fused here (`llama.fuse_params`)."""
+    def create(cls, config: ModelConfig, params: Any, dtype=None, layout=None) -> "Model":
+        """Validates params against the architecture and moves them to device arrays of `dtype`. Params may come in
+        the loaders' layout (llama: per-projection q/k/v, gate/up; gpt2: c_attn [D, 3D]): they are fused / split
+        here (`llama.fuse_params`, `gpt2.split_heads`). layout: None (default device) or a
+        `spectax.sharding.Layout`: each param goes to the mesh shard by shard, as its rules say."""
         check_rope(config)
-        if config.arch == "llama":
-            params = fuse_params(config, params)
+        params = fuse_params(config, params) if config.arch == "llama" else split_heads(config, params)
         check_params(config, params)
+        if layout is not None:
+            return cls(config=config, params=place_tree(params, layout.param_shardings(config, params), dtype))
         cast = (lambda a: jnp.asarray(a, dtype)) if dtype is not None else jnp.asarray
         return cls(config=config, params=jax.tree_util.tree_map(cast, params))
 

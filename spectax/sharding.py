@@ -1,0 +1,222 @@
+"""Sharded decoding with jax.sharding: logical axis names -> mesh axes, and the shardings of params, cache and state.
+
+A mesh has two axes, "data" (batch rows: data parallelism) and "model" (tensor parallelism: attention heads, MLP
+hidden units, the vocabulary of the embedding and the LM head). `ShardingRules` maps each logical axis name an array
+dimension carries to a mesh axis (or None: replicated). A dimension whose size does not divide its mesh axis (kv heads
+fewer than the model axis, an odd vocabulary) is replicated instead, with one warning per case; the compiler then
+inserts whatever communication the mixed layout needs, so results never depend on the mesh.
+
+The decode program itself is unchanged: `decode(..., mesh=mesh)` places params and inputs with these shardings and
+pins the KV cache and the loop state to them (`Layout.constrain`); XLA's SPMD partitioner shards every op in between
+(the all-reduces after the attention out-projection and the MLP down-projection, the vocabulary-sharded softmax,
+argmax and sampling reductions). The Pallas attention kernel will enter at one shard_map boundary per batch / kv-head
+shard, with the specs `Layout.spec(*CACHE_AXES)` gives the cache today.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "model")
+CACHE_AXES = ("batch", "kv_heads", "cache_seq", "head_dim")     # k, v [B, K, S, hd]
+
+# parameter logical axes by (module, param) name; the arch-specific fused attention layouts override qkv
+_PARAM_AXES = {
+    ("embed", "embedding"): ("vocab", "embed"),                  # [V, D]
+    ("wte", "embedding"): ("vocab", "embed"),                    # [V, D]
+    ("wpe", "embedding"): (None, "embed"),                       # [P, D]
+    ("lm_head", "kernel"): ("embed", "vocab"),                   # [D, V]
+    ("o", "kernel"): ("heads", "embed"),                         # [H * hd, D]
+    ("o", "bias"): ("embed",),
+    ("gate_up", "kernel"): ("embed", None, "mlp"),               # [D, 2, F]
+    ("down", "kernel"): ("mlp", "embed"),                        # [F, D]
+    ("fc", "kernel"): ("embed", "mlp"),                          # [D, F]
+    ("fc", "bias"): ("mlp",),
+    ("proj", "kernel"): ("mlp", "embed"),                        # [F, D]
+    ("proj", "bias"): ("embed",),
+    ("llama", "qkv", "kernel"): ("embed", "kv_heads", None, "head_dim"),   # [D, K, G + 2, hd]
+    ("llama", "qkv", "bias"): ("kv_heads", None, "head_dim"),
+    ("gpt2", "qkv", "kernel"): ("embed", None, "kv_heads", "head_dim"),    # [D, 3, H, hd] (H = K)
+    ("gpt2", "qkv", "bias"): (None, "kv_heads", "head_dim"),
+}
+_NORMS = ("attn_norm", "mlp_norm", "final_norm", "ln_1", "ln_2", "ln_f")
+
+# logical axes of the decode state's arrays by field name (DecodeState, DecodeStats, KVCache and the drafter states)
+_STATE_AXES = {
+    "tokens": ("batch", None), "n_out": ("batch",), "root": ("batch",), "done": ("batch",), "rng": ("batch",),
+    "lengths": ("batch",), "k": CACHE_AXES, "v": CACHE_AXES,
+    "target_calls": (), "row_calls": ("batch",), "new_tokens": ("batch",), "speculated": ("batch",),
+    "accepted_hist": ("batch", None), "rank_hist": (None, None),
+    "x0": ("batch",),                                                     # DraftModelState
+    "table_VpD": ("vocab", "embed"), "logits_BHV": ("batch", None, "vocab"), "live_B": ("batch",),   # HeadsState
+    "history_BH": ("batch", None), "n_B": ("batch",),                     # NGramState
+}
+# Heads' weights (spectax.drafters.Heads.params): the inner width is sharded like an MLP's hidden units
+_HEADS_AXES = {"w1": (None, "embed", "mlp"), "b1": (None, "mlp"), "w2": (None, "mlp", "embed")}
+
+_warned: set = set()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+    """Logical axis name -> mesh axis name (None: replicated). Hashable: part of the decode program's cache key."""
+
+    batch: str | None = "data"
+    vocab: str | None = "model"
+    embed: str | None = None
+    heads: str | None = "model"
+    kv_heads: str | None = "model"
+    mlp: str | None = "model"
+    cache_seq: str | None = None
+    head_dim: str | None = None
+
+    def mesh_axes(self) -> set[str]:
+        """The mesh axis names these rules shard over."""
+        return {a for a in dataclasses.asdict(self).values() if a is not None}
+
+
+def make_mesh(data: int = 1, model: int = 1, devices=None) -> Mesh:
+    """A (data, model) mesh over the first data * model devices (default: jax.devices(), every process's).
+
+    ValueError unless both are ints >= 1 and that many devices exist."""
+    for name, n in (("data", data), ("model", model)):
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"make_mesh: {name} must be an int >= 1, got {n!r}")
+    devices = jax.devices() if devices is None else list(devices)
+    if data * model > len(devices):
+        raise ValueError(f"make_mesh(data={data}, model={model}) needs {data * model} devices, there are "
+                         f"{len(devices)}")
+    return Mesh(np.asarray(devices[:data * model]).reshape(data, model), MESH_AXES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A mesh and the rules that map logical axes onto it (validated: every mesh axis is one the rules know)."""
+
+    mesh: Mesh
+    rules: ShardingRules = ShardingRules()
+
+    def __post_init__(self):
+        if not isinstance(self.mesh, Mesh):
+            raise ValueError(f"mesh must be a jax.sharding.Mesh (spectax.sharding.make_mesh), got "
+                             f"{type(self.mesh).__name__}")
+        if not isinstance(self.rules, ShardingRules):
+            raise ValueError(f"rules must be a spectax.sharding.ShardingRules, got {type(self.rules).__name__}")
+        unknown = [a for a in self.mesh.axis_names if a not in self.rules.mesh_axes()]
+        if unknown:
+            raise ValueError(f"mesh axes {unknown} are unknown to the sharding rules, which shard over "
+                             f"{sorted(self.rules.mesh_axes())}: name the mesh axes {MESH_AXES} "
+                             f"(spectax.sharding.make_mesh) or map logical axes onto them in ShardingRules")
+        missing = sorted(self.rules.mesh_axes() - set(self.mesh.axis_names))
+        if missing:
+            raise ValueError(f"the sharding rules shard over mesh axes {missing}, which mesh "
+                             f"{dict(self.mesh.shape)} lacks")
+
+    def axis_size(self, logical: str) -> int:
+        """How many shards the rules cut the logical axis into (1 when replicated)."""
+        axis = getattr(self.rules, logical)
+        return 1 if axis is None else self.mesh.shape[axis]
+
+    def check_batch(self, batch: int) -> None:
+        """ValueError unless `batch` rows split evenly over the data axis."""
+        n = self.axis_size("batch")
+        if batch % n:
+            raise ValueError(f"batch of {batch} rows does not divide the mesh's {self.rules.batch!r} axis of size "
+                             f"{n}: pass a multiple of {n} rows (pad the batch with dummy prompts)")
+
+    def spec(self, logical: tuple[str | None, ...], shape: tuple[int, ...]) -> PartitionSpec:
+        """The PartitionSpec of an array of `shape` whose dimensions carry the `logical` axis names.
+
+        A dimension that does not divide its mesh axis is replicated (warned once per case); ValueError when two
+        dimensions would be sharded over the same mesh axis."""
+        if len(logical) != len(shape):
+            raise ValueError(f"{len(logical)} logical axes {logical} for an array of shape {shape}")
+        axes = []
+        for name, size in zip(logical, shape):
+            axis = None if name is None else getattr(self.rules, name)
+            if axis is not None and size % self.mesh.shape[axis]:
+                key = (name, size, axis, self.mesh.shape[axis])
+                if key not in _warned:
+                    _warned.add(key)
+                    warnings.warn(f"{name} of size {size} does not divide mesh axis {axis!r} of size "
+                                  f"{self.mesh.shape[axis]}: replicated along it", stacklevel=3)
+                axis = None
+            axes.append(axis)
+        used = [a for a in axes if a is not None]
+        if len(used) != len(set(used)):
+            raise ValueError(f"logical axes {logical} put mesh axis {used} more than once in one array: check the "
+                             f"ShardingRules {self.rules}")
+        return PartitionSpec(*axes)
+
+    def sharding(self, logical, shape) -> NamedSharding:
+        """NamedSharding of `spec(logical, shape)` on this mesh."""
+        return NamedSharding(self.mesh, self.spec(tuple(logical), tuple(shape)))
+
+    # ------------------------------------------------------------------------------------------------- placement
+
+    def param_shardings(self, config, params) -> Any:
+        """A NamedSharding per leaf of a Model's params (the decoder's layout, see spectax.models)."""
+        def one(path, x):
+            names = tuple(getattr(k, "key", None) for k in path)
+            module, leaf = names[-2], names[-1]
+            if module in _NORMS:
+                return self.sharding(("embed",), np.shape(x))
+            axes = _PARAM_AXES.get((config.arch, module, leaf), _PARAM_AXES.get((module, leaf)))
+            if axes is None:
+                raise ValueError(f"no sharding rule for parameter {jax.tree_util.keystr(path)}")
+            return self.sharding(axes, np.shape(x))
+        return jax.tree_util.tree_map_with_path(one, params)
+
+    def place(self, tree):
+        """Puts a target (Model, Ensemble) or a drafter on the mesh: every Model's params and every Heads' weights
+        sharded by the rules, anything else replicated. Already placed arrays stay as they are."""
+        from spectax.drafters.heads import Heads
+        from spectax.models import Model
+
+        def one(x):
+            if isinstance(x, Model):
+                return x.replace(params=place_tree(x.params, self.param_shardings(x.config, x.params)))
+            if isinstance(x, Heads):
+                shardings = {k: self.sharding(_HEADS_AXES[k], np.shape(v)) for k, v in x.params.items()}
+                return x.replace(params=place_tree(x.params, shardings),
+                                 vocab_ids=put(x.vocab_ids, self.sharding((None,), x.vocab_ids.shape)))
+            return put(x, self.sharding((None,) * np.ndim(x), np.shape(x)))
+        return jax.tree_util.tree_map(one, tree, is_leaf=lambda x: isinstance(x, (Model, Heads)))
+
+    def constrain(self, tree):
+        """with_sharding_constraint on every array of a decode state (DecodeState, a KVCache, drafter states) by
+        its field name (see _STATE_AXES); arrays of fields the rules do not name are left to the compiler."""
+        def one(path, x):
+            names = [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
+            axes = _STATE_AXES.get(names[-1]) if names else None
+            if axes is None or len(axes) != np.ndim(x):
+                return x
+            return jax.lax.with_sharding_constraint(x, self.sharding(axes, np.shape(x)))
+        return jax.tree_util.tree_map_with_path(one, tree)
+
+    def rows(self, x) -> jax.Array:
+        """A per-row host array (prompt [B, ...], lengths [B], keys [B]) placed with its rows over the data axis."""
+        return put(x, self.sharding(("batch",) + (None,) * (np.ndim(x) - 1), np.shape(x)))
+
+
+def put(x, sharding: NamedSharding, dtype=None) -> jax.Array:
+    """`x` (numpy or jax) as a jax.Array with `sharding`, cast to `dtype` (default: as is). A host array goes to the
+    devices slice by slice (each device receives only its own shard, never the whole array); a jax.Array already so
+    sharded is returned as is."""
+    if isinstance(x, jax.Array):
+        x = x if dtype is None else x.astype(dtype)
+        return x if x.sharding == sharding else jax.device_put(x, sharding)
+    x = np.asarray(x)
+    dtype = x.dtype if dtype is None else dtype
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: np.asarray(x[index], dtype))
+
+
+def place_tree(tree, shardings, dtype=None):
+    """`put` over a pytree of arrays and the matching pytree of shardings."""
+    return jax.tree_util.tree_map(lambda x, s: put(x, s, dtype), tree, shardings)
