@@ -74,6 +74,11 @@ class LoopSpec:
     lossy: Any = None         # None (lossless) or a lossy acceptance rule from spectax.verify.lossy
     layout: Any = None        # None (one device) or a spectax.sharding.Layout the state is pinned to
 
+    @property
+    def vocab_shards(self) -> int:
+        """The blocks the vocabulary is split in over the mesh (1 without a layout); see sampling.top_k."""
+        return 1 if self.layout is None else self.layout.axis_size("vocab")
+
     def constrain(self, tree):
         """The decode state (or a part of it) pinned to the layout's shardings; as is without a layout."""
         return tree if self.layout is None else self.layout.constrain(tree)

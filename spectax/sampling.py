@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax import lax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,20 @@ def gumbel_rows(keys_B: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def categorical_rows(keys_B: jax.Array, logits_BxV: jax.Array) -> jax.Array:
     """int32 [B, ...]: one draw per leading index from softmax(logits) over the last axis, row b from keys_B[b]."""
     return jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(keys_B, logits_BxV).astype(jnp.int32)
+
+
+def top_k(x_xV: jax.Array, k: int, shards: int = 1) -> tuple[jax.Array, jax.Array]:
+    """lax.top_k over the last axis (values, int32 indices; equal values: the lower index first), in two stages when
+    the axis is split in `shards` equal blocks (a vocabulary sharded over the mesh's model axis): each block's top k,
+    then the top k of those candidates, so the sharded axis is never gathered. Same result for any `shards`."""
+    V = x_xV.shape[-1]
+    if shards == 1 or V % shards or k > V // shards:
+        return lax.top_k(x_xV, k)
+    lead = x_xV.shape[:-1]
+    vals_xSk, idx_xSk = lax.top_k(x_xV.reshape(*lead, shards, V // shards), k)      # per block
+    idx_xSk = idx_xSk + (V // shards) * jnp.arange(shards, dtype=idx_xSk.dtype)[:, None]
+    vals_xk, at_xk = lax.top_k(vals_xSk.reshape(*lead, shards * k), k)             # candidates in index order
+    return vals_xk, jnp.take_along_axis(idx_xSk.reshape(*lead, shards * k), at_xk, axis=-1)
 
 
 def warp(logits_xV: jax.Array, sampler: Sampler, params: SamplingParams) -> jax.Array:

@@ -208,10 +208,18 @@ class Layout:
 def put(x, sharding: NamedSharding, dtype=None) -> jax.Array:
     """`x` (numpy or jax) as a jax.Array with `sharding`, cast to `dtype` (default: as is). A host array goes to the
     devices slice by slice (each device receives only its own shard, never the whole array); a jax.Array already so
-    sharded is returned as is."""
+    sharded is returned as is. Multi-host: every process passes the same host value; each places its own devices'
+    slices."""
     if isinstance(x, jax.Array):
         x = x if dtype is None else x.astype(dtype)
-        return x if x.sharding == sharding else jax.device_put(x, sharding)
+        if x.sharding == sharding:
+            return x
+        if sharding.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):        # keys: place their uint32 data
+            data = put(np.asarray(jax.random.key_data(x)), NamedSharding(sharding.mesh, PartitionSpec(
+                *sharding.spec, *(None,) * (x.ndim + 1 - len(sharding.spec)))))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     x = np.asarray(x)
     dtype = x.dtype if dtype is None else dtype
     return jax.make_array_from_callback(x.shape, sharding, lambda index: np.asarray(x[index], dtype))

@@ -11,7 +11,7 @@ from jax import lax
 from spectax.cache import KVCache, commit_path
 from spectax.drafters.base import Draft
 from spectax.models import Model
-from spectax.sampling import fold_rows, gumbel_rows, warp
+from spectax.sampling import fold_rows, gumbel_rows, top_k, warp
 from spectax.tree import DraftTree
 
 VOCAB_SLACK = 0.01   # draft and target vocabularies may differ by this fraction (padding rows) or 8 rows, no more
@@ -82,10 +82,10 @@ class DraftModel:
             logits = _to_vocab(logits, V)                             # [B, P, V] at each parent
             if sampled:
                 logq = jax.nn.log_softmax(warp(logits, spec.sampler, sampling), axis=-1)
-                _, top = lax.top_k(logq + gumbel_rows(fold_rows(keys_B, d), logq.shape[1:]), K)
+                _, top = top_k(logq + gumbel_rows(fold_rows(keys_B, d), logq.shape[1:]), K, spec.vocab_shards)
                 q_BNV = jnp.where((depth_N == d)[None, :, None], jnp.exp(logq)[:, from_parent_N], q_BNV)
             else:
-                _, top = lax.top_k(logits, K)
+                _, top = top_k(logits, K, spec.vocab_shards)
             fill = top[:, from_parent_N, rank_N]                         # [B, N] the node's ranked child token
             return jnp.where((depth_N == d)[None], fill, tokens_BN), q_BNV, kv
 

@@ -33,7 +33,7 @@ from flax import struct
 from jax import lax
 
 from spectax.drafters.base import Draft
-from spectax.sampling import gumbel_rows, warp
+from spectax.sampling import gumbel_rows, top_k, warp
 from spectax.tree import DraftTree
 
 KINDS = ("blockwise", "medusa", "cerberus")
@@ -183,10 +183,11 @@ class Heads:
         K = tree.max_children
         head_N, rank_N = jnp.asarray(tree.depth - 1), jnp.asarray(tree.child_rank)
         if spec.sampler.greedy:
-            _, top_BHK = lax.top_k(state.logits_BHV, K)
+            _, top_BHK = top_k(state.logits_BHV, K, spec.vocab_shards)
             return Draft(tokens_BN=self.vocab_ids[top_BHK[:, head_N, rank_N]], depth_B=self._depths(state)), state
         logq_BHV = jax.nn.log_softmax(warp(state.logits_BHV, spec.sampler, sampling), axis=-1)
-        _, top_BHK = lax.top_k(logq_BHV + gumbel_rows(keys_B, logq_BHV.shape[1:]), K)   # draws w/o replacement
+        noisy_BHV = logq_BHV + gumbel_rows(keys_B, logq_BHV.shape[1:])
+        _, top_BHK = top_k(noisy_BHV, K, spec.vocab_shards)                         # draws without replacement
         B, V = root_B.shape[0], spec.vocab_size
         q_BHV = jnp.zeros((B, self.config.num_heads, V), jnp.float32).at[:, :, self.vocab_ids].set(
             jnp.exp(logq_BHV))

@@ -82,8 +82,10 @@ def load_checkpoint(path, dtype=None, layout=None) -> Model:
         raise ValueError(f"{path / MANIFEST}: invalid model config: {e}") from e
     if not (path / "params").is_dir():
         raise ValueError(f"{path} has no params/ directory (incomplete checkpoint)")
-    params = ocp.StandardCheckpointer().restore(path / "params")
-    params = jax.tree_util.tree_map(np.asarray, params)
+    checkpointer = ocp.StandardCheckpointer()
+    # restored into host (numpy) buffers, never onto one device: Model.create then places them (per shard on a mesh)
+    meta = checkpointer.metadata(path / "params").item_metadata
+    params = checkpointer.restore(path / "params", jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), meta))
     try:
         return Model.create(config, params, dtype=dtype, layout=layout)
     except ValueError as e:  # params that do not fit the config

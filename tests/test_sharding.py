@@ -1,0 +1,280 @@
+"""Sharded decoding (spectax.sharding) on 8 fake CPU devices (tests/conftest.py sets them up before JAX starts):
+the same tokens on every mesh, params / cache / state sharded as the rules say, shard-by-shard loading, one compile
+per configuration, clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import spectax
+import spectax.api as api
+import spectax.sharding as sharding
+from spectax import DraftTree
+from spectax.drafters import Combined, DraftModel, Heads, NGram, NoDraft
+from spectax.loop import LoopSpec, prefill
+from spectax.models import Model, ModelConfig
+from spectax.sampling import make_sampling, top_k
+from spectax.sharding import Layout, ShardingRules, make_mesh
+
+# heads and vocabulary divide every model axis here; kv heads (2) only 1 and 2: replicated at model 4 and 8
+TARGET = ModelConfig(arch="llama", vocab_size=96, hidden_size=32, num_layers=1, num_heads=8, num_kv_heads=2,
+                     head_dim=8, intermediate_size=64, max_position=512)
+# an odd vocabulary (97: replicated everywhere) and one kv head
+DRAFT = ModelConfig(arch="llama", vocab_size=97, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                    head_dim=8, intermediate_size=32, max_position=512)
+# GPT-2: 4 heads = 4 kv heads (sharded at model 2 and 4, replicated at 8), vocabulary 97
+GPT2 = ModelConfig(arch="gpt2", vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=4,
+                   head_dim=8, intermediate_size=64, max_position=256, tie_embeddings=True)
+MESHES = [(1, 8), (2, 4), (8, 1)]
+PROMPTS = [[5, 17, 3], [9, 9, 9, 9, 9, 2], [40, 41], [7, 8, 9, 10, 11, 12, 13], [88], [1, 2, 1, 2, 1, 2],
+           [60, 3, 33, 72], [20, 21, 22]]          # 8 rows: the (8, 1) mesh's data axis
+NEW = 10
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*does not divide mesh axis:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def eight_devices():
+    assert jax.device_count() >= 8, ("the sharding tests need 8 devices: XLA_FLAGS="
+                                     "--xla_force_host_platform_device_count=8 before JAX starts (tests/conftest.py)")
+
+
+@pytest.fixture(scope="module")
+def target():
+    return Model.random(TARGET, seed=0, scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def drafters(target):
+    small = Model.random(DRAFT, seed=4, scale=3.0)
+    return {
+        "plain": None,
+        "chain": DraftModel(target, tree=DraftTree.chain(3)),       # drafts with the target: long accepted runs
+        "tree": DraftModel(small, tree=DraftTree.kary((3, 2))),
+        "heads": Heads.create(target, kind="medusa", num_heads=2, tree=DraftTree.kary((2, 2)), seed=3),
+    }
+
+
+def tokens(out) -> np.ndarray:
+    return np.asarray(out.tokens)
+
+
+@pytest.mark.parametrize("kind,temperature", [(k, 0.0) for k in ("plain", "chain", "tree", "heads")]
+                         + [(k, 1.0) for k in ("plain", "chain", "tree")])
+def test_same_tokens_on_every_mesh(target, drafters, kind, temperature):
+    """Meshes (1, 8), (2, 4), (8, 1) give exactly the tokens of the unsharded program, greedy and sampled (fixed
+    rng); the chain case accepts long runs (tau > 2), so the sharded commit path is exercised."""
+    args = dict(drafter=drafters[kind], temperature=temperature, rng=11, top_k=20 if kind == "plain" else 0)
+    ref = spectax.decode(target, PROMPTS, NEW, **args)
+    if kind == "chain":
+        assert ref.stats.tau > 2
+    for shape in MESHES:
+        mesh = make_mesh(*shape)
+        out = spectax.decode(target, PROMPTS, NEW, mesh=mesh, **args)
+        np.testing.assert_array_equal(tokens(out), tokens(ref), err_msg=f"mesh {shape}")
+        np.testing.assert_array_equal(np.asarray(out.lengths), np.asarray(ref.lengths))
+        assert out.tokens.sharding.is_equivalent_to(NamedSharding(mesh, P("data", None)), 2)
+
+
+def test_gpt2_same_tokens_on_every_mesh():
+    model = Model.random(GPT2, seed=1, scale=3.0)
+    ref = tokens(spectax.decode(model, PROMPTS, NEW))
+    for shape in MESHES:
+        np.testing.assert_array_equal(tokens(spectax.decode(model, PROMPTS, NEW, mesh=make_mesh(*shape))), ref)
+
+
+def expected_llama_specs(model_axis_shards_kv: bool):
+    kv = "model" if model_axis_shards_kv else None
+    return {
+        "['embed']['embedding']": P("model", None),
+        "['layers_0']['attn']['qkv']['kernel']": P(None, kv, None, None),
+        "['layers_0']['attn']['o']['kernel']": P("model", None),
+        "['layers_0']['mlp']['gate_up']['kernel']": P(None, None, "model"),
+        "['layers_0']['mlp']['down']['kernel']": P("model", None),
+        "['layers_0']['attn_norm']['scale']": P(),
+        "['final_norm']['scale']": P(),
+        "['lm_head']['kernel']": P(None, "model"),
+    }
+
+
+def check_params(model, mesh, expected, model_size):
+    """Every listed param has the expected sharding; per-device bytes shrink by the model axis for the sharded."""
+    got = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(model.params)}
+    assert set(expected) <= set(got)
+    for name, spec in expected.items():
+        x = got[name]
+        assert x.sharding.is_equivalent_to(NamedSharding(mesh, spec), x.ndim), (name, x.sharding.spec, spec)
+        per_device = x.addressable_shards[0].data.nbytes
+        assert per_device * (model_size if "model" in spec else 1) == x.nbytes, name
+    sharded = sum(x.addressable_shards[0].data.nbytes for x in got.values())
+    return sharded, sum(x.nbytes for x in got.values())
+
+
+def test_param_shardings_and_per_device_bytes(target):
+    norms = sum(x.nbytes for x in jax.tree_util.tree_leaves(target.params) if x.ndim == 1)
+    qkv = target.params["layers_0"]["attn"]["qkv"]["kernel"].nbytes
+    for shape, kv_split in [((2, 4), False), ((4, 2), True)]:
+        mesh = make_mesh(*shape)
+        placed = Layout(mesh).place(target)
+        per_device, total = check_params(placed, mesh, expected_llama_specs(kv_split), shape[1])
+        replicated = norms + (0 if kv_split else qkv)          # everything else shrinks by the model axis
+        assert per_device == (total - replicated) // shape[1] + replicated
+        np.testing.assert_array_equal(np.asarray(placed.params["lm_head"]["kernel"]),
+                                      np.asarray(target.params["lm_head"]["kernel"]))
+    gpt2 = Layout(make_mesh(2, 4)).place(Model.random(GPT2, seed=1))
+    check_params(gpt2, make_mesh(2, 4), {
+        "['wte']['embedding']": P(),                                       # 97 rows: replicated
+        "['wpe']['embedding']": P(),
+        "['layers_1']['attn']['qkv']['kernel']": P(None, None, "model", None),   # [D, 3, H, hd]
+        "['layers_1']['attn']['qkv']['bias']": P(None, "model", None),
+        "['layers_1']['attn']['o']['kernel']": P("model", None),
+        "['layers_1']['mlp']['fc']['kernel']": P(None, "model"),
+        "['layers_1']['mlp']['proj']['kernel']": P("model", None),
+        "['layers_1']['mlp']['proj']['bias']": P()}, 4)
+
+
+def test_load_places_shard_by_shard(target, tmp_path, monkeypatch):
+    """load(path, mesh=) hands each device only its slices (never a whole sharded tensor, never a device_put of a
+    whole array) and the loaded model decodes the same tokens."""
+    spectax.save(target, tmp_path / "ckpt")
+    blocks = []
+    real = jax.make_array_from_callback
+
+    def spy(shape, s, callback, *a, **k):
+        def recorded(index):
+            block = callback(index)
+            blocks.append((tuple(shape), block.shape))
+            return block
+        return real(shape, s, recorded, *a, **k)
+
+    def no_device_put(*a, **k):
+        raise AssertionError("load(mesh=) must not device_put whole arrays")
+
+    monkeypatch.setattr(sharding.jax, "make_array_from_callback", spy)
+    monkeypatch.setattr(sharding.jax, "device_put", no_device_put)
+    mesh = make_mesh(2, 4)
+    loaded = spectax.load(tmp_path / "ckpt", mesh=mesh)
+    monkeypatch.undo()
+    check_params(loaded, mesh, expected_llama_specs(False), 4)
+    full = {s for s, b in blocks if s == b}
+    assert len(blocks) > 8 and any(s != b for s, b in blocks)
+    qkv = (TARGET.hidden_size, TARGET.num_kv_heads, TARGET.num_heads // TARGET.num_kv_heads + 2, TARGET.head_dim)
+    assert full == {(TARGET.hidden_size,), qkv}, "only the replicated tensors (norms, 2 kv heads on 4) go whole"
+    np.testing.assert_array_equal(tokens(spectax.decode(loaded, PROMPTS, NEW, mesh=mesh)),
+                                  tokens(spectax.decode(target, PROMPTS, NEW)))
+
+
+def test_cache_and_state_shardings(target, drafters):
+    """The KV caches, the decode state and every drafter's state carry the rules' shardings after prefill."""
+    mesh = make_mesh(2, 4)
+    layout = Layout(mesh)
+    sampler, sp = make_sampling(0.0, 0, 1.0)
+    spec = LoopSpec(sampler=sampler, out_size=16, vocab_size=TARGET.vocab_size, layout=layout)
+    gpt2 = layout.place(Model.random(GPT2, seed=1))
+    combined = Combined((NGram(max_n=2, tree=DraftTree.chain(2)), drafters["heads"]))
+    B, S = 8, 40
+    prompt = np.ones((B, 16), np.int32)
+
+    def run(model, drafter):
+        def fn(model, drafter, prompt, lengths, keys):
+            cache = spec.constrain(model.create_cache(B, S))
+            return spec.constrain(prefill(model, drafter, spec, prompt, lengths, np.int32(8), np.int32(-1),
+                                          np.int32(0), sp, keys, cache))
+        return jax.jit(fn)(layout.place(model), layout.place(drafter), layout.rows(prompt),
+                           layout.rows(np.full(B, 3, np.int32)), layout.rows(api.row_keys(0, B)))
+
+    def has(x, *spec):
+        return x.sharding.is_equivalent_to(NamedSharding(mesh, P(*spec)), x.ndim)
+
+    state = run(gpt2, NoDraft())
+    assert all(has(k, "data", "model", None, None) for k in state.cache.k + state.cache.v)    # 4 kv heads: split
+    for x in (state.tokens, state.n_out, state.root, state.done, state.cache.lengths, state.stats.row_calls):
+        assert has(x, "data", *(None,) * (x.ndim - 1))
+    state = run(target, drafters["tree"])
+    assert has(state.cache.k[0], "data", None, None, None)                     # 2 kv heads on 4: replicated
+    draft_state = state.drafter_state
+    assert has(draft_state.cache.v[0], "data", None, None, None) and has(draft_state.x0, "data")
+    ngram_state, heads_state = run(target, combined).drafter_state
+    assert has(ngram_state.history_BH, "data", None) and has(ngram_state.n_B, "data")
+    assert has(heads_state.table_VpD, "model", None) and has(heads_state.logits_BHV, "data", None, "model")
+    placed = layout.place(drafters["heads"])
+    assert has(placed.params["w1"], None, None, "model") and has(placed.params["b1"], None, "model")
+    ensemble = layout.place(spectax.Ensemble((target, gpt2.replace(config=GPT2))))     # CoS' target: every member
+    assert has(ensemble.models[0].params["lm_head"]["kernel"], None, "model")
+    assert has(ensemble.models[1].params["layers_0"]["mlp"]["fc"]["kernel"], None, "model")
+
+
+def test_the_sharded_loop_holds_only_cache_shards():
+    """The compiled (2, 4) program keeps each KV cache as per-device [B/2, K/4, S, hd] blocks: the full cache shape
+    never appears (nothing gathers or replicates it) and no block is copied."""
+    model = Model.random(GPT2, seed=1)
+    layout = Layout(make_mesh(2, 4))
+    sampler, sp = make_sampling(0.0, 0, 1.0)
+    spec = LoopSpec(sampler=sampler, out_size=16, vocab_size=GPT2.vocab_size, layout=layout)
+    size = 203
+    hlo = api._decode_program.lower(layout.place(model), NoDraft(), layout.rows(np.ones((4, 16), np.int32)),
+                                    layout.rows(np.array([5, 9, 2, 16], np.int32)), np.int32(8), np.int32(-1),
+                                    np.int32(0), sp, layout.rows(api.row_keys(0, 4)), spec=spec, cache_size=size,
+                                    poison_cache=False).compile().as_text()
+    block, full = f"f32[2,1,{size},8]", f"f32[4,4,{size},8]"
+    assert block in hlo and full not in hlo
+    copies = [line for line in hlo.splitlines()
+              if block in line and " copy(" in line and "copy(%wrapped_broadcast" not in line]
+    assert not copies, copies[0]
+
+
+def test_vocabulary_is_never_gathered(target, drafters):
+    """With the vocabulary split over 8 devices, no collective in the greedy or sampled (unfiltered) tree program
+    moves a full-vocabulary array: argmax, softmax, residuals, Gumbel top-k and categorical draws reduce per shard."""
+    layout = Layout(make_mesh(1, 8))
+    for temperature in (0.0, 1.0):
+        sampler, sp = make_sampling(temperature, 0, 1.0)
+        spec = LoopSpec(sampler=sampler, out_size=16, vocab_size=TARGET.vocab_size, layout=layout)
+        hlo = api._decode_program.lower(layout.place(target), layout.place(drafters["chain"]),
+                                        layout.rows(np.ones((2, 16), np.int32)), layout.rows(np.array([3, 4])),
+                                        np.int32(8), np.int32(-1), np.int32(0), sp, layout.rows(api.row_keys(0, 2)),
+                                        spec=spec, cache_size=48, poison_cache=False).compile().as_text()
+        gathers = [line for line in hlo.splitlines() if " all-gather(" in line or " all-gather-start(" in line]
+        assert not [g for g in gathers if f",{TARGET.vocab_size}]" in g.split("=")[1].split(" ")[1]], gathers
+
+
+def test_top_k_in_blocks_equals_top_k():
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 5, (3, 4, 96)).astype(np.float32))   # many ties
+    for shards in (1, 2, 4, 8, 5):
+        for k in (1, 3, 12):
+            v, i = top_k(x, k, shards)
+            v0, i0 = jax.lax.top_k(x, k)
+            np.testing.assert_array_equal(np.asarray(i), np.asarray(i0))
+            np.testing.assert_array_equal(np.asarray(v), np.asarray(v0))
+
+
+def test_one_compile_per_configuration(target):
+    program = api._decode_program
+    mesh = make_mesh(2, 4)
+    spectax.decode(target, PROMPTS, NEW, mesh=mesh)
+    before = program._cache_size()
+    spectax.decode(target, PROMPTS, NEW, mesh=mesh)
+    spectax.decode(target, [p[:1] + p for p in PROMPTS], NEW, mesh=make_mesh(2, 4), rng=5)   # same buckets
+    assert program._cache_size() == before
+    spectax.decode(target, PROMPTS, NEW, mesh=make_mesh(4, 2))
+    assert program._cache_size() == before + 1
+
+
+def test_clear_errors(target):
+    from jax.sharding import Mesh
+
+    odd = Mesh(np.asarray(jax.devices()[:8]).reshape(2, 4), ("x", "y"))
+    with pytest.raises(ValueError, match=r"mesh axes \['x', 'y'\] are unknown"):
+        spectax.decode(target, PROMPTS, NEW, mesh=odd)
+    with pytest.raises(ValueError, match="batch of 3 rows does not divide"):
+        spectax.decode(target, PROMPTS[:3], NEW, mesh=make_mesh(2, 4))
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        make_mesh(4, 4)
+    with pytest.raises(ValueError, match="more than once"):
+        Layout(make_mesh(2, 4), ShardingRules(embed="model")).place(target)
+    with pytest.raises(ValueError, match="lacks"):
+        Layout(Mesh(np.asarray(jax.devices()[:2]), ("data",)))
+    with pytest.raises(ValueError, match="mesh= too"):
+        spectax.decode(target, PROMPTS, NEW, rules=ShardingRules())
