@@ -278,3 +278,30 @@ def test_clear_errors(target):
         Layout(Mesh(np.asarray(jax.devices()[:2]), ("data",)))
     with pytest.raises(ValueError, match="mesh= too"):
         spectax.decode(target, PROMPTS, NEW, rules=ShardingRules())
+
+
+def test_two_processes_decode_like_one(target, tmp_path):
+    """Multi-host through jax.distributed on one machine: two processes of 4 CPU devices each form one 8-device
+    (2, 4) mesh, load the checkpoint shard by shard and decode (tree drafts, sampled) the tokens one unsharded
+    process decodes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spectax.save(target, tmp_path / "ckpt")
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    worker = [sys.executable, str(root / "tests" / "multihost_worker.py"), port, str(tmp_path / "ckpt"),
+              str(tmp_path / "out.npy")]
+    procs = [subprocess.Popen(worker[:2] + [str(i)] + worker[2:], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    ref = spectax.decode(target, PROMPTS[:4], 8, drafter=DraftModel(target, tree=DraftTree.kary((2, 2))),
+                         temperature=1.0, rng=3)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), tokens(ref))
