@@ -4,13 +4,15 @@ A mesh has two axes, "data" (batch rows: data parallelism) and "model" (tensor p
 hidden units, the vocabulary of the embedding and the LM head). `ShardingRules` maps each logical axis name an array
 dimension carries to a mesh axis (or None: replicated). A dimension whose size does not divide its mesh axis (kv heads
 fewer than the model axis, an odd vocabulary) is replicated instead, with one warning per case; the compiler then
-inserts whatever communication the mixed layout needs, so results never depend on the mesh.
+inserts whatever communication the mixed layout needs. Random draws are bit-identical on any mesh (partitionable
+threefry); logits can differ in the last bits (a sharded matmul sums in another order), so a token can only change
+where two candidates tie to within rounding.
 
 The decode program itself is unchanged: `decode(..., mesh=mesh)` places params and inputs with these shardings and
 pins the KV cache and the loop state to them (`Layout.constrain`); XLA's SPMD partitioner shards every op in between
 (the all-reduces after the attention out-projection and the MLP down-projection, the vocabulary-sharded softmax,
 argmax and sampling reductions). The Pallas attention kernel will enter at one shard_map boundary per batch / kv-head
-shard, with the specs `Layout.spec(*CACHE_AXES)` gives the cache today.
+shard, with the specs `Layout.spec(CACHE_AXES, shape)` gives the cache today.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One process of tests/test_sharding.py's two-process run: argv = process id, coordinator port, checkpoint, output.
 
 Each process has 4 CPU devices; jax.distributed joins them into 8. Both load the checkpoint onto a (2, 4) mesh that
-spans the processes, decode (tree drafts, sampled), and process 0 writes the gathered tokens to the output .npz."""
+spans the processes, decode (chain drafts, sampled), and process 0 writes the gathered tokens to the output .npz."""
 
 import os
 import sys
@@ -25,7 +25,7 @@ prompts = [[5, 17, 3], [9, 9, 9, 9, 9, 2], [40, 41], [7, 8, 9, 10, 11, 12, 13]]
 mesh = make_mesh(data=2, model=4)
 model = spectax.load(ckpt, mesh=mesh)
 assert not model.params["lm_head"]["kernel"].is_fully_addressable          # the params span both processes
-drafter = spectax.drafters.DraftModel(model, tree=spectax.DraftTree.kary((2, 2)))
+drafter = spectax.drafters.DraftModel(model, tree=spectax.DraftTree.chain(3))
 out = spectax.decode(model, prompts, 8, drafter=drafter, temperature=1.0, rng=3, mesh=mesh)
 tokens = np.asarray(multihost_utils.process_allgather(out.tokens, tiled=True))
 if pid == 0:

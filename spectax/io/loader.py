@@ -34,7 +34,7 @@ def load(path_or_name: str | os.PathLike, dtype=None, mesh=None, rules=None) -> 
         cached = converted_path(path_or_name)
         if not is_checkpoint(cached):
             config, params = load_gguf(hub.resolve(path_or_name))
-            save(Model.create(config, params), cached, overwrite=True)
+            save(Model.create(config, params, layout=layout), cached, overwrite=True)   # on the mesh, if any
         return load_checkpoint(cached, dtype=dtype, layout=layout)
     path = Path(path_or_name).expanduser()
     if not path.exists():
