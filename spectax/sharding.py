@@ -59,8 +59,10 @@ _STATE_AXES = {
     "table_VpD": ("vocab", "embed"), "logits_BHV": ("batch", None, "vocab"), "live_B": ("batch",),   # HeadsState
     "history_BH": ("batch", None), "n_B": ("batch",),                     # NGramState
 }
-# Heads' weights (spectax.drafters.Heads.params): the inner width is sharded like an MLP's hidden units
-_HEADS_AXES = {"w1": (None, "embed", "mlp"), "b1": (None, "mlp"), "w2": (None, "mlp", "embed")}
+# Heads' weights by kind (spectax.drafters.heads): the width of the inner layer (blockwise) or of the pre-activation
+# (medusa, cerberus) is sharded like an MLP's hidden units
+_HEADS_AXES = {"w1": (None, "embed", "mlp"), "b1": (None, "mlp")}
+_HEADS_W2 = {"blockwise": (None, "mlp", "embed"), "cerberus": (None, "embed", "mlp")}   # [H, D', D] / [H, D, D']
 
 _warned: set = set()
 
@@ -185,7 +187,8 @@ class Layout:
             if isinstance(x, Model):
                 return x.replace(params=place_tree(x.params, self.param_shardings(x.config, x.params)))
             if isinstance(x, Heads):
-                shardings = {k: self.sharding(_HEADS_AXES[k], np.shape(v)) for k, v in x.params.items()}
+                axes = {**_HEADS_AXES, "w2": _HEADS_W2.get(x.config.kind)}
+                shardings = {k: self.sharding(axes[k], np.shape(v)) for k, v in x.params.items()}
                 return x.replace(params=place_tree(x.params, shardings),
                                  vocab_ids=put(x.vocab_ids, self.sharding((None,), x.vocab_ids.shape)))
             return put(x, self.sharding((None,) * np.ndim(x), np.shape(x)))

@@ -62,11 +62,11 @@ def tokens(out) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind,temperature", [(k, 0.0) for k in ("plain", "chain", "tree", "heads")]
-                         + [(k, 1.0) for k in ("plain", "tree")])
+                         + [(k, 1.0) for k in ("plain", "tree", "heads")])
 def test_same_tokens_on_every_mesh(target, drafters, kind, temperature):
     """Meshes (1, 8), (2, 4), (8, 1) give exactly the tokens of the unsharded program, greedy and sampled (fixed
     rng); the chain case accepts long runs (tau > 2), so the sharded commit path is exercised. Sampled: multi-draft
-    verification here (tree), chain speculative sampling in the two-process test (a chain here adds 40 s)."""
+    verification here (tree, heads), chain speculative sampling in the two-process test (a chain here adds 20 s)."""
     args = dict(drafter=drafters[kind], temperature=temperature, rng=11, top_k=20 if kind == "plain" else 0)
     ref = spectax.decode(target, PROMPTS, NEW, **args)
     if kind == "chain":
@@ -231,6 +231,9 @@ def test_cache_and_state_shardings(target, drafters):
     assert has(heads_state.table_VpD, "model", None) and has(heads_state.logits_BHV, "data", None, "model")
     placed = layout.place(drafters["heads"])
     assert has(placed.params["w1"], None, None, "model") and has(placed.params["b1"], None, "model")
+    for kind, w2 in (("blockwise", (None, "model", None)), ("cerberus", (None, None, "model"))):
+        placed = layout.place(Heads.create(target, kind=kind, num_heads=2))
+        assert has(placed.params["w1"], None, None, "model") and has(placed.params["w2"], *w2)
     ensemble = layout.place(spectax.Ensemble((target, gpt2.replace(config=GPT2))))     # CoS' target: every member
     assert has(ensemble.models[0].params["lm_head"]["kernel"], None, "model")
     assert has(ensemble.models[1].params["layers_0"]["mlp"]["fc"]["kernel"], None, "model")
