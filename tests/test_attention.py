@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.tree_attention import tree_attention, tree_attention_reference
+from pallas_kernels.tree_attention import BlockSizes, tree_attention, tree_attention_reference
 
 
 def dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask):
@@ -55,8 +55,8 @@ def test_reference_matches_dense_with_poisoned_slots(block_size, edge_block_size
         v_cache[b, L:] = np.nan
     mask = np.stack([random_tree_mask(rng, T) for _ in range(B)])
     got = tree_attention_reference(q, k_new, v_new, k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3),
-                                   lengths, mask, block_size=block_size,
-                                   edge_block_size=edge_block_size)
+                                   lengths, mask,
+                                   block_sizes=BlockSizes(block_kv=block_size, edge_block_kv=edge_block_size))
     want = dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask)
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=2e-5)
@@ -77,7 +77,7 @@ def test_prefix_loop_trip_count_follows_used_length():
     B, K, S, D = 1, 1, 64, 4
     f = lambda kc, L: tree_attention_reference(jnp.ones((B, 1, K, D)), jnp.ones((B, 1, K, D)),
                                                jnp.ones((B, 1, K, D)), kc, kc, L, jnp.ones((1, 1), bool),
-                                               block_size=8)
+                                               block_sizes=BlockSizes(block_kv=8, edge_block_kv=8))
     jaxpr = jax.make_jaxpr(f)(jnp.ones((B, K, S, D)), jnp.array([5]))
     assert "while" in str(jaxpr)
 
