@@ -107,6 +107,18 @@ def test_hand_worked_case(impl):
     np.testing.assert_allclose(np.asarray(out)[0, :, 0, 1:], 0.0, atol=1e-6)
 
 
+def test_tpu_kernel_fetches_no_block_past_a_rows_end():
+    """The cache blocks a row's grid steps ask for: each live block once, then the last live one repeated (the
+    pipeline skips a repeated block index), for lengths 0, 1, a block's multiple and not."""
+    from pallas_kernels.tree_attention.tpu import fetched_block
+    fetched = lambda length: [int(fetched_block(j, length, 16)) for j in range(5)]
+    assert fetched(0) == [0, 0, 0, 0, 0]
+    assert fetched(1) == [0, 0, 0, 0, 0]
+    assert fetched(32) == [0, 1, 1, 1, 1]
+    assert fetched(40) == [0, 1, 2, 2, 2]
+    assert fetched(80) == [0, 1, 2, 3, 4]
+
+
 def test_tpu_kernel_has_no_races_on_two_cores():
     """The interpreter's happens-before race detector, with the parallel grid dims split over 2 simulated cores."""
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as interp

@@ -4,7 +4,7 @@ log-sum-exp.
 Grid (row b, kv head k, query tile i, split s). Split s owns one contiguous chunk of the cache slots; it loops over
 the blocks of its chunk that lie below the row's length (a dynamic trip count: blocks past a row's end are neither
 loaded nor computed) with masked loads, and writes its unnormalised accumulator plus its running max and
-denominator. Split 0 also folds in the T new tokens under the tree mask. A jnp epilogue merges the splits. At small
+denominator. Split 0 also folds in the T new tokens under the tree mask, block_kv of them at a time. A jnp epilogue merges the splits. At small
 batch the splits are what fills the GPU: B * K programs alone would leave most SMs idle on a long cache.
 
 Why Triton and not Mosaic GPU: the Triton lowering runs on every NVIDIA GPU JAX supports (and on ROCm), its tiles
@@ -67,8 +67,13 @@ def _kernel(lengths_ref, q_ref, k_ref, v_ref, k_new_ref, v_new_ref, mask_ref, ac
     carry = lax.fori_loop(0, jnp.maximum(pl.cdiv(end - start, block_kv), 0), block, carry)
 
     def new_tokens(carry):
-        s = plgpu.dot(q, k_new_ref[...], trans_b=True).astype(jnp.float32) * scale
-        return _fold(carry, s, v_new_ref[...], mask_ref[...] != 0)
+        width = min(block_kv, k_new_ref.shape[0])                       # prefill chunks bring up to 256 tokens
+
+        def new_block(n, carry):
+            cols = pl.ds(n * width, width)
+            s = plgpu.dot(q, k_new_ref[cols, :], trans_b=True).astype(jnp.float32) * scale
+            return _fold(carry, s, v_new_ref[cols, :], mask_ref[:, cols] != 0)
+        return lax.fori_loop(0, k_new_ref.shape[0] // width, new_block, carry)
 
     acc, m, l = lax.cond(s_idx == 0, new_tokens, lambda c: c, carry)
     acc_ref[...] = acc

@@ -31,6 +31,13 @@ def _round_up(x: int, unit: int) -> int:
     return -(-x // unit) * unit
 
 
+def fetched_block(j, length, block_kv: int):
+    """The cache block grid step j fetches for a row of `length` slots: j up to the row's last live block, then that
+    block again, which the pipeline does not re-fetch (an unchanged block index), so nothing past the row's end is
+    read from HBM. A row of length 0 parks on block 0 (fetched once, never computed)."""
+    return jnp.minimum(j, jnp.maximum(pl.cdiv(length, block_kv) - 1, 0))
+
+
 def _fold_block(s_QN, v_ND, valid_QN, m_sc, l_sc, acc_sc):
     """Folds one block of scores [Q, N] and values [N, D] into the scratch softmax state (lane-broadcast m, l)."""
     s = jnp.where(valid_QN, s_QN, _NEG)
@@ -102,8 +109,7 @@ def tree_attention_tpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
     k_new_BKTD, v_new_BKTD = k_new_BTKD.transpose(0, 2, 1, 3), v_new_BTKD.transpose(0, 2, 1, 3)
 
     def cache_index(b, k, i, j, lengths_ref):
-        last_live = jnp.maximum(pl.cdiv(lengths_ref[b], block_kv) - 1, 0)
-        return b, k, jnp.minimum(j, last_live), 0
+        return b, k, fetched_block(j, lengths_ref[b], block_kv), 0
 
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1,
