@@ -239,3 +239,34 @@ def test_bf16_model_and_cache_end_to_end(kernel_models, impl):
 def test_reference_rejects_interpret():
     with pytest.raises(ValueError, match="interpret"):
         tree_attention_reference(*_inputs(CASES[0], seed=0), interpret=True)  # rejected before any shape is read
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[1]}-G{c[2] // c[3]}-D{c[4]}-{c[7]}-{c[8]}")
+def test_gpu_kernel_compiled_on_hardware(case):
+    inputs = _inputs(case, seed=case[1] * 7 + case[5])
+    got = np.asarray(_run("pallas_gpu", case, inputs, interpret=False).astype(jnp.float32))
+    tol = 5e-3 if case[8] == "float32" else 2e-2   # TF32 / bf16 products on the GPU
+    np.testing.assert_allclose(got, dense_attention(*inputs), atol=tol, rtol=tol)
+
+
+@pytest.mark.tpu
+@pytest.mark.skipif(jax.default_backend() != "tpu", reason="needs a TPU")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[1]}-G{c[2] // c[3]}-D{c[4]}-{c[7]}-{c[8]}")
+def test_tpu_kernel_compiled_on_hardware(case):
+    inputs = _inputs(case, seed=case[1] * 7 + case[5])
+    got = np.asarray(_run("pallas_tpu", case, inputs, interpret=False).astype(jnp.float32))
+    tol = 5e-3 if case[8] == "float32" else 2e-2   # the MXU's default precision for fp32 products
+    np.testing.assert_allclose(got, dense_attention(*inputs), atol=tol, rtol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+def test_auto_decoding_on_gpu_equals_xla(kernel_models):
+    target, small = kernel_models
+    prompts = [[5, 9, 14, 3, 7, 22, 41, 8, 2], [11, 4]]
+    for drafter in (None, DraftModel(small, tree=DraftTree.kary((2, 2)))):
+        want = spectax.decode(target, prompts, 12, drafter=drafter, attn_impl="xla")
+        got = spectax.decode(target, prompts, 12, drafter=drafter, attn_impl="auto")
+        np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
