@@ -241,23 +241,15 @@ def test_reference_rejects_interpret():
         tree_attention_reference(*_inputs(CASES[0], seed=0), interpret=True)  # rejected before any shape is read
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU")
+@pytest.mark.parametrize("impl,backend", [pytest.param("pallas_gpu", "gpu", marks=pytest.mark.gpu),
+                                          pytest.param("pallas_tpu", "tpu", marks=pytest.mark.tpu)])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[1]}-G{c[2] // c[3]}-D{c[4]}-{c[7]}-{c[8]}")
-def test_gpu_kernel_compiled_on_hardware(case):
+def test_kernel_compiled_on_hardware(impl, backend, case):
+    if jax.default_backend() != backend:
+        pytest.skip(f"needs a {backend.upper()}")
     inputs = _inputs(case, seed=case[1] * 7 + case[5])
-    got = np.asarray(_run("pallas_gpu", case, inputs, interpret=False).astype(jnp.float32))
-    tol = 5e-3 if case[8] == "float32" else 2e-2   # TF32 / bf16 products on the GPU
-    np.testing.assert_allclose(got, dense_attention(*inputs), atol=tol, rtol=tol)
-
-
-@pytest.mark.tpu
-@pytest.mark.skipif(jax.default_backend() != "tpu", reason="needs a TPU")
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"T{c[1]}-G{c[2] // c[3]}-D{c[4]}-{c[7]}-{c[8]}")
-def test_tpu_kernel_compiled_on_hardware(case):
-    inputs = _inputs(case, seed=case[1] * 7 + case[5])
-    got = np.asarray(_run("pallas_tpu", case, inputs, interpret=False).astype(jnp.float32))
-    tol = 5e-3 if case[8] == "float32" else 2e-2   # the MXU's default precision for fp32 products
+    got = np.asarray(_run(impl, case, inputs, interpret=False).astype(jnp.float32))
+    tol = 5e-3 if case[8] == "float32" else 2e-2   # TF32 (GPU) / default MXU precision (TPU) fp32 products
     np.testing.assert_allclose(got, dense_attention(*inputs), atol=tol, rtol=tol)
 
 
