@@ -49,7 +49,7 @@ def _fold(carry, s_QN, v_ND, valid_QN):
 def _kernel(lengths_ref, q_ref, k_ref, v_ref, k_new_ref, v_new_ref, mask_ref, acc_ref, m_ref, l_ref, *,
             block_kv: int, chunk: int, scale: float):
     s_idx = pl.program_id(3)
-    length = lengths_ref[0]
+    length = lengths_ref[()]
     q = q_ref[...]                                                       # [Q, D]
     Q, D = q.shape
     start = s_idx * chunk
@@ -115,7 +115,7 @@ def tree_attention_gpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
         kernel,
         grid=(B, K, tiles, splits),
         in_specs=[
-            pl.BlockSpec((1,), lambda b, k, i, s: (b,)),
+            pl.BlockSpec((None,), lambda b, k, i, s: (b,)),                # the row's length, a scalar
             pl.BlockSpec((None, None, block_q, D), lambda b, k, i, s: (b, k, i, 0)),
             pl.BlockSpec((None, None, S, D), row),
             pl.BlockSpec((None, None, S, D), row),

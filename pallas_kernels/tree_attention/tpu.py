@@ -102,11 +102,14 @@ def tree_attention_tpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
     check_tpu_block("k_cache", (block_kv, D), (S, D), k_cache_BKSD.dtype)
     num_blocks = pl.cdiv(S, block_kv)
 
+    Tp = _round_up(T, _LANES)  # the new tokens' scores [block_q, Tp] fill whole lanes; padded tokens are seen by none
     q_BKMD = jnp.pad(fold_queries(q_BTHD, K), ((0, 0), (0, 0), (0, Mp - M), (0, 0)))
     # padded rows see new token 0 only, so their (discarded) softmax stays finite
-    mask_BMT = jnp.pad(fold_mask(mask_TT, B, G), ((0, 0), (0, Mp - M), (0, 0)))
+    mask_BMT = jnp.pad(fold_mask(mask_TT, B, G), ((0, 0), (0, Mp - M), (0, Tp - T)))
     mask_BMT = mask_BMT.at[:, M:, 0].set(True).astype(jnp.int32)
-    k_new_BKTD, v_new_BKTD = k_new_BTKD.transpose(0, 2, 1, 3), v_new_BTKD.transpose(0, 2, 1, 3)
+    pad_new = ((0, 0), (0, 0), (0, Tp - T), (0, 0))
+    k_new_BKTD = jnp.pad(k_new_BTKD.transpose(0, 2, 1, 3), pad_new)
+    v_new_BKTD = jnp.pad(v_new_BTKD.transpose(0, 2, 1, 3), pad_new)
 
     def cache_index(b, k, i, j, lengths_ref):
         return b, k, fetched_block(j, lengths_ref[b], block_kv), 0
@@ -118,9 +121,9 @@ def tree_attention_tpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
             pl.BlockSpec((None, None, block_q, D), lambda b, k, i, j, L: (b, k, i, 0)),
             pl.BlockSpec((None, None, block_kv, D), cache_index),
             pl.BlockSpec((None, None, block_kv, D), cache_index),
-            pl.BlockSpec((None, None, T, D), lambda b, k, i, j, L: (b, k, 0, 0)),
-            pl.BlockSpec((None, None, T, D), lambda b, k, i, j, L: (b, k, 0, 0)),
-            pl.BlockSpec((None, block_q, T), lambda b, k, i, j, L: (b, i, 0)),
+            pl.BlockSpec((None, None, Tp, D), lambda b, k, i, j, L: (b, k, 0, 0)),
+            pl.BlockSpec((None, None, Tp, D), lambda b, k, i, j, L: (b, k, 0, 0)),
+            pl.BlockSpec((None, block_q, Tp), lambda b, k, i, j, L: (b, i, 0)),
         ],
         out_specs=pl.BlockSpec((None, None, block_q, D), lambda b, k, i, j, L: (b, k, i, 0)),
         scratch_shapes=[pltpu.VMEM((block_q, _LANES), jnp.float32), pltpu.VMEM((block_q, _LANES), jnp.float32),
