@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from pallas_kernels.tree_attention import IMPLS
+from pallas_kernels.tree_attention import AttnImpl
 from spectax.drafters import NoDraft
 from spectax.ensemble import Ensemble
 from spectax.loop import DecodeStats, LoopSpec, prefill, run
@@ -129,7 +130,7 @@ def row_keys(rng, batch: int) -> jax.Array:
 
 def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=None, drafter=None,
            temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=0, eos_id: int | None = None,
-           pad_id: int = 0, attn_impl: str = "auto", cache_size: int | None = None, lossy=None, mesh=None,
+           pad_id: int = 0, attn_impl: str | AttnImpl = "auto", cache_size: int | None = None, lossy=None, mesh=None,
            rules=None) -> DecodeResult:
     """Decodes up to `max_new_tokens` new tokens per row in one jitted program (prefill + lax.while_loop).
 
@@ -141,13 +142,16 @@ def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=No
     draft) distribution. `rng` makes sampling deterministic, per row: an int seed or a jax key (row b uses
     fold_in(key, b)), or int [B] per-row seeds (a row's output then depends only on its prompt and its seed, at any
     batch position or batch size, for the same drafter and tree). A row stops after emitting
-    `eos_id` (kept in the output). Prompt and output lengths are bucketed to powers of two, so a new prompt length
-    in the same bucket does not recompile. `cache_size` overrides the KV cache slots per row (default: prompt
+    `eos_id` (kept in the output). `attn_impl` picks the verification attention: "auto" (the Pallas kernel on TPU
+    and GPU, XLA on CPU), "xla", "pallas_tpu", "pallas_gpu", or a `pallas_kernels.tree_attention.AttnImpl` (block
+    sizes, or interpret=True to run a kernel on CPU). Prompt and output lengths are bucketed to powers of two, so a
+    new prompt length in the same bucket does not recompile. `cache_size` overrides the KV cache slots per row (default: prompt
     bucket + output bucket + draft nodes + 1).
     mesh (spectax.sharding.make_mesh(data=, model=)): run the same program sharded over it by `rules` (default
     spectax.sharding.ShardingRules()): batch rows over "data" (B must divide it), heads, MLP and vocabulary over
     "model"; the model and drafter are placed there first unless already so (load(path, mesh=mesh) does it as it
-    loads). Tokens do not depend on the mesh.
+    loads). Random draws do not depend on the mesh. With a mesh the attention is XLA's ("auto" picks it; a Pallas
+    kernel is a ValueError until it enters the sharded program through a shard_map boundary).
     Returns DecodeResult(tokens [B, max_new_tokens], lengths [B], stats).
     """
     return _decode(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
@@ -166,6 +170,26 @@ def _check_drafter(drafter, config, batch: int) -> None:
     if not isinstance(getattr(drafter, "tree", None), DraftTree):
         raise ValueError(f"drafter {type(drafter).__name__} has no DraftTree `tree`")
     drafter.check(config, batch=batch)
+
+
+def _attn_impl(attn_impl, sharded: bool = False) -> AttnImpl:
+    """`attn_impl` (a name or an AttnImpl) resolved for JAX's backend; ValueError for an unknown name or a kernel
+    the backend cannot run. sharded (a mesh is given): "auto" is XLA, and a Pallas kernel a ValueError (XLA cannot
+    partition a kernel call; it needs a shard_map boundary, not built yet)."""
+    if isinstance(attn_impl, str):
+        attn_impl = AttnImpl(attn_impl)
+    if not isinstance(attn_impl, AttnImpl):
+        raise ValueError(f"attn_impl must be a name ('auto', 'xla', 'pallas_tpu', 'pallas_gpu') or an AttnImpl, "
+                         f"got {attn_impl!r}")
+    if sharded and attn_impl.impl == "auto":
+        attn_impl = dataclasses.replace(attn_impl, impl="xla")
+    if sharded and attn_impl.impl != "xla":
+        raise ValueError(f"attn_impl {attn_impl.impl!r} with a mesh: the Pallas kernels do not run sharded yet; use "
+                         f"attn_impl='auto' or 'xla' (XLA's attention, partitioned by the compiler)")
+    try:
+        return attn_impl.resolved()
+    except ValueError as e:
+        raise ValueError(f"attn_impl: {e}") from None
 
 
 def _check_lossy(lossy, vocab_size: int) -> None:
@@ -193,9 +217,7 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
         raise ValueError(f"eos_id must be None or a token id in [0, {config.vocab_size}), got {eos_id!r}")
     if not _is_int(pad_id) or not INT32_MIN <= pad_id <= INT32_MAX:
         raise ValueError(f"pad_id must be an int in the int32 range [{INT32_MIN}, {INT32_MAX}], got {pad_id!r}")
-    impl = "xla" if attn_impl == "auto" else attn_impl
-    if impl not in IMPLS:
-        raise ValueError(f"attn_impl must be 'auto' or one of {IMPLS}, got {attn_impl!r}")
+    impl = _attn_impl(attn_impl, sharded=mesh is not None)
     longest = int(lengths.max())
     if longest + max_new_tokens > config.max_position:
         raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the model's context "

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from pallas_kernels.tree_attention import AttnImpl
+
 from spectax.cache import KVCache
 from spectax.drafters.draft_model import VOCAB_SLACK, _to_vocab
 from spectax.models import Model, ModelConfig
@@ -181,8 +183,8 @@ class Ensemble:
         return KVCache(k=sum((c.k for c in caches), ()), v=sum((c.v for c in caches), ()),
                        lengths=jnp.zeros((batch,), jnp.int32))
 
-    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla", logits_at_BK=None,
-                write_cache: bool = True):
+    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: AttnImpl = AttnImpl(),
+                logits_at_BK=None, write_cache: bool = True):
         """Every member's forward over the same tokens (see `Model.forward`); returns (log r [B, T or K, V],
         member 0's hidden [B, T, D], the concatenated kv)."""
         outs = [m.forward(jnp.minimum(tokens_BT, m.config.vocab_size - 1), positions_BT, layers, lengths_B, mask_TT,
@@ -190,7 +192,7 @@ class Ensemble:
         kv_out = None if kv is None else sum((tuple(layers) for _, _, layers in outs), ())
         return self.combine([logits for logits, _, _ in outs]), outs[0][1], kv_out
 
-    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: str = "xla"):
+    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: AttnImpl = AttnImpl()):
         """Every member's prefill (see `Model.prefill`); returns (kv, log r [B, V], member 0's hidden [B, D]) at each
         row's last prompt token."""
         outs = [m.prefill(jnp.minimum(prompt_BP, m.config.vocab_size - 1), prompt_len_B, layers, chunk, attn_impl)

@@ -11,6 +11,7 @@ import numpy as np
 from flax import struct
 from jax import lax
 
+from pallas_kernels.tree_attention import AttnImpl
 from spectax.cache import KVCache, commit_path, write_block
 from spectax.models import Model
 from spectax.sampling import Sampler, SamplingParams, sample, split_rows
@@ -69,7 +70,7 @@ class LoopSpec:
     sampler: Sampler
     out_size: int          # output buffer length (a bucket >= max_new_tokens)
     vocab_size: int        # the target's vocabulary (drafters map theirs onto it)
-    attn_impl: str = "xla"
+    attn_impl: AttnImpl = AttnImpl()
     prefill_chunk: int = 256  # prompt tokens per prefill forward (bounds the [chunk, chunk] attention block)
     lossy: Any = None         # None (lossless) or a lossy acceptance rule from spectax.verify.lossy
     layout: Any = None        # None (one device) or a spectax.sharding.Layout the state is pinned to

@@ -5,38 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.tree_attention import tree_attention, tree_attention_reference
-
-
-def dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask):
-    """Naive oracle: concatenate each row's live prefix with the new tokens, one masked softmax.
-
-    Cache in [B, S, K, D] (slot-major) here: an independent layout from the kernel's [B, K, S, D]."""
-    B, T, H, D = q.shape
-    K = k_new.shape[2]
-    out = np.zeros((B, T, H, D), np.float64)
-    for b in range(B):
-        L = int(lengths[b])
-        keys = np.concatenate([k_cache[b, :L], k_new[b]], 0).astype(np.float64)   # [L + T, K, D]
-        vals = np.concatenate([v_cache[b, :L], v_new[b]], 0).astype(np.float64)
-        m = mask if mask.ndim == 2 else mask[b]
-        visible = np.concatenate([np.ones((T, L), bool), m], 1)                   # [T, L + T]
-        for h in range(H):
-            kh = h // (H // K)
-            s = q[b, :, h].astype(np.float64) @ keys[:, kh].T / np.sqrt(D)
-            s = np.where(visible, s, -np.inf)
-            p = np.exp(s - s.max(-1, keepdims=True))
-            p /= p.sum(-1, keepdims=True)
-            out[b, :, h] = p @ vals[:, kh]
-    return out
-
-
-def random_tree_mask(rng, T):
-    parents = [-1] + [int(rng.integers(0, i)) for i in range(1, T)]
-    m = np.eye(T, dtype=bool)
-    for i in range(1, T):
-        m[i] |= m[parents[i]]
-    return m
+from attention_oracle import dense_attention, random_tree_mask
+from pallas_kernels.tree_attention import BlockSizes, tree_attention, tree_attention_reference
 
 
 @pytest.mark.parametrize("lengths", [(0, 13, 30), (17, 13, 30), (36, 36, 36)])
@@ -55,8 +25,8 @@ def test_reference_matches_dense_with_poisoned_slots(block_size, edge_block_size
         v_cache[b, L:] = np.nan
     mask = np.stack([random_tree_mask(rng, T) for _ in range(B)])
     got = tree_attention_reference(q, k_new, v_new, k_cache.transpose(0, 2, 1, 3), v_cache.transpose(0, 2, 1, 3),
-                                   lengths, mask, block_size=block_size,
-                                   edge_block_size=edge_block_size)
+                                   lengths, mask,
+                                   block_sizes=BlockSizes(block_kv=block_size, edge_block_kv=edge_block_size))
     want = dense_attention(q, k_new, v_new, k_cache, v_cache, lengths, mask)
     assert np.isfinite(np.asarray(got)).all()
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=2e-5)
@@ -77,7 +47,7 @@ def test_prefix_loop_trip_count_follows_used_length():
     B, K, S, D = 1, 1, 64, 4
     f = lambda kc, L: tree_attention_reference(jnp.ones((B, 1, K, D)), jnp.ones((B, 1, K, D)),
                                                jnp.ones((B, 1, K, D)), kc, kc, L, jnp.ones((1, 1), bool),
-                                               block_size=8)
+                                               block_sizes=BlockSizes(block_kv=8, edge_block_kv=8))
     jaxpr = jax.make_jaxpr(f)(jnp.ones((B, K, S, D)), jnp.array([5]))
     assert "while" in str(jaxpr)
 

@@ -311,6 +311,8 @@ def test_clear_errors(target):
         Layout(Mesh(np.asarray(jax.devices()[:2]), ("data",)))
     with pytest.raises(ValueError, match="mesh= too"):
         spectax.decode(target, PROMPTS, NEW, rules=ShardingRules())
+    with pytest.raises(ValueError, match="do not run sharded yet"):
+        spectax.decode(target, PROMPTS, NEW, mesh=make_mesh(2, 4), attn_impl="pallas_tpu")
 
 
 def test_two_processes_decode_like_one(target, tmp_path):

@@ -10,9 +10,9 @@ closes over an array XLA later updates in place makes XLA copy the whole array f
 new K/V into the arrays the loops hand back keeps the cache in place (0 copies of the cache per step, where closing
 over it cost 2 full copies per layer per step).
 
-The prefix is read in blocks of `block_size` slots by an online-softmax loop whose trip count is
+The prefix is read in blocks of `block_sizes.block_kv` slots by an online-softmax loop whose trip count is
 about max(lengths) / block_size: the cost follows the used length, not the allocated cache size. Slots live for
-every row go unmasked (big blocks, then `edge_block_size` ones); only the blocks past the shortest row's end pay
+every row go unmasked (big blocks, then `edge_block_kv` ones); only the blocks past the shortest row's end pay
 for masking.
 """
 
@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
+
+from pallas_kernels.tree_attention.block_sizes import BlockSizes
+from pallas_kernels.tree_attention.folding import fold_mask, fold_queries, unfold_out
 
 _NEG = -1e30  # finite "minus infinity": a fully masked block leaves the running max unchanged
 
@@ -46,15 +49,17 @@ def _online_update(carry, s_BKMS, v_BKSD, valid=None):
 
 
 def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
-                             block_size=512, edge_block_size=128):
+                             block_sizes: BlockSizes | None = None, interpret=False):
     """Attention of T new tokens over each row's cache prefix plus the new tokens: `tree_attention_threaded`'s
-    output without the caches."""
+    output without the caches. The kernels' signature; `interpret` is accepted for that and must be False."""
+    if interpret:
+        raise ValueError("the jnp reference has nothing to interpret: interpret must be False")
     return tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT,
-                                   block_size=block_size, edge_block_size=edge_block_size)[0]
+                                   block_sizes=block_sizes)[0]
 
 
 def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
-                            block_size=512, edge_block_size=128):
+                            block_sizes: BlockSizes | None = None):
     """Attention of T new tokens over each row's cache prefix plus the new tokens; returns (out, k_cache, v_cache).
 
     q_BTHD: [B, T, H, D] queries (RoPE applied). k_new_BTKD / v_new_BTKD: [B, T, K, D] the new tokens' keys and
@@ -62,24 +67,24 @@ def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cach
     each head's slots are contiguous, so the score and value products need no transposes) or None (no prefix, e.g. a
     cache-free full forward). lengths_B: int32 [B] committed prefix length per row.
     mask_TT: bool [T, T] or [B, T, T], mask[t, j] = query t sees new token j (must include j == t).
+    block_sizes: block_kv / edge_block_kv are used here (None: `BlockSizes.default("cpu", ...)`).
     Returns (out [B, T, H, D] in q's dtype, softmax in float32; k_cache, v_cache: the caches' values as the block
     loops carried them, unchanged, to be written next instead of the arguments).
     """
     B, T, H, D = q_BTHD.shape
     K = k_new_BTKD.shape[2]
-    if H % K:
-        raise ValueError(f"query heads {H} not a multiple of kv heads {K}")
     G = H // K
     M = G * T
     scale = D ** -0.5
-    q_BKMD = q_BTHD.reshape(B, T, K, G, D).transpose(0, 2, 3, 1, 4).reshape(B, K, M, D)  # m = g * T + t
+    block_sizes = block_sizes or BlockSizes.default("cpu", T, D)
+    q_BKMD = fold_queries(q_BTHD, K)  # [B, K, M, D], m = g * T + t
 
     carry = (jnp.full((B, K, M), _NEG, jnp.float32), jnp.zeros((B, K, M), jnp.float32),
              jnp.zeros((B, K, M, D), jnp.float32))
 
     if k_cache_BKSD is not None:
         S = k_cache_BKSD.shape[2]
-        bs, es = min(block_size, S), min(edge_block_size, block_size, S)
+        bs, es = min(block_sizes.block_kv, S), min(block_sizes.edge_block_kv, S)
         shortest, longest = jnp.min(lengths_B), jnp.max(lengths_B)
 
         def blocks(carry, first, count, size, masked):
@@ -113,11 +118,8 @@ def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cach
         carry, k_cache_BKSD, v_cache_BKSD = blocks(carry, edge_from, (longest - edge_from + es - 1) // es, es,
                                                    masked=True)
 
-    mask = jnp.asarray(mask_TT, bool)
-    mask_BTT = jnp.broadcast_to(mask, (B, T, T)) if mask.ndim == 2 else mask
-    mask_B1MT = jnp.tile(mask_BTT, (1, G, 1))[:, None]                                   # row m = g * T + t
+    mask_B1MT = fold_mask(mask_TT, B, G)[:, None]
     k_new_BKTD, v_new_BKTD = k_new_BTKD.transpose(0, 2, 1, 3), v_new_BTKD.transpose(0, 2, 1, 3)
     m, l, acc = _online_update(carry, _scores(q_BKMD, k_new_BKTD, scale), v_new_BKTD, mask_B1MT)
-    out_BKGTD = (acc / l[..., None]).reshape(B, K, G, T, D)
-    out = out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T, H, D).astype(q_BTHD.dtype)
+    out = unfold_out(acc / l[..., None], T).astype(q_BTHD.dtype)
     return out, k_cache_BKSD, v_cache_BKSD

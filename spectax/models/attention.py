@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pallas_kernels.tree_attention import tree_attention, tree_attention_threaded
+from pallas_kernels.tree_attention import AttnImpl, tree_attention_threaded
 from spectax.cache import write_block
 
 
-def cached_attention(q_BTHD, k_BTKD, v_BTKD, layer_kv, lengths_B, mask_TT, impl, write: bool = True):
+def cached_attention(q_BTHD, k_BTKD, v_BTKD, layer_kv, lengths_B, mask_TT, impl: AttnImpl, write: bool = True):
     """Returns (out [B, T, H, D], updated (k, v) layer cache or None).
 
+    impl: which tree-attention implementation (kernel, interpret mode, block sizes) reads the cache.
     layer_kv: None (no cache: attend over the new tokens only) or (k_BKSD, v_BKSD). The attention reads each row's
     committed prefix (slots < lengths[b]) and the new tokens' K/V directly; the new K/V are then written at slots
     lengths[b] .. lengths[b] + T - 1, uncommitted until the caller advances the lengths. The write goes into the
@@ -19,11 +20,12 @@ def cached_attention(q_BTHD, k_BTKD, v_BTKD, layer_kv, lengths_B, mask_TT, impl,
     write=False (loop.step's lax.switch branches: a branch that wrote the cache would make XLA copy it) returns,
     instead of the written cache, (k_BKSD, v_BKSD, k_new [B, T, K, D], v_new) for the caller to write.
     """
+    kw = dict(impl=impl.impl, interpret=impl.interpret, block_sizes=impl.block_sizes)
     if layer_kv is None:
         zeros = jnp.zeros((q_BTHD.shape[0],), jnp.int32)
-        return tree_attention(q_BTHD, k_BTKD, v_BTKD, None, None, zeros, mask_TT, impl=impl), None
+        return tree_attention_threaded(q_BTHD, k_BTKD, v_BTKD, None, None, zeros, mask_TT, **kw)[0], None
     out, k_BKSD, v_BKSD = tree_attention_threaded(q_BTHD, k_BTKD, v_BTKD, layer_kv[0], layer_kv[1], lengths_B,
-                                                  mask_TT, impl=impl)
+                                                  mask_TT, **kw)
     if not write:
         return out, (k_BKSD, v_BKSD, k_BTKD, v_BTKD)
     return out, (write_block(k_BKSD, k_BTKD, lengths_B), write_block(v_BKSD, v_BTKD, lengths_B))

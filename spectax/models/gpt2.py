@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.tree_attention import AttnImpl
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
 from spectax.models.head import head_inputs, tied_logits
@@ -14,7 +15,7 @@ from spectax.models.head import head_inputs, tied_logits
 class _GPT2Attention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
-    attn_impl: str
+    attn_impl: AttnImpl
     write_cache: bool = True
 
     @nn.compact
@@ -62,7 +63,7 @@ class _GPT2MLP(nn.Module):
 class _GPT2Block(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
-    attn_impl: str
+    attn_impl: AttnImpl
     write_cache: bool = True
 
     @nn.compact
@@ -80,7 +81,7 @@ class GPT2Decoder(nn.Module):
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
-    attn_impl: str = "xla"
+    attn_impl: AttnImpl = AttnImpl()
     write_cache: bool = True   # False: read the cache; return per layer (k cache, v cache, new k, new v)
 
     @nn.compact

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels.tree_attention import AttnImpl
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
 from spectax.models.head import head_inputs, tied_logits
@@ -16,7 +17,7 @@ from spectax.models.rope import apply_rope, inv_frequencies
 class LlamaAttention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
-    attn_impl: str
+    attn_impl: AttnImpl
     write_cache: bool = True
 
     @nn.compact
@@ -85,7 +86,7 @@ def fuse_params(config: ModelConfig, params: dict) -> dict:
 class _LlamaBlock(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
-    attn_impl: str
+    attn_impl: AttnImpl
     write_cache: bool = True
 
     @nn.compact
@@ -105,7 +106,7 @@ class LlamaDecoder(nn.Module):
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
-    attn_impl: str = "xla"
+    attn_impl: AttnImpl = AttnImpl()
     write_cache: bool = True   # False: read the cache; return per layer (k cache, v cache, new k, new v)
 
     @nn.compact

@@ -10,6 +10,7 @@ import numpy as np
 from flax import struct
 from jax import lax
 
+from pallas_kernels.tree_attention import AttnImpl
 from spectax.cache import KVCache
 from spectax.models.config import ModelConfig
 from spectax.models.gpt2 import GPT2Decoder, split_heads
@@ -20,7 +21,7 @@ from spectax.sharding import place_tree
 _DECODERS = {"llama": LlamaDecoder, "gpt2": GPT2Decoder}
 
 
-def decoder_module(config: ModelConfig, dtype, attn_impl: str = "xla", write_cache: bool = True):
+def decoder_module(config: ModelConfig, dtype, attn_impl: AttnImpl = AttnImpl(), write_cache: bool = True):
     """The Flax module for `config.arch`."""
     return _DECODERS[config.arch](config, dtype=dtype, attn_impl=attn_impl, write_cache=write_cache)
 
@@ -85,8 +86,8 @@ class Model:
         """An empty KV cache of `size` slots per row in the model's dtype; `fill` is what dead slots hold."""
         return KVCache.create(self.config, batch, size, self.dtype, fill)
 
-    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: str = "xla", logits_at_BK=None,
-                write_cache: bool = True):
+    def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: AttnImpl = AttnImpl(),
+                logits_at_BK=None, write_cache: bool = True):
         """One forward over T new tokens per row.
 
         tokens_BT, positions_BT: int32 [B, T]. kv: tuple of per-layer (k [B, S, K, D], v) or None (no cache).
@@ -100,7 +101,7 @@ class Model:
         module = decoder_module(self.config, self.dtype, attn_impl, write_cache)
         return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK)
 
-    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: str = "xla"):
+    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: AttnImpl = AttnImpl()):
         """Writes right-padded prompts into an empty cache, `chunk` tokens per forward; returns (kv, logits [B, V],
         hidden [B, D]) at each row's last prompt token.
 

@@ -1,0 +1,29 @@
+"""The grouped-query fold every implementation shares: the G query heads of a kv head and the T new tokens become
+the M = G * T rows of one matrix (row m = g * T + t), so one kv head's K/V serve all its query heads in one product."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def fold_queries(q_BTHD, num_kv_heads: int):
+    """[B, T, H, D] -> [B, K, M, D] with M = (H / K) * T, row m = g * T + t; ValueError unless K divides H."""
+    B, T, H, D = q_BTHD.shape
+    if H % num_kv_heads:
+        raise ValueError(f"query heads {H} not a multiple of kv heads {num_kv_heads}")
+    G = H // num_kv_heads
+    return q_BTHD.reshape(B, T, num_kv_heads, G, D).transpose(0, 2, 3, 1, 4).reshape(B, num_kv_heads, G * T, D)
+
+
+def fold_mask(mask_TT, batch: int, group: int):
+    """bool [T, T] or [B, T, T] -> [B, M, T]: row m = g * T + t is query token t's row."""
+    mask = jnp.asarray(mask_TT, bool)
+    mask_BTT = jnp.broadcast_to(mask, (batch,) + mask.shape[-2:]) if mask.ndim == 2 else mask
+    return jnp.tile(mask_BTT, (1, group, 1))
+
+
+def unfold_out(out_BKMD, num_new: int):
+    """[B, K, M, D] -> [B, T, H, D], the inverse of `fold_queries`."""
+    B, K, M, D = out_BKMD.shape
+    G = M // num_new
+    return out_BKMD.reshape(B, K, G, num_new, D).transpose(0, 3, 1, 2, 4).reshape(B, num_new, K * G, D)
