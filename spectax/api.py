@@ -145,13 +145,13 @@ def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=No
     `eos_id` (kept in the output). `attn_impl` picks the verification attention: "auto" (the Pallas kernel on TPU
     and GPU, XLA on CPU), "xla", "pallas_tpu", "pallas_gpu", or a `pallas_kernels.tree_attention.AttnImpl` (block
     sizes, or interpret=True to run a kernel on CPU). Prompt and output lengths are bucketed to powers of two, so a
-    new prompt length in the same bucket does not recompile. `cache_size` overrides the KV cache slots per row (default: prompt
-    bucket + output bucket + draft nodes + 1).
+    new prompt length in the same bucket does not recompile. `cache_size` overrides the KV cache slots per row
+    (default: prompt bucket + output bucket + draft nodes + 1).
     mesh (spectax.sharding.make_mesh(data=, model=)): run the same program sharded over it by `rules` (default
     spectax.sharding.ShardingRules()): batch rows over "data" (B must divide it), heads, MLP and vocabulary over
     "model"; the model and drafter are placed there first unless already so (load(path, mesh=mesh) does it as it
-    loads). Random draws do not depend on the mesh. With a mesh the attention is XLA's ("auto" picks it; a Pallas
-    kernel is a ValueError until it enters the sharded program through a shard_map boundary).
+    loads). Random draws do not depend on the mesh. With a mesh XLA partitions its own attention; a Pallas kernel
+    runs per (batch, kv-head) shard inside one shard_map (`spectax.sharding.Layout.shard_attention`).
     Returns DecodeResult(tokens [B, max_new_tokens], lengths [B], stats).
     """
     return _decode(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
@@ -172,20 +172,14 @@ def _check_drafter(drafter, config, batch: int) -> None:
     drafter.check(config, batch=batch)
 
 
-def _attn_impl(attn_impl, sharded: bool = False) -> AttnImpl:
+def _attn_impl(attn_impl) -> AttnImpl:
     """`attn_impl` (a name or an AttnImpl) resolved for JAX's backend; ValueError for an unknown name or a kernel
-    the backend cannot run. sharded (a mesh is given): "auto" is XLA, and a Pallas kernel a ValueError (XLA cannot
-    partition a kernel call; it needs a shard_map boundary, not built yet)."""
+    the backend cannot run."""
     if isinstance(attn_impl, str):
         attn_impl = AttnImpl(attn_impl)
     if not isinstance(attn_impl, AttnImpl):
         raise ValueError(f"attn_impl must be a name ('auto', 'xla', 'pallas_tpu', 'pallas_gpu') or an AttnImpl, "
                          f"got {attn_impl!r}")
-    if sharded and attn_impl.impl == "auto":
-        attn_impl = dataclasses.replace(attn_impl, impl="xla")
-    if sharded and attn_impl.impl != "xla":
-        raise ValueError(f"attn_impl {attn_impl.impl!r} with a mesh: the Pallas kernels do not run sharded yet; use "
-                         f"attn_impl='auto' or 'xla' (XLA's attention, partitioned by the compiler)")
     try:
         return attn_impl.resolved()
     except ValueError as e:
@@ -217,7 +211,7 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
         raise ValueError(f"eos_id must be None or a token id in [0, {config.vocab_size}), got {eos_id!r}")
     if not _is_int(pad_id) or not INT32_MIN <= pad_id <= INT32_MAX:
         raise ValueError(f"pad_id must be an int in the int32 range [{INT32_MIN}, {INT32_MAX}], got {pad_id!r}")
-    impl = _attn_impl(attn_impl, sharded=mesh is not None)
+    impl = _attn_impl(attn_impl)
     longest = int(lengths.max())
     if longest + max_new_tokens > config.max_position:
         raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the model's context "
@@ -242,6 +236,8 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
         layout.check_batch(tokens.shape[0])
         model, drafter = layout.place(model), layout.place(drafter)
         prompt_BP, lengths, keys_B = layout.rows(prompt_BP), layout.rows(lengths), layout.rows(keys_B)
+        if impl.impl != "xla":
+            impl = dataclasses.replace(impl, layout=layout)
     spec = LoopSpec(sampler=sampler, out_size=out_bucket, vocab_size=config.vocab_size, attn_impl=impl, lossy=lossy,
                     layout=layout)
     out, n_out, stats = _decode_program(model, drafter, prompt_BP, lengths, np.int32(max_new_tokens),

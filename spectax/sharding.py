@@ -11,8 +11,8 @@ where two candidates tie to within rounding.
 The decode program itself is unchanged: `decode(..., mesh=mesh)` places params and inputs with these shardings and
 pins the KV cache and the loop state to them (`Layout.constrain`); XLA's SPMD partitioner shards every op in between
 (the all-reduces after the attention out-projection and the MLP down-projection, the vocabulary-sharded softmax,
-argmax and sampling reductions). The Pallas attention kernel will enter at one shard_map boundary per batch / kv-head
-shard, with the specs `Layout.spec(CACHE_AXES, shape)` gives the cache today.
+argmax and sampling reductions). A Pallas attention kernel is a call XLA cannot partition: it enters at one
+shard_map boundary (`Layout.shard_attention`), one kernel call per (batch, kv-head) shard.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -204,6 +205,21 @@ class Layout:
                 return x
             return jax.lax.with_sharding_constraint(x, self.sharding(axes, np.shape(x)))
         return jax.tree_util.tree_map_with_path(one, tree)
+
+    def shard_attention(self, attend, q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask):
+        """Runs `attend` (a tree-attention kernel returning (out, k_cache, v_cache), pallas_kernels.tree_attention)
+        under shard_map: each device attends its rows over its kv heads and their query heads (head h = k * G + g,
+        so splitting H as K is split keeps each group whole). kv heads that do not divide the model axis are
+        replicated, like the cache. The kernel needs no communication; the out-projection after it reduces over
+        heads as XLA's attention path does."""
+        cache = self.spec(("batch", "kv_heads", None, None), k_cache_BKSD.shape)
+        rows, heads = cache[0], cache[1]
+        per_token = PartitionSpec(rows, None, heads, None)                  # q [B, T, H, D], k/v new [B, T, K, D]
+        mask_spec = PartitionSpec(rows, None, None) if np.ndim(mask) == 3 else PartitionSpec(None, None)
+        return jax.shard_map(attend, mesh=self.mesh, in_specs=(per_token, per_token, per_token, cache, cache,
+                                                                PartitionSpec(rows), mask_spec),
+                             out_specs=(per_token, cache, cache), check_vma=False)(
+            q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, jnp.asarray(mask))
 
     def rows(self, x) -> jax.Array:
         """A per-row host array (prompt [B, ...], lengths [B], keys [B]) placed with its rows over the data axis."""

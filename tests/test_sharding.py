@@ -2,6 +2,8 @@
 the same tokens on every mesh, params / cache / state sharded as the rules say, shard-by-shard loading, one compile
 per configuration, clear errors."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -311,8 +313,29 @@ def test_clear_errors(target):
         Layout(Mesh(np.asarray(jax.devices()[:2]), ("data",)))
     with pytest.raises(ValueError, match="mesh= too"):
         spectax.decode(target, PROMPTS, NEW, rules=ShardingRules())
-    with pytest.raises(ValueError, match="do not run sharded yet"):
+    with pytest.raises(ValueError, match="interpret=True"):   # a kernel this backend cannot run, mesh or not
         spectax.decode(target, PROMPTS, NEW, mesh=make_mesh(2, 4), attn_impl="pallas_tpu")
+
+
+@pytest.mark.parametrize("shape,kind", [((4, 2), "tree"), ((2, 4), "plain")])
+def test_kernels_run_sharded_inside_one_shard_map(shape, kind, monkeypatch):
+    """A Pallas kernel (interpreted) in the sharded program: per (batch, kv-head) shard inside shard_map, the
+    unsharded tokens; at model 4 the 2 kv heads are replicated and every device attends all heads of its rows.
+    The Triton kernel stands for both: the boundary is the same code for either, and the TPU interpreter, which
+    simulates the devices of a multi-device program, stalls inside an 8-device shard_map on CPU."""
+    impl = "pallas_gpu"
+    from pallas_kernels.tree_attention import AttnImpl
+
+    model = Model.random(dataclasses.replace(TARGET, head_dim=16), seed=0, scale=3.0)
+    drafter = None if kind == "plain" else DraftModel(model, tree=DraftTree.kary((2, 1)))
+    calls = []
+    boundary = Layout.shard_attention
+    monkeypatch.setattr(Layout, "shard_attention", lambda self, *a: calls.append(1) or boundary(self, *a))
+    ref = spectax.decode(model, PROMPTS, 6, drafter=drafter, attn_impl="xla")
+    out = spectax.decode(model, PROMPTS, 6, drafter=drafter, mesh=make_mesh(*shape),
+                         attn_impl=AttnImpl(impl, interpret=True))
+    np.testing.assert_array_equal(tokens(out), tokens(ref))
+    assert calls   # traced through the boundary (once per layer and forward, at trace time)
 
 
 def test_two_processes_decode_like_one(target, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
 from pallas_kernels.tree_attention import AttnImpl, tree_attention_threaded
@@ -20,12 +22,14 @@ def cached_attention(q_BTHD, k_BTKD, v_BTKD, layer_kv, lengths_B, mask_TT, impl:
     write=False (loop.step's lax.switch branches: a branch that wrote the cache would make XLA copy it) returns,
     instead of the written cache, (k_BKSD, v_BKSD, k_new [B, T, K, D], v_new) for the caller to write.
     """
-    kw = dict(impl=impl.impl, interpret=impl.interpret, block_sizes=impl.block_sizes)
+    attend = functools.partial(tree_attention_threaded, impl=impl.impl, interpret=impl.interpret,
+                               block_sizes=impl.block_sizes)
     if layer_kv is None:
         zeros = jnp.zeros((q_BTHD.shape[0],), jnp.int32)
-        return tree_attention_threaded(q_BTHD, k_BTKD, v_BTKD, None, None, zeros, mask_TT, **kw)[0], None
-    out, k_BKSD, v_BKSD = tree_attention_threaded(q_BTHD, k_BTKD, v_BTKD, layer_kv[0], layer_kv[1], lengths_B,
-                                                  mask_TT, **kw)
+        return attend(q_BTHD, k_BTKD, v_BTKD, None, None, zeros, mask_TT)[0], None
+    if impl.layout is not None and impl.impl != "xla":   # a kernel call XLA cannot partition: shard it by hand
+        attend = functools.partial(impl.layout.shard_attention, attend)
+    out, k_BKSD, v_BKSD = attend(q_BTHD, k_BTKD, v_BTKD, layer_kv[0], layer_kv[1], lengths_B, mask_TT)
     if not write:
         return out, (k_BKSD, v_BKSD, k_BTKD, v_BTKD)
     return out, (write_block(k_BKSD, k_BTKD, lengths_B), write_block(v_BKSD, v_BTKD, lengths_B))
