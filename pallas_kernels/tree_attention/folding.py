@@ -22,6 +22,22 @@ def fold_mask(mask_TT, batch: int, group: int):
     return jnp.tile(mask_BTT, (1, group, 1))
 
 
+def padded_kernel_inputs(q_BTHD, k_new_BTKD, v_new_BTKD, mask_TT, rows: int, new: int):
+    """The kernels' operands: q folded to [B, K, rows, D], new K/V head-major [B, K, new, D] and the mask folded to
+    int32 [B, rows, new], zero-padded from M = G * T rows and T new tokens. Padded rows see new token 0 only (a
+    finite, discarded result); padded new tokens are seen by no row."""
+    B, T, H, _ = q_BTHD.shape
+    K = k_new_BTKD.shape[2]
+    M = (H // K) * T
+    q_BKMD = jnp.pad(fold_queries(q_BTHD, K), ((0, 0), (0, 0), (0, rows - M), (0, 0)))
+    mask_BMT = jnp.pad(fold_mask(mask_TT, B, H // K), ((0, 0), (0, rows - M), (0, new - T)))
+    mask_BMT = mask_BMT.at[:, M:, 0].set(True).astype(jnp.int32)
+    pad_new = ((0, 0), (0, 0), (0, new - T), (0, 0))
+    k_new_BKTD = jnp.pad(k_new_BTKD.transpose(0, 2, 1, 3), pad_new)
+    v_new_BKTD = jnp.pad(v_new_BTKD.transpose(0, 2, 1, 3), pad_new)
+    return q_BKMD, k_new_BKTD, v_new_BKTD, mask_BMT
+
+
 def unfold_out(out_BKMD, num_new: int):
     """[B, K, M, D] -> [B, T, H, D], the inverse of `fold_queries`."""
     B, K, M, D = out_BKMD.shape

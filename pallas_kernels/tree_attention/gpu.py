@@ -25,7 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.tree_attention.block_sizes import BlockSizes, check_gpu_block
-from pallas_kernels.tree_attention.folding import fold_mask, fold_queries, unfold_out
+from pallas_kernels.tree_attention.folding import padded_kernel_inputs, unfold_out
 
 _NEG = -1e30
 _TARGET_PROGRAMS = 256  # about 2 programs per SM on an H100 (132 SMs): enough to hide a split's latency
@@ -101,13 +101,7 @@ def tree_attention_gpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
     splits = bs.num_splits or max(1, min(pl.cdiv(S, block_kv), _TARGET_PROGRAMS // (B * K * tiles)))
     chunk = pl.cdiv(pl.cdiv(S, splits), block_kv) * block_kv            # slots per split, whole blocks
 
-    q_BKMD = jnp.pad(fold_queries(q_BTHD, K), ((0, 0), (0, 0), (0, Mp - M), (0, 0)))
-    # padded query rows see new token 0 (a finite, discarded result); padded new tokens are seen by no row
-    mask_BMT = jnp.pad(fold_mask(mask_TT, B, G), ((0, 0), (0, Mp - M), (0, Tp - T)))
-    mask_BMT = mask_BMT.at[:, M:, 0].set(True).astype(jnp.int32)
-    pad_new = ((0, 0), (0, 0), (0, Tp - T), (0, 0))
-    k_new_BKTD = jnp.pad(k_new_BTKD.transpose(0, 2, 1, 3), pad_new)
-    v_new_BKTD = jnp.pad(v_new_BTKD.transpose(0, 2, 1, 3), pad_new)
+    q_BKMD, k_new_BKTD, v_new_BKTD, mask_BMT = padded_kernel_inputs(q_BTHD, k_new_BTKD, v_new_BTKD, mask_TT, Mp, Tp)
 
     row = lambda b, k, i, s: (b, k, 0, 0)
     kernel = functools.partial(_kernel, block_kv=block_kv, chunk=chunk, scale=D ** -0.5)

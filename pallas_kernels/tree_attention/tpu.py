@@ -21,7 +21,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.tree_attention.block_sizes import BlockSizes, check_tpu_block
-from pallas_kernels.tree_attention.folding import fold_mask, fold_queries, unfold_out
+from pallas_kernels.tree_attention.folding import padded_kernel_inputs, unfold_out
 
 _NEG = -1e30
 _LANES = 128
@@ -103,13 +103,7 @@ def tree_attention_tpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
     num_blocks = pl.cdiv(S, block_kv)
 
     Tp = _round_up(T, _LANES)  # the new tokens' scores [block_q, Tp] fill whole lanes; padded tokens are seen by none
-    q_BKMD = jnp.pad(fold_queries(q_BTHD, K), ((0, 0), (0, 0), (0, Mp - M), (0, 0)))
-    # padded rows see new token 0 only, so their (discarded) softmax stays finite
-    mask_BMT = jnp.pad(fold_mask(mask_TT, B, G), ((0, 0), (0, Mp - M), (0, Tp - T)))
-    mask_BMT = mask_BMT.at[:, M:, 0].set(True).astype(jnp.int32)
-    pad_new = ((0, 0), (0, 0), (0, Tp - T), (0, 0))
-    k_new_BKTD = jnp.pad(k_new_BTKD.transpose(0, 2, 1, 3), pad_new)
-    v_new_BKTD = jnp.pad(v_new_BTKD.transpose(0, 2, 1, 3), pad_new)
+    q_BKMD, k_new_BKTD, v_new_BKTD, mask_BMT = padded_kernel_inputs(q_BTHD, k_new_BTKD, v_new_BTKD, mask_TT, Mp, Tp)
 
     def cache_index(b, k, i, j, lengths_ref):
         return b, k, fetched_block(j, lengths_ref[b], block_kv), 0
