@@ -140,6 +140,8 @@ def test_block_sizes_are_validated():
     with pytest.raises(ValueError, match="backend"):
         BlockSizes.default("npu", 1, 64)
     assert hash(BlockSizes()) == hash(BlockSizes())  # a static argument
+    with pytest.raises(ValueError, match="block_sizes must be None or a BlockSizes"):
+        AttnImpl("xla", block_sizes=(16, 64))
 
 
 def test_tpu_tiling_checker():

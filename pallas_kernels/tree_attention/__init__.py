@@ -61,9 +61,9 @@ class AttnImpl:
         if self.block_sizes is not None and not isinstance(self.block_sizes, BlockSizes):
             raise ValueError(f"block_sizes must be None or a BlockSizes, got {self.block_sizes!r}")
 
-    def resolved(self, backend: str | None = None) -> "AttnImpl":
-        """This choice with "auto" replaced by the backend's implementation; ValueError as `resolve_impl`."""
-        return dataclasses.replace(self, impl=resolve_impl(self.impl, self.interpret, backend))
+    def resolved(self) -> "AttnImpl":
+        """This choice with "auto" replaced by JAX's backend's implementation; ValueError as `resolve_impl`."""
+        return dataclasses.replace(self, impl=resolve_impl(self.impl, self.interpret))
 
 
 def tree_attention(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *, impl="auto",
