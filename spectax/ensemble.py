@@ -184,21 +184,24 @@ class Ensemble:
                        lengths=jnp.zeros((batch,), jnp.int32))
 
     def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: AttnImpl = AttnImpl(),
-                logits_at_BK=None, write_cache: bool = True):
+                logits_at_BK=None, write_cache: bool = True, features_at: tuple[int, ...] = ()):
         """Every member's forward over the same tokens (see `Model.forward`); returns (log r [B, T or K, V],
-        member 0's hidden [B, T, D], the concatenated kv)."""
+        member 0's hidden [B, T, D], the concatenated kv) and, with features_at, member 0's features."""
         outs = [m.forward(jnp.minimum(tokens_BT, m.config.vocab_size - 1), positions_BT, layers, lengths_B, mask_TT,
-                          attn_impl, logits_at_BK, write_cache) for m, layers in zip(self.models, self._split(kv))]
-        kv_out = None if kv is None else sum((tuple(layers) for _, _, layers in outs), ())
-        return self.combine([logits for logits, _, _ in outs]), outs[0][1], kv_out
+                          attn_impl, logits_at_BK, write_cache, features_at if i == 0 else ())
+                for i, (m, layers) in enumerate(zip(self.models, self._split(kv)))]
+        kv_out = None if kv is None else sum((tuple(out[2]) for out in outs), ())
+        return (self.combine([out[0] for out in outs]), outs[0][1], kv_out) + tuple(outs[0][3:])
 
-    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: AttnImpl = AttnImpl()):
+    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: AttnImpl = AttnImpl(),
+                features_at: tuple[int, ...] = ()):
         """Every member's prefill (see `Model.prefill`); returns (kv, log r [B, V], member 0's hidden [B, D]) at each
-        row's last prompt token."""
-        outs = [m.prefill(jnp.minimum(prompt_BP, m.config.vocab_size - 1), prompt_len_B, layers, chunk, attn_impl)
-                for m, layers in zip(self.models, self._split(kv))]
-        kv_out = sum((tuple(layers) for layers, _, _ in outs), ())
-        return kv_out, self.combine([logits for _, logits, _ in outs]), outs[0][2]
+        row's last prompt token and, with features_at, member 0's features at every prompt slot."""
+        outs = [m.prefill(jnp.minimum(prompt_BP, m.config.vocab_size - 1), prompt_len_B, layers, chunk, attn_impl,
+                          features_at if i == 0 else ())
+                for i, (m, layers) in enumerate(zip(self.models, self._split(kv)))]
+        kv_out = sum((tuple(out[0]) for out in outs), ())
+        return (kv_out, self.combine([out[1] for out in outs]), outs[0][2]) + tuple(outs[0][3:])
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward of every member without a cache: int32 [B, T] -> log r float32 [B, T, V]."""

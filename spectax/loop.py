@@ -15,7 +15,7 @@ from pallas_kernels.tree_attention import AttnImpl
 from spectax.cache import KVCache, commit_path, write_block
 from spectax.models import Model
 from spectax.sampling import Sampler, SamplingParams, sample, split_rows
-from spectax.drafters.base import TargetOut
+from spectax.drafters.base import TargetOut, target_layers
 from spectax.tree import DraftTree
 from spectax.verify import verify_greedy, verify_lossy, verify_multi_draft, verify_speculative
 
@@ -121,8 +121,8 @@ def prefill(model: Model, drafter, spec: LoopSpec, prompt_BP, prompt_len_B, max_
 
     keys_B: key [B], each row's own key (see api.row_keys)."""
     B = prompt_BP.shape[0]
-    kv, last_logits, last_hidden = model.prefill(prompt_BP, prompt_len_B, cache.layers, spec.prefill_chunk,
-                                                 spec.attn_impl)
+    kv, last_logits, last_hidden, *features = model.prefill(prompt_BP, prompt_len_B, cache.layers, spec.prefill_chunk,
+                                                            spec.attn_impl, features_at=target_layers(drafter))
     cache = cache.with_layers(kv).replace(lengths=prompt_len_B.astype(jnp.int32))
     keys_B2 = split_rows(keys_B, 2)
     first = sample(last_logits, keys_B2[:, 1], spec.sampler, sp)
@@ -131,8 +131,8 @@ def prefill(model: Model, drafter, spec: LoopSpec, prompt_BP, prompt_len_B, max_
     state = DecodeState(
         tokens=jnp.full((B, spec.out_size), pad_id, jnp.int32), n_out=jnp.zeros((B,), jnp.int32), root=first,
         done=jnp.zeros((B,), bool), cache=cache,
-        drafter_state=drafter.init(model, prompt_BP, prompt_len_B, TargetOut(last_logits[:, None], last_hidden[:, None]),
-                                   cache.size, spec),
+        drafter_state=drafter.init(model, prompt_BP, prompt_len_B,
+                                   TargetOut(last_logits[:, None], last_hidden[:, None], *features), cache.size, spec),
         rng=keys_B2[:, 0],
         stats=DecodeStats(target_calls=jnp.int32(0), row_calls=jnp.zeros((B,), jnp.int32),
                           new_tokens=jnp.zeros((B,), jnp.int32), speculated=jnp.zeros((B,), jnp.int32),
@@ -193,8 +193,9 @@ def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state
     [B, W, K, D], v), the new K/V zero-padded) for the caller to write, into those caches, and commit."""
     step_tokens = jnp.concatenate([state.root[:, None], draft.tokens_BN], axis=1)          # [B, 1 + N]
     positions = state.cache.lengths[:, None] + jnp.asarray(tree.step_depth)[None, :]
-    logits, hidden, kv = model.forward(step_tokens, positions, state.cache.layers, state.cache.lengths,
-                                       jnp.asarray(tree.step_mask), spec.attn_impl, write_cache=width is None)
+    logits, hidden, kv, *features = model.forward(step_tokens, positions, state.cache.layers, state.cache.lengths,
+                                                  jnp.asarray(tree.step_mask), spec.attn_impl,
+                                                  write_cache=width is None, features_at=target_layers(drafter))
     verdict = _verify(spec, tree, logits, draft, keys_B, sp)
     D = drafter.tree.max_depth
     verdict = verdict.replace(path_BD=jnp.pad(verdict.path_BD, ((0, 0), (0, D - tree.max_depth)), constant_values=-1))
@@ -210,8 +211,8 @@ def _verify_commit(model: Model, drafter, tree: DraftTree, spec: LoopSpec, state
                         rank_hist=st.rank_hist + _rank_counts(drafter.tree, verdict, spec_B))
     new = DecodeState(tokens=tokens, n_out=n_out, root=jnp.where(active, verdict.next_root, state.root), done=done,
                       cache=None,
-                      drafter_state=drafter.update(state.drafter_state, verdict, new_BC, TargetOut(logits, hidden),
-                                                   active),
+                      drafter_state=drafter.update(state.drafter_state, verdict, new_BC,
+                                                   TargetOut(logits, hidden, *features), active),
                       rng=state.rng, stats=stats)
     if width is None:
         return new.replace(cache=commit_path(state.cache.with_layers(kv), verdict.path_BD[:, :tree.max_depth],

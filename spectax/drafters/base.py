@@ -76,6 +76,14 @@ class TargetOut:
 
     logits_BTV: jax.Array   # float32 [B, T, V] at the root (t = 0) and every node (prefill: T = 1, the last prompt token)
     hidden_BTD: jax.Array   # [B, T, D] final hidden states (after the final norm) at the same positions
+    # [B, T, L', D] the residual stream after each of the drafter's target_layers (None when it asks for none), at
+    # the same positions; at prefill, at every prompt slot: [B, P, L', D]
+    features_BTLD: jax.Array | None = None
+
+
+def target_layers(drafter) -> tuple[int, ...]:
+    """The target layers whose outputs `drafter` reads (its optional `target_layers` attribute; () by default)."""
+    return tuple(getattr(drafter, "target_layers", ()))
 
 
 @struct.dataclass
@@ -92,6 +100,8 @@ class NoDraft:
                                                              one per row: draw row b's randomness from keys_B[b] only)
     update(state, verdict, new_tokens_BC, out, active_B) -> state  (catches up on the accepted path; out: the
                                                              step's TargetOut, T = 1 + N, or T = 1 in a plain step)
+    and optionally target_layers: tuple[int, ...] (static): target layers whose outputs the drafter reads from
+    TargetOut.features_BTLD; the target's forwards return them from the same pass (no extra target work).
     NoDraft proposes nothing: plain decoding.
     """
 

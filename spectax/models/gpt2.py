@@ -83,6 +83,7 @@ class GPT2Decoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
     attn_impl: AttnImpl = AttnImpl()
     write_cache: bool = True   # False: read the cache; return per layer (k cache, v cache, new k, new v)
+    features_at: tuple[int, ...] = ()   # layers whose outputs (the residual stream after them) are returned too
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):
@@ -90,11 +91,13 @@ class GPT2Decoder(nn.Module):
         wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="wte")
         wpe = nn.Embed(c.max_position, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="wpe")
         x = wte(tokens_BT) + wpe(jnp.minimum(positions_BT, c.max_position - 1))
-        new_kv = []
+        new_kv, features = [], []
         for i in range(c.num_layers):
             x, layer_kv = _GPT2Block(c, self.dtype, self.attn_impl, self.write_cache, name=f"layers_{i}")(
                 x, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
+            features += [x] * (i in self.features_at)
         hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)
         head_in = head_inputs(hidden, logits_at_BK)
-        return tied_logits(wte.embedding, head_in).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))
+        return (tied_logits(wte.embedding, head_in).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv)),
+                jnp.stack(features, axis=2) if features else None)

@@ -102,12 +102,14 @@ class _LlamaBlock(nn.Module):
 
 class LlamaDecoder(nn.Module):
     """forward(tokens [B, T], positions [B, T], kv (tuple of per-layer (k, v)) | None, lengths [B], mask [T, T])
-    -> logits [B, T, V] (float32), hidden [B, T, D] (after the final norm), updated kv."""
+    -> logits [B, T, V] (float32), hidden [B, T, D] (after the final norm), updated kv, features [B, T, L', D] (the
+    outputs of the layers in features_at, in order; None when it is empty)."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     attn_impl: AttnImpl = AttnImpl()
     write_cache: bool = True   # False: read the cache; return per layer (k cache, v cache, new k, new v)
+    features_at: tuple[int, ...] = ()   # layers whose outputs (the residual stream after them) are returned too
 
     @nn.compact
     def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):
@@ -115,11 +117,12 @@ class LlamaDecoder(nn.Module):
         norm = lambda name: nn.RMSNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name=name)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="embed")
         x = embed(tokens_BT)
-        new_kv = []
+        new_kv, features = [], []
         for i in range(c.num_layers):
             layer = _LlamaBlock(c, self.dtype, self.attn_impl, self.write_cache, name=f"layers_{i}")
             x, layer_kv = layer(x, positions_BT, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
+            features += [x] * (i in self.features_at)
         hidden = norm("final_norm")(x)
         head_in = head_inputs(hidden, logits_at_BK)
         if c.tie_embeddings:
@@ -127,4 +130,5 @@ class LlamaDecoder(nn.Module):
         else:
             logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
                               name="lm_head")(head_in)
-        return logits.astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv))
+        return (logits.astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv)),
+                jnp.stack(features, axis=2) if features else None)

@@ -21,9 +21,21 @@ from spectax.sharding import place_tree
 _DECODERS = {"llama": LlamaDecoder, "gpt2": GPT2Decoder}
 
 
-def decoder_module(config: ModelConfig, dtype, attn_impl: AttnImpl = AttnImpl(), write_cache: bool = True):
+def decoder_module(config: ModelConfig, dtype, attn_impl: AttnImpl = AttnImpl(), write_cache: bool = True,
+                   features_at: tuple[int, ...] = ()):
     """The Flax module for `config.arch`."""
-    return _DECODERS[config.arch](config, dtype=dtype, attn_impl=attn_impl, write_cache=write_cache)
+    return _DECODERS[config.arch](config, dtype=dtype, attn_impl=attn_impl, write_cache=write_cache,
+                                  features_at=features_at)
+
+
+def check_features_at(config: ModelConfig, features_at) -> tuple[int, ...]:
+    """`features_at` as a tuple of layer indices, ValueError unless they are distinct, increasing and in range."""
+    layers = tuple(features_at)
+    if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in layers) \
+            or list(layers) != sorted(set(layers)) or (layers and not 0 <= layers[0] <= layers[-1] < config.num_layers):
+        raise ValueError(f"feature layers must be increasing distinct ints in [0, {config.num_layers}), got "
+                         f"{features_at!r}")
+    return tuple(int(i) for i in layers)
 
 
 def _param_shapes(config: ModelConfig, dtype) -> Any:
@@ -87,7 +99,7 @@ class Model:
         return KVCache.create(self.config, batch, size, self.dtype, fill)
 
     def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: AttnImpl = AttnImpl(),
-                logits_at_BK=None, write_cache: bool = True):
+                logits_at_BK=None, write_cache: bool = True, features_at: tuple[int, ...] = ()):
         """One forward over T new tokens per row.
 
         tokens_BT, positions_BT: int32 [B, T]. kv: tuple of per-layer (k [B, S, K, D], v) or None (no cache).
@@ -97,13 +109,21 @@ class Model:
         hidden [B, T, D] (after the final norm), kv; with write_cache=False the cache is only read and the returned
         kv holds per layer (k cache, v cache, new k [B, T, K, D], new v) for the caller to write the new K/V into
         those caches (cache.write_block).
-        """
-        module = decoder_module(self.config, self.dtype, attn_impl, write_cache)
-        return module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK)
 
-    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: AttnImpl = AttnImpl()):
+        features_at: layer indices (increasing); when given, a fourth value is returned: features [B, T, L', D], the
+        residual stream after each of those layers (what a Block drafter reads), from the same pass.
+        """
+        features_at = check_features_at(self.config, features_at)
+        module = decoder_module(self.config, self.dtype, attn_impl, write_cache, features_at)
+        logits, hidden, kv, features = module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B,
+                                                    mask_TT, logits_at_BK)
+        return (logits, hidden, kv, features) if features_at else (logits, hidden, kv)
+
+    def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: AttnImpl = AttnImpl(),
+                features_at: tuple[int, ...] = ()):
         """Writes right-padded prompts into an empty cache, `chunk` tokens per forward; returns (kv, logits [B, V],
-        hidden [B, D]) at each row's last prompt token.
+        hidden [B, D]) at each row's last prompt token, and with features_at a fourth value: features [B, P, L', D]
+        at every prompt slot (see `forward`).
 
         Chunk c covers prompt slots [c * C, (c + 1) * C) of every row and attends to the cache slots before it, so
         the attention never materialises more than a [C, C] block. A row's padding lands in slots past its length
@@ -116,21 +136,27 @@ class Model:
         causal = jnp.tril(jnp.ones((C, C), bool))
         last_B = prompt_len_B - 1
 
+        features_at = check_features_at(self.config, features_at)
+
         def one_chunk(c, carry):
-            kv, logits_BV, hidden_BD = carry
+            kv, logits_BV, hidden_BD, features_BPLD = carry
             start = c * C
             tokens = lax.dynamic_slice_in_dim(prompt_BP, start, C, axis=1)
             positions = jnp.broadcast_to(start + jnp.arange(C, dtype=jnp.int32), (B, C))
             at = jnp.clip(last_B - start, 0, C - 1)[:, None]
-            logits, hidden, kv = self.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32), causal,
-                                              attn_impl, logits_at_BK=at)
+            logits, hidden, kv, *features = self.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32),
+                                                         causal, attn_impl, logits_at_BK=at, features_at=features_at)
+            if features:
+                features_BPLD = lax.dynamic_update_slice_in_dim(features_BPLD, features[0], start, axis=1)
             mine = ((last_B >= start) & (last_B < start + C))[:, None]
             last_hidden = jnp.take_along_axis(hidden, at[..., None], axis=1)[:, 0]
-            return kv, jnp.where(mine, logits[:, 0], logits_BV), jnp.where(mine, last_hidden, hidden_BD)
+            return kv, jnp.where(mine, logits[:, 0], logits_BV), jnp.where(mine, last_hidden, hidden_BD), features_BPLD
 
-        init = (kv, jnp.zeros((B, self.config.vocab_size), jnp.float32),
-                jnp.zeros((B, self.config.hidden_size), self.dtype))
-        return lax.fori_loop(0, P // C, one_chunk, init)
+        D = self.config.hidden_size
+        init = (kv, jnp.zeros((B, self.config.vocab_size), jnp.float32), jnp.zeros((B, D), self.dtype),
+                jnp.zeros((B, P, len(features_at), D), self.dtype) if features_at else None)
+        kv, logits, hidden, features = lax.fori_loop(0, P // C, one_chunk, init)
+        return (kv, logits, hidden, features) if features_at else (kv, logits, hidden)
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward without a cache: int32 [B, T] -> float32 logits [B, T, V]."""
