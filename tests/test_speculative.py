@@ -278,6 +278,11 @@ class Recording:
     def tree(self) -> DraftTree:
         return self.inner.tree
 
+    @property
+    def target_layers(self) -> tuple[int, ...]:
+        from spectax.drafters.base import target_layers
+        return target_layers(self.inner)
+
     def check(self, target_config, batch=None):
         self.inner.check(target_config, batch)
 

@@ -1,6 +1,7 @@
 """Drafters fill the nodes of a static DraftTree each step. `None` (no drafter) is the zero-node `NoDraft`."""
 
 from spectax.drafters.base import Draft, NoDraft
+from spectax.drafters.block import Block
 from spectax.drafters.cos import CoS
 from spectax.drafters.combined import Combined
 from spectax.drafters.draft_model import DraftModel
@@ -8,4 +9,4 @@ from spectax.drafters.heads import Heads
 from spectax.drafters.ngram import NGram
 from spectax.drafters.replay import Replay
 
-__all__ = ["Combined", "CoS", "Draft", "DraftModel", "Heads", "NGram", "NoDraft", "Replay"]
+__all__ = ["Block", "Combined", "CoS", "Draft", "DraftModel", "Heads", "NGram", "NoDraft", "Replay"]

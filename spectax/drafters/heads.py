@@ -32,8 +32,7 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from spectax.drafters.base import Draft
-from spectax.sampling import gumbel_rows, top_k, warp
+from spectax.drafters.per_depth import propose_per_depth
 from spectax.tree import DraftTree
 
 KINDS = ("blockwise", "medusa", "cerberus")
@@ -178,22 +177,9 @@ class Heads:
                           out.hidden_BTD[:, 0], jnp.ones(prompt_BP.shape[:1], bool))
 
     def propose(self, state: HeadsState, root_B, keys_B, spec, sampling):
-        """Fills node (depth d, rank r) with head d - 1's r-th candidate; no target or head work here."""
-        tree = self.tree
-        K = tree.max_children
-        head_N, rank_N = jnp.asarray(tree.depth - 1), jnp.asarray(tree.child_rank)
-        if spec.sampler.greedy:
-            _, top_BHK = top_k(state.logits_BHV, K, spec.vocab_shards)
-            return Draft(tokens_BN=self.vocab_ids[top_BHK[:, head_N, rank_N]], depth_B=self._depths(state)), state
-        logq_BHV = jax.nn.log_softmax(warp(state.logits_BHV, spec.sampler, sampling), axis=-1)
-        noisy_BHV = logq_BHV + gumbel_rows(keys_B, logq_BHV.shape[1:])
-        _, top_BHK = top_k(noisy_BHV, K, spec.vocab_shards)                         # draws without replacement
-        B, V = root_B.shape[0], spec.vocab_size
-        q_BHV = jnp.zeros((B, self.config.num_heads, V), jnp.float32).at[:, :, self.vocab_ids].set(
-            jnp.exp(logq_BHV))
-        draft = Draft(tokens_BN=self.vocab_ids[top_BHK[:, head_N, rank_N]], q_BNV=q_BHV[:, head_N],
-                      without_replacement=True, depth_B=self._depths(state))
-        return draft, state
+        """Fills node (depth d, rank r) with head d - 1's r-th candidate (per_depth); no target or head work here."""
+        return propose_per_depth(state.logits_BHV, self.vocab_ids, self.tree, keys_B, spec, sampling,
+                                 self._depths(state)), state
 
     def _depths(self, state: HeadsState):
         """int32 [B] or None: the whole tree for rows the gate lets speculate, nothing for the others."""

@@ -5,6 +5,7 @@ A data directory (`generate` CLI) holds two splits, each a folder of shards:
     DIR/train/shard-00000.npz ...   greedy generations for the first N training prompts
     DIR/eval/shard-00000.npz ...    the held-out last 5% of the prompt list (`prompts.split_prompts`)
     DIR/hidden/{train,eval}/...     final hidden states on the response positions (`hidden` CLI)
+    DIR/features-L1-L2../{train,eval}/... chosen layers' outputs at every position (`features` CLI; Block drafters)
 
 A generation shard holds E examples (prompt + response, the response cut after its EOS):
     tokens int32 [sum L_e] (all examples concatenated), offsets int64 [E + 1] (example e is
@@ -25,6 +26,7 @@ skips the shards that exist, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -243,6 +245,55 @@ def cache_hidden(model: Model, shards_dir, out_dir, batch: int = 8) -> list[Path
     return [out_dir / p.name for p in paths]
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def layer_features(model: Model, tokens_BT, layers: tuple[int, ...]):
+    """Causal forward without a cache: int32 [B, T] -> float16 [B, T, L', D], the residual stream after each of
+    `layers` (what a Block drafter reads); the LM head runs on one dummy position per row."""
+    B, T = tokens_BT.shape
+    positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    mask_TT = jnp.tril(jnp.ones((T, T), bool))
+    *_, features = model.forward(tokens_BT, positions_BT, None, jnp.zeros((B,), jnp.int32), mask_TT,
+                                 logits_at_BK=jnp.zeros((B, 1), jnp.int32), features_at=layers)
+    return features.astype(jnp.float16)
+
+
+def sequence_features(model: Model, shard: dict[str, np.ndarray], layers: tuple[int, ...], batch: int = 8,
+                      length_multiple: int = LENGTH_MULTIPLE) -> dict[str, np.ndarray]:
+    """features_NLD float16 [sum L_e, L', D] (every position of every example, in the shard's token order) for a
+    generation shard; batched like `response_hidden`."""
+    seqs = sequences(shard)
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    per_example = [None] * len(seqs)
+    for b in range(0, len(order), batch):
+        idx = order[b:b + batch]
+        tokens_BT = np.zeros((batch, _round_up(max(len(seqs[e]) for e in idx), length_multiple)), np.int32)
+        for row, e in enumerate(idx):
+            tokens_BT[row, :len(seqs[e])] = seqs[e]
+        features_BTLD = np.asarray(layer_features(model, tokens_BT, layers))
+        for row, e in enumerate(idx):
+            per_example[e] = features_BTLD[row, :len(seqs[e])]
+    return {"features_NLD": np.concatenate(per_example), "layers": np.asarray(layers, np.int32)}
+
+
+def cache_features(model: Model, shards_dir, out_dir, layers: tuple[int, ...], batch: int = 8) -> list[Path]:
+    """For every generation shard in shards_dir, writes out_dir/<same name> with its arrays plus the chosen layers'
+    features at every position (see `sequence_features`); existing output shards are skipped."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = shard_paths(shards_dir)
+    for path in tqdm(paths, desc=f"features {Path(shards_dir).name}", unit="shard", file=sys.stderr):
+        target = out_dir / path.name
+        if not target.exists():
+            shard = load_shard(path)
+            write_atomic(target, {**shard, **sequence_features(model, shard, layers, batch)})
+    return [out_dir / p.name for p in paths]
+
+
+def features_dir(data, layers: tuple[int, ...]) -> Path:
+    """Where `features` caches a data directory's features for `layers`: DATA/features-1-14-28."""
+    return Path(data) / ("features-" + "-".join(str(i) for i in layers))
+
+
 def token_frequencies(shards_dir) -> np.ndarray:
     """int64 [V]: how often each token id occurs in the responses (EOS included) of a directory's shards."""
     counts = None
@@ -280,6 +331,14 @@ def _hidden_cli(args) -> None:
         cache_hidden(model, Path(args.data) / split, Path(args.data) / "hidden" / split, args.batch)
 
 
+def _features_cli(args) -> None:
+    model, _ = _model_and_tokenizer(args.model)
+    layers = tuple(args.layers)
+    for split in SPLITS:
+        if (Path(args.data) / split).is_dir():
+            cache_features(model, Path(args.data) / split, features_dir(args.data, layers) / split, layers, args.batch)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,10 +353,14 @@ def main(argv=None) -> None:
     hid = sub.add_parser("hidden", help="cache the target's hidden states on the responses of a data directory")
     hid.add_argument("--data", required=True)
     hid.add_argument("--batch", type=int, default=8)
-    for p in (gen, hid):
+    feat = sub.add_parser("features", help="cache the outputs of chosen target layers at every position (Block)")
+    feat.add_argument("--data", required=True)
+    feat.add_argument("--layers", type=int, nargs="+", required=True)
+    feat.add_argument("--batch", type=int, default=8)
+    for p in (gen, hid, feat):
         p.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args(argv)
-    {"generate": _generate_cli, "hidden": _hidden_cli}[args.command](args)
+    {"generate": _generate_cli, "hidden": _hidden_cli, "features": _features_cli}[args.command](args)
 
 
 if __name__ == "__main__":

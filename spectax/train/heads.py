@@ -15,7 +15,6 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,11 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
-from tqdm import tqdm
 
 from spectax.drafters.heads import Heads, HeadsConfig, head_logits, head_table, init_params
 from spectax.train.distill import load_shard, shard_paths
+from spectax.train.fit import batch_rows, fit
 from spectax.tree import DraftTree
 
 
@@ -102,29 +100,6 @@ def loss_fn(params, config: HeadsConfig, table_VpD, x_BD, target_BH):
     return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1),
-                                                  end_value=cfg.lr * 0.05)
-    return optax.adamw(schedule, weight_decay=cfg.weight_decay)
-
-
-def batch_rows(n_rows: int, cfg: TrainConfig, step: int) -> np.ndarray:
-    """int [batch]: the rows of step `step`, a function of (seed, step) only: epoch e is one permutation."""
-    per_epoch = max(n_rows // cfg.batch, 1)
-    epoch, i = divmod(step, per_epoch)
-    perm = np.random.default_rng((cfg.seed, epoch)).permutation(n_rows)
-    return perm[i * cfg.batch:(i + 1) * cfg.batch]
-
-
-def make_step(config: HeadsConfig, opt: optax.GradientTransformation):
-    @jax.jit
-    def train_step(params, opt_state, table_VpD, x_BD, target_BH):
-        loss, grads = jax.value_and_grad(loss_fn)(params, config, table_VpD, x_BD, target_BH)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-    return train_step
-
-
 def train(target, data: HeadsData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt_dir, log=print,
           progress: bool = True, stop_at: int | None = None) -> Heads:
     """Trains heads for `target` on `data`; resumes from the newest checkpoint in `ckpt_dir` if there is one.
@@ -137,32 +112,13 @@ def train(target, data: HeadsData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt
         raise ValueError(f"data has labels for {data.labels_NH.shape[1]} heads, config asks for {cfg.num_heads}")
     table = jnp.asarray(head_table(target))[jnp.asarray(vocab_ids)]
     target_NH = to_draft_index(data.labels_NH, vocab_ids, c.vocab_size)
-    opt = optimizer(cfg)
-    params = init_params(config, cfg.seed)
-    state = {"params": params, "opt_state": opt.init(params), "step": jnp.int32(0)}
-    ckpt_dir = Path(ckpt_dir).absolute()
-    manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    (ckpt_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    if manager.latest_step() is not None:
-        state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(state))
-        log(f"resumed from step {int(state['step'])}")
-    train_step = make_step(config, opt)
-    start, t0 = int(state["step"]), time.perf_counter()
-    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"train {cfg.kind}", file=sys.stderr,
-               disable=not progress)
-    params, opt_state = state["params"], state["opt_state"]
-    for step in bar:
+
+    def batch(step):
         rows = batch_rows(len(target_NH), cfg, step)
-        params, opt_state, loss = train_step(params, opt_state, table, jnp.asarray(data.hidden_ND[rows], jnp.float32),
-                                             jnp.asarray(target_NH[rows]))
-        if (step + 1) % 50 == 0:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-            manager.save(step + 1, args=ocp.args.StandardSave(
-                {"params": params, "opt_state": opt_state, "step": jnp.int32(step + 1)}))
-    manager.wait_until_finished()
-    log(f"trained steps {start}..{end} of {cfg.steps} in {time.perf_counter() - t0:.0f} s")
+        return table, jnp.asarray(data.hidden_ND[rows], jnp.float32), jnp.asarray(target_NH[rows])
+
+    params = fit(init_params(config, cfg.seed), lambda p, *b: loss_fn(p, config, *b), batch, cfg, ckpt_dir,
+                 f"train {cfg.kind}", log, progress, stop_at)
     return Heads(config=config, params=params, vocab_ids=jnp.asarray(vocab_ids, jnp.int32),
                  tree=DraftTree.chain(cfg.num_heads))
 

@@ -1,0 +1,36 @@
+"""Proposals from one distribution per tree depth (heads, block drafters): node (depth d, rank r) holds depth d's
+r-th candidate, whatever its parent."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from spectax.drafters.base import Draft
+from spectax.sampling import gumbel_rows, top_k, warp
+from spectax.tree import DraftTree
+
+
+def propose_per_depth(logits_BHV: jax.Array, vocab_ids: jax.Array, tree: DraftTree, keys_B, spec, sampling,
+                      depth_B: jax.Array | None = None) -> Draft:
+    """Fills the tree from logits_BHV (float32 [B, H, V']: depth h + 1's logits over the draft vocabulary vocab_ids,
+    int32 [V'] target ids; H >= tree.max_depth).
+
+    Greedy: node (d, r) gets depth d's r-th best token. Sampling: depth d's K = max children draws without
+    replacement (Gumbel top-K over the warped distribution q_d, from keys_B[b] for row b); the rank-r sibling is the
+    r-th draw, and every node at depth d records q_d (zero outside V', so verification stays lossless over the full
+    vocabulary). The rule the verifier applies is without replacement (Draft.continues): sibling r > 0 was drawn
+    from q_d with its earlier siblings' tokens removed. Nodes of one depth under different parents repeat the same
+    draws, which keeps each node's token a draw from its recorded q given the path to it."""
+    K = tree.max_children
+    depth_N, rank_N = jnp.asarray(tree.depth - 1), jnp.asarray(tree.child_rank)
+    if spec.sampler.greedy:
+        _, top_BHK = top_k(logits_BHV, K, spec.vocab_shards)
+        return Draft(tokens_BN=vocab_ids[top_BHK[:, depth_N, rank_N]], depth_B=depth_B)
+    logq_BHV = jax.nn.log_softmax(warp(logits_BHV, spec.sampler, sampling), axis=-1)
+    noisy_BHV = logq_BHV + gumbel_rows(keys_B, logq_BHV.shape[1:])
+    _, top_BHK = top_k(noisy_BHV, K, spec.vocab_shards)                              # draws without replacement
+    B, H = logits_BHV.shape[:2]
+    q_BHV = jnp.zeros((B, H, spec.vocab_size), jnp.float32).at[:, :, vocab_ids].set(jnp.exp(logq_BHV))
+    return Draft(tokens_BN=vocab_ids[top_BHK[:, depth_N, rank_N]], q_BNV=q_BHV[:, depth_N], without_replacement=True,
+                 depth_B=depth_B)

@@ -1,0 +1,301 @@
+"""Training a block drafter (spectax.drafters.Block) by self-distillation, the target frozen.
+
+Data: the feature shards of `spectax.train.distill features` (the target's own greedy answers, and the outputs of
+the drafter's target layers at every position). A training example is an anchor: a response position p whose token
+is the block's root, the context its features at positions < p, and labels tokens p + 1 .. p + k (masked past the
+answer's end or outside the draft vocabulary). Each step takes `batch` sequences and `anchors` anchors in each; the
+anchors of a sequence share its context K/V, and the block forward is the decoder's own (`block_logits`), each
+anchor a row of the context with its own length. Loss: cross-entropy at the k positions, weighted by
+exp(-(j - 1) / decay) at position j (early positions matter most: a miss there ends the accepted run).
+
+Start: the draft layers are copies of the target's last layers, the fusion reads the deepest feature layer, the
+final norm is the target's (init_from_target; random otherwise). The shared loop (spectax.train.fit) makes a resumed
+run bit-exact with an uninterrupted one.
+
+    python -m spectax.train.distill features --data /work/data/d640 --layers 1 14 28
+    spectax train block --data /work/data/d640 --out checkpoints/smollm2-135m-instruct/block
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from spectax.drafters.block import (Block, BlockConfig, rms_norm, fused_context, init_params, input_embedding,
+                                    layer_module)
+from spectax.drafters.heads import head_table
+from spectax.train.distill import features_dir, load_shard, shard_paths
+from spectax.train.fit import batch_rows, fit
+from spectax.train.heads import draft_vocabulary, to_draft_index
+from spectax.tree import DraftTree
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a run (written next to its checkpoints)."""
+
+    block_size: int = 8
+    num_layers: int = 1
+    target_layers: tuple[int, ...] = (1, 14, 28)
+    draft_vocab: int = 4096
+    steps: int = 1500
+    batch: int = 4                 # sequences per step
+    anchors: int = 32              # anchors per sequence
+    decay: float = 4.0             # position weight exp(-(j - 1) / decay)
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 100
+    init_from_target: bool = True
+
+
+@dataclasses.dataclass
+class BlockData:
+    """Sequences padded to one width W: tokens_EW int32, features_EWmD float16, length_E, prompt_len_E."""
+
+    tokens_EW: np.ndarray
+    features_EWmD: np.ndarray
+    length_E: np.ndarray
+    prompt_len_E: np.ndarray
+    layers: tuple[int, ...]
+
+
+def load_data(data_dirs, split: str, layers: tuple[int, ...], width_multiple: int = 64) -> BlockData:
+    """Every example of the feature shards of `split` in `data_dirs` (one directory or several of the same prompt
+    list: an example whose prompt index was already loaded is skipped)."""
+    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    seqs, feats, prompt_len, seen = [], [], [], set()
+    for path in [p for d in dirs for p in shard_paths(features_dir(d, layers) / split)]:
+        shard = load_shard(path)
+        if tuple(shard["layers"]) != tuple(layers):
+            raise ValueError(f"{path} holds features of layers {tuple(shard['layers'])}, not {layers}")
+        o = shard["offsets"]
+        for e in range(len(o) - 1):
+            if int(shard["prompt_index"][e]) in seen:
+                continue
+            seen.add(int(shard["prompt_index"][e]))
+            seqs.append(shard["tokens"][o[e]:o[e + 1]])
+            feats.append(shard["features_NLD"][o[e]:o[e + 1]])
+            prompt_len.append(int(shard["prompt_len"][e]))
+    if not seqs:
+        raise ValueError(f"no feature shards for layers {layers} in {dirs} "
+                         f"(run `python -m spectax.train.distill features`)")
+    W = -(-max(map(len, seqs)) // width_multiple) * width_multiple
+    m, D = feats[0].shape[1:]
+    tokens, features = np.zeros((len(seqs), W), np.int32), np.zeros((len(seqs), W, m, D), np.float16)
+    for e, (s, f) in enumerate(zip(seqs, feats)):
+        tokens[e, :len(s)], features[e, :len(s)] = s, f
+    return BlockData(tokens_EW=tokens, features_EWmD=features, length_E=np.array([len(s) for s in seqs]),
+                     prompt_len_E=np.asarray(prompt_len), layers=tuple(layers))
+
+
+def anchors_for(data: BlockData, rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """int32 [len(rows), count]: root positions p in [prompt_len, length - 2] of each row (drawn uniformly)."""
+    lo, hi = data.prompt_len_E[rows], data.length_E[rows] - 2
+    return (lo[:, None] + np.floor(rng.random((len(rows), count)) * np.maximum(hi - lo + 1, 1)[:, None])
+            ).astype(np.int32)
+
+
+def block_labels(tokens_EW: np.ndarray, length_E: np.ndarray, anchors_EA: np.ndarray, k: int) -> np.ndarray:
+    """int32 [E, A, k]: tokens p + 1 .. p + k after each anchor p, -1 past the sequence's end."""
+    idx = anchors_EA[..., None] + 1 + np.arange(k)
+    rows = np.arange(len(tokens_EW))[:, None, None]
+    return np.where(idx < length_E[:, None, None], tokens_EW[rows, np.minimum(idx, tokens_EW.shape[1] - 1)], -1)
+
+
+def anchor_logits(config: BlockConfig, params, embed_VD, table_VpD, tokens_EW, features_EWmD, anchors_EA):
+    """float32 [E, A, k, V']: the block forward at A anchors of each of E sequences, in one differentiable pass:
+    the decoder's computation (`block_logits` over a context cache) with the context as extra rows of the same
+    layer call. Each layer sees [context c_0..c_W-1 ; every anchor's block]; context rows attend only to themselves
+    (their keys and values are exactly the cached context entries, their outputs are dropped), and the rows of
+    anchor p's block attend to context rows < p and to their own block."""
+    c, k = config.layer, config.block_size
+    E, W = tokens_EW.shape
+    A = anchors_EA.shape[1]
+    ctx = fused_context(config, params, features_EWmD)                                        # [E, W, D]
+    roots = jnp.take_along_axis(tokens_EW, anchors_EA, axis=1)                                # [E, A]
+    x = jnp.concatenate([embed_VD[roots].astype(jnp.float32)[:, :, None],
+                         jnp.broadcast_to(params["mask"], (E, A, k, c.hidden_size))], axis=2)
+    x = x.reshape(E, A * (1 + k), c.hidden_size)
+    block_pos = (anchors_EA[:, :, None] + jnp.arange(1 + k, dtype=jnp.int32)).reshape(E, A * (1 + k))
+    positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(W, dtype=jnp.int32), (E, W)), block_pos], axis=1)
+    anchor_of = jnp.repeat(jnp.arange(A), 1 + k)                                              # [A (1 + k)]
+    sees_ctx = jnp.arange(W)[None, None, :] < jnp.repeat(anchors_EA, 1 + k, axis=1)[:, :, None]
+    sees_block = jnp.broadcast_to(anchor_of[:, None] == anchor_of[None, :], (E,) + (A * (1 + k),) * 2)
+    mask = jnp.concatenate([
+        jnp.concatenate([jnp.broadcast_to(jnp.eye(W, dtype=bool), (E, W, W)),
+                         jnp.zeros((E, W, A * (1 + k)), bool)], axis=2),
+        jnp.concatenate([sees_ctx, sees_block], axis=2)], axis=1)                             # [E, T, T]
+    zero = jnp.zeros((E,), jnp.int32)
+    for i in range(c.num_layers):
+        out, _ = layer_module(config).apply({"params": params[f"layers_{i}"]}, jnp.concatenate([ctx, x], axis=1),
+                                            positions, None, zero, mask)
+        x = out[:, W:]
+    h = rms_norm(x.reshape(E, A, 1 + k, c.hidden_size)[:, :, 1:], params["final_norm"], c.norm_eps)
+    return jnp.einsum("eakd,vd->eakv", h, table_VpD.astype(jnp.float32))
+
+
+def loss_fn(params, config: BlockConfig, decay: float, embed_VD, table_VpD, tokens_EW, features_EWmD, anchors_EA,
+            target_EAk):
+    """Position-weighted mean cross-entropy over the unmasked labels (target: draft-vocabulary indices, -1 masked)."""
+    logits = anchor_logits(config, params, embed_VD, table_VpD, tokens_EW, features_EWmD, anchors_EA)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(target_EAk, 0))
+    w = jnp.where(target_EAk >= 0, jnp.exp(-jnp.arange(config.block_size) / decay), 0.0)
+    return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-9)
+
+
+def start_params(config: BlockConfig, target, cfg: TrainConfig) -> dict:
+    """Random weights, or (init_from_target) the target's last layers, final norm and a fusion that reads the
+    deepest feature layer: the context entries then start as the K/V the target's last layer computes."""
+    params = init_params(config, cfg.seed)
+    if not cfg.init_from_target:
+        return params
+    c, t = config.layer, target.params
+    if target.config.arch != "llama":
+        raise ValueError("init_from_target copies Llama layers; the target is " + target.config.arch)
+    L, D, m = target.config.num_layers, c.hidden_size, len(config.target_layers)
+    for i in range(c.num_layers):
+        params[f"layers_{i}"] = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32),
+                                                       t[f"layers_{L - c.num_layers + i}"])
+    params["fuse"] = jnp.zeros((m * D, D), jnp.float32).at[(m - 1) * D:].set(jnp.eye(D))
+    params["final_norm"] = jnp.asarray(t["final_norm"]["scale"], jnp.float32)
+    return params
+
+
+def train(target, data: BlockData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt_dir, log=print,
+          progress: bool = True, stop_at: int | None = None) -> Block:
+    """Trains a block drafter for `target` on `data`; resumes from the newest checkpoint in `ckpt_dir` if any.
+    Returns it with a chain of block_size (pick a tree with block.replace(tree=...))."""
+    config = BlockConfig.for_target(target.config, cfg.block_size, cfg.num_layers, cfg.target_layers)
+    if data.layers != config.target_layers:
+        raise ValueError(f"data holds features of layers {data.layers}, the config asks for {config.target_layers}")
+    embed = jnp.asarray(input_embedding(target), jnp.float32)
+    table = jnp.asarray(head_table(target), jnp.float32)[jnp.asarray(vocab_ids)]
+
+    def batch(step):
+        rows = batch_rows(len(data.length_E), cfg, step)
+        anchors = anchors_for(data, rows, cfg.anchors, np.random.default_rng((cfg.seed, step, 1)))
+        labels = block_labels(data.tokens_EW[rows], data.length_E[rows], anchors, cfg.block_size)
+        return (embed, table, jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows]),
+                jnp.asarray(anchors), jnp.asarray(to_draft_index(labels, vocab_ids, target.config.vocab_size)))
+
+    params = fit(start_params(config, target, cfg), lambda p, *b: loss_fn(p, config, cfg.decay, *b), batch, cfg,
+                 ckpt_dir, "train block", log, progress, stop_at)
+    return Block(config=config, params=params, vocab_ids=jnp.asarray(vocab_ids, jnp.int32),
+                 tree=DraftTree.chain(cfg.block_size))
+
+
+def evaluate(block: Block, target, data: BlockData, top: int = 5, anchors: int = 16, seed: int = 1,
+             batch: int = 8) -> np.ndarray:
+    """float [k, top]: per block position, the fraction of held-out anchors whose label (the target's own token,
+    full vocabulary) is among the drafter's top-j candidates, j = 1..top (labels outside V' count as misses)."""
+    embed = jnp.asarray(input_embedding(target), jnp.float32)
+    table = jnp.asarray(head_table(target), jnp.float32)[block.vocab_ids]
+    k = block.config.block_size
+    topk = jax.jit(lambda *a: jax.lax.top_k(anchor_logits(block.config, block.params, embed, table, *a), top)[1])
+    rng = np.random.default_rng(seed)
+    hits, counts, ids = np.zeros((k, top)), np.zeros(k), np.asarray(block.vocab_ids)
+    for i in range(0, len(data.length_E), batch):
+        rows = np.arange(i, min(i + batch, len(data.length_E)))
+        rows = np.concatenate([rows, np.full(batch - len(rows), rows[0])])      # one compiled shape
+        real = np.arange(batch) < min(batch, len(data.length_E) - i)
+        a = anchors_for(data, rows, anchors, rng)
+        labels = block_labels(data.tokens_EW[rows], data.length_E[rows], a, k)                   # [E, A, k]
+        cand = ids[np.asarray(topk(jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows]),
+                                   jnp.asarray(a)))]                                          # [E, A, k, top]
+        valid = (labels >= 0) & real[:, None, None]
+        first_hit = np.cumsum(cand == labels[..., None], axis=-1) > 0
+        hits += (first_hit & valid[..., None]).sum((0, 1))
+        counts += valid.sum((0, 1))
+    return hits / np.maximum(counts, 1)[:, None]
+
+
+def write_readme(path: Path, cfg: TrainConfig, command: str, data_note: str, seconds: float, acc_kK: np.ndarray,
+                 coverage: float, n_train: int) -> None:
+    """The shipped checkpoint's README: command, data, time, machine, per-position accuracy."""
+    import platform
+    rows = "\n".join(f"| {j + 1} (token p+{j + 1}) | " + " | ".join(f"{a:.3f}" for a in acc_kK[j]) + " |"
+                     for j in range(acc_kK.shape[0]))
+    path.write_text(f"""# Block drafter for SmolLM2-135M-Instruct
+
+Load with `spectax.drafters.Block.load(path)`; decode with `spectax.decode(model, prompts, drafter=block)`.
+
+- {cfg.num_layers} draft layer(s) of the target's width, block of {cfg.block_size} mask slots, context from the
+  target's layers {list(cfg.target_layers)} (fused).
+- Command: `{command}`
+- Data: {data_note} ({n_train} training sequences).
+- Draft vocabulary: the {cfg.draft_vocab} most frequent response tokens of the training split; they cover
+  {coverage:.1%} of the held-out response tokens.
+- Training: {cfg.steps} steps of {cfg.batch} sequences x {cfg.anchors} anchors x {cfg.block_size} positions, loss
+  weight exp(-(j - 1) / {cfg.decay}) at position j, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine), weight decay
+  {cfg.weight_decay}, seed {cfg.seed}, start from the target's last layer(s): {cfg.init_from_target}; target frozen;
+  {seconds / 60:.1f} min on {platform.processor() or platform.machine()} ({jax.default_backend()},
+  {jax.device_count()} device(s), JAX {jax.__version__}).
+- Held-out accuracy (the target's own greedy token, full vocabulary; top-j = the label is among the drafter's j
+  best at that block position):
+
+| position | top-1 | top-2 | top-3 | top-4 | top-5 |
+|---|---|---|---|---|---|
+{rows}
+""")
+
+
+def main(argv=None) -> None:
+    """`spectax train block`: train, evaluate and save a block drafter (see the module docstring)."""
+    import argparse
+    import shlex
+
+    from spectax.io.loader import load
+    from spectax.train.distill import token_frequencies
+
+    ap = argparse.ArgumentParser(prog="spectax train block", description="Train a block drafter by "
+                                                                         "self-distillation.")
+    ap.add_argument("--data", nargs="+", required=True, help="distill data dirs (train/, eval/ and their "
+                                                              "features-... dirs)")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--out", required=True, help="where to save the trained drafter")
+    ap.add_argument("--ckpt-dir", help="orbax training checkpoints (default: OUT.train)")
+    ap.add_argument("--stop-at", type=int, help="end this call after that step (resume later)")
+    ap.add_argument("--data-note", default="self-distillation: the target's greedy answers to the prompts of "
+                                           "spectax/train/data/prompts.jsonl (not Spec-Bench)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "target_layers":
+            ap.add_argument("--target-layers", type=int, nargs="+", default=list(f.default))
+        elif f.type == "bool":
+            ap.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = ap.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{**values, "target_layers": tuple(values["target_layers"])})
+    target = load(args.model)
+    dirs = [Path(d) for d in args.data]
+    data = load_data(dirs, "train", cfg.target_layers)
+    held_out = load_data(dirs[:1], "eval", cfg.target_layers)
+    vocab_ids = draft_vocabulary(sum(token_frequencies(d / "train") for d in dirs), cfg.draft_vocab)
+    response = np.concatenate([t[p:n] for t, p, n in zip(held_out.tokens_EW, held_out.prompt_len_E,
+                                                          held_out.length_E)])
+    coverage = float(np.isin(response, vocab_ids).mean())
+    print(f"{len(data.length_E)} training sequences, {len(held_out.length_E)} held out; draft vocabulary "
+          f"{cfg.draft_vocab} covers {coverage:.1%} of held-out tokens", flush=True)
+    t0 = time.perf_counter()
+    block = train(target, data, vocab_ids, cfg, args.ckpt_dir or str(args.out).rstrip("/") + ".train",
+                  stop_at=args.stop_at)
+    seconds = time.perf_counter() - t0
+    acc = evaluate(block, target, held_out)
+    for j, row in enumerate(acc):
+        print(f"position {j + 1}: " + " ".join(f"top-{i + 1} {a:.3f}" for i, a in enumerate(row)))
+    out = block.save(args.out, overwrite=True)
+    write_readme(out / "README.md", cfg, "spectax train block " + shlex.join(argv if argv is not None
+                                                                             else sys.argv[1:]),
+                 args.data_note, seconds, acc, coverage, len(data.length_E))
+    print(f"saved {out}")
+
