@@ -152,7 +152,7 @@ def main() -> None:
     result["verify_cost_batch1"] = {**cost, "curve": curve.tolist()}
     print(f"c(N) in {time.perf_counter() - t0:.0f} s: {np.round(cost['cost'], 2).tolist()}", flush=True)
 
-    heads = {k: Heads.load(hub.shipped_heads(MODEL, k)) for k in args.kinds}
+    heads = {k: Heads.load(hub.shipped_drafter(MODEL, k)) for k in args.kinds}
     result["heads_cost_ms"] = previous.get("heads_cost_ms", {})
     for k, h in heads.items():
         if k in result["heads_cost_ms"]:

@@ -104,7 +104,7 @@ def main() -> None:
     write_result(args.out, result)
 
     adaptive = NGram(max_n=MAX_N, min_n=1, tree=DraftTree.chain(max(max(depths), 1)), depth_by_n=depths)
-    medusa = Heads.load(hub.shipped_heads(MODEL, "medusa"))
+    medusa = Heads.load(hub.shipped_drafter(MODEL, "medusa"))
     variants = {"plain": NoDraft(),
                 "ngram/chain2": NGram(tree=DraftTree.chain(2)),
                 "ngram/chain4": NGram(tree=DraftTree.chain(4)),

@@ -1,9 +1,10 @@
 """The `spectax` command line: `spectax generate` (one prompt through a model) and `spectax list` (named models).
 
-    spectax demo                                  (SmolLM2 plain and with its shipped heads, side by side)
+    spectax demo                                  (SmolLM2 plain and with a shipped drafter, side by side)
     spectax generate --model smollm2-135m-instruct "What is the capital of France?"
     spectax generate --model smollm2-135m-instruct --drafter medusa "What is the capital of France?"
     spectax train heads --data DIR --kind medusa --out DIR
+    spectax train block --data DIR --out DIR
     spectax generate --model ./my_checkpoint --tokenizer ./tokenizer.json --raw --max-new-tokens 32 "Once upon"
     spectax list
 
@@ -44,11 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Speculative and parallel decoding in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,list,train}")
 
-    demo = sub.add_parser("demo", help="SmolLM2-135M-Instruct answers a chat prompt plain and with shipped heads",
+    demo = sub.add_parser("demo", help="SmolLM2-135M-Instruct answers a chat prompt plain and with a shipped drafter",
                           description="Answers a chat prompt with SmolLM2-135M-Instruct twice, plain and with the "
-                                      "shipped heads, and prints both texts, tokens/s, speedup and tau.")
+                                      "shipped drafter (--drafter), and prints both texts, tokens/s, speedup and tau.")
     demo.add_argument("prompt", nargs="?", default="Explain in a few sentences why the sky is blue.")
-    demo.add_argument("--drafter", default=DEMO_DRAFTER, help="shipped heads kind (default: %(default)s)")
+    demo.add_argument("--drafter", default=DEMO_DRAFTER, help="a shipped drafter: blockwise, medusa, cerberus "
+                                                              "(heads) or block (default: %(default)s)")
     demo.add_argument("--max-new-tokens", type=_positive_int, default=128, help="default: %(default)s")
 
     gen = sub.add_parser("generate", help="generate a reply to one prompt",
@@ -66,11 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     gen.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
     gen.add_argument("--system", help="a system message for the chat template")
-    gen.add_argument("--drafter", help="speculate with heads: a shipped kind for a registered model (blockwise, "
-                                       "medusa, cerberus) or a heads directory (default: plain decoding)")
+    gen.add_argument("--drafter", help="speculate with a drafter: a shipped one for a registered model (heads: "
+                                       "blockwise, medusa, cerberus; or block) or a heads / block directory "
+                                       "(default: plain decoding)")
 
-    train = sub.add_parser("train", help="train a drafter (`spectax train heads --help`)", add_help=False)
-    train.add_argument("what", choices=["heads"])
+    train = sub.add_parser("train", help="train a drafter (`spectax train heads --help`, `spectax train block "
+                                         "--help`)", add_help=False)
+    train.add_argument("what", choices=["heads", "block"])
     train.add_argument("rest", nargs=argparse.REMAINDER)
 
     sub.add_parser("list", help="list the registered model names", description="List the registered model names.")
@@ -117,7 +121,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("the prompt is empty")
     eos = tok.eos_id if tok.eos_id is not None else model.config.eos_id
 
-    drafter = None if args.drafter is None else pick_heads(args.model, args.drafter)
+    drafter = None if args.drafter is None else pick_drafter(args.model, args.drafter)
 
     def run():
         out = spectax.decode(model, [ids], max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -139,18 +143,18 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def pick_heads(model_arg: str, drafter: str):
-    """Heads for `--drafter`: a shipped kind of a registered model, or a heads directory."""
+def pick_drafter(model_arg: str, drafter: str):
+    """The drafter for `--drafter`: a shipped one of a registered model (a heads kind or "block"), or a drafter
+    directory (heads or block)."""
     from spectax.io import hub
-    from spectax.drafters import Heads
 
     path = Path(drafter).expanduser()
-    if (path / "heads.json").is_file():
-        return Heads.load(path)
+    if any((path / m).is_file() for m in hub.DRAFTER_MANIFESTS):
+        return hub.load_drafter(path)
     if model_arg not in hub.REGISTRY:
-        raise ValueError(f"--drafter {drafter!r} is not a heads directory, and shipped heads exist only for "
+        raise ValueError(f"--drafter {drafter!r} is not a drafter directory, and shipped drafters exist only for "
                          f"registered models")
-    return Heads.load(hub.shipped_heads(model_arg, drafter))
+    return hub.load_drafter(hub.shipped_drafter(model_arg, drafter))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -162,10 +166,10 @@ def _demo(args: argparse.Namespace) -> int:
 
     model = spectax.load(DEMO_MODEL)
     tok = from_gguf(hub.resolve(DEMO_MODEL))
-    heads = pick_heads(DEMO_MODEL, args.drafter)
+    drafted = pick_drafter(DEMO_MODEL, args.drafter)
     ids = tok.encode_chat([{"role": "user", "content": args.prompt}])
     runs = {}
-    for name, drafter in (("plain", None), (f"{args.drafter} heads", heads)):
+    for name, drafter in (("plain", None), (f"{args.drafter} drafter", drafted)):
         run = lambda: jax.block_until_ready(spectax.decode(model, [ids], args.max_new_tokens,  # noqa: E731
                                                            eos_id=tok.eos_id, drafter=drafter))
         run()                                   # warm-up: compiles; the timed run below compiles nothing
@@ -203,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command == "train":
-            from spectax.train.heads import main as train_heads
-
-            train_heads(args.rest)
+            if args.what == "block":
+                from spectax.train.block import main as train_main
+            else:
+                from spectax.train.heads import main as train_main
+            train_main(args.rest)
             return 0
         return _generate(args)
     except ValueError as e:

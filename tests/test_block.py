@@ -121,11 +121,12 @@ def test_training_forward_is_the_decoding_forward(tiny_llama, features, trained)
     tokens, feats = jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows])
     got = train_block.anchor_logits(block.config, block.params, embed, table, tokens, feats, jnp.asarray(anchors))
     W = tokens.shape[1]
-    context = block_mod.context_kv(block.config, block.params, feats, jnp.broadcast_to(jnp.arange(W), (3, W)))
+    ctx = block_mod.fused_context(block.config, block.params, feats)
+    context = block_mod.context_kv(block.config, block.params, ctx, jnp.broadcast_to(jnp.arange(W), (3, W)))
+    cache = tuple((jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)) for k, v in context)
     for a in range(5):
-        cache = tuple((jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)) for k, v in context)
-        want = block_mod.block_logits(block.config, block.params, embed, table, tokens[rows, anchors[:, a]], cache,
-                                      jnp.asarray(anchors[:, a]))
+        want = block_mod.block_logits(block.config, block.params, embed, table, tokens[rows, anchors[:, a]],
+                                      ctx[rows, anchors[:, a] - 1], cache, jnp.asarray(anchors[:, a]))
         np.testing.assert_allclose(got[:, a], want, rtol=2e-4, atol=2e-4)
 
 
@@ -176,7 +177,7 @@ def test_training_loss_falls_and_block_learns(tiny_llama, features, trained):  #
     labels = train_block.block_labels(data.tokens_EW[rows], data.length_E[rows], anchors, 4)
     batch = (embed, table, jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows]),
              jnp.asarray(anchors), jnp.asarray(train_block.to_draft_index(labels, DRAFT_VOCAB, 97)))
-    start = train_block.loss_fn(train_block.start_params(trained.config, tiny_llama, cfg), trained.config, 3.0, *batch)
+    start = train_block.loss_fn(block_mod.init_params(trained.config, cfg.seed), trained.config, 3.0, *batch)
     end = train_block.loss_fn(trained.params, trained.config, 3.0, *batch)
     assert float(end) < 0.5 * float(start)
     acc = train_block.evaluate(trained, tiny_llama, features["eval"])

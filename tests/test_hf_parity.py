@@ -132,3 +132,15 @@ def test_heads_greedy_matches_transformers(case, kind):
         out = spectax.decode(model, golden["prompts"], max_new_tokens=N_NEW, drafter=heads)
     for i, want in enumerate(golden["greedy"]):
         assert np.asarray(out.tokens[i]).tolist() == want, f"{name} {kind} row {i}"
+
+
+@pytest.mark.parametrize("tree", ["chain3", "paths"])
+def test_block_greedy_matches_transformers(case, tree):
+    """A block drafter on each fixture (Llama and Qwen2 with RoPE, GPT-2 with learned positions: its draft layers
+    use RoPE of their own) reproduces transformers' greedy tokens, batch of 4 ragged prompts."""
+    name, d, model, golden = case
+    block = spectax.drafters.Block.create(model, block_size=3, tree=SPEC_TREES[tree], seed=2)
+    with jax.default_matmul_precision("highest"):
+        out = spectax.decode(model, golden["prompts"], max_new_tokens=N_NEW, drafter=block)
+    for i, want in enumerate(golden["greedy"]):
+        assert np.asarray(out.tokens[i]).tolist() == want, f"{name} block {tree} row {i}"

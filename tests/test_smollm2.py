@@ -99,21 +99,22 @@ def test_ragged_batch_of_two(model, golden):
     assert np.asarray(out.tokens[1]).tolist() == second["greedy_ids"]
 
 
-@pytest.mark.parametrize("kind", ["blockwise", "medusa", "cerberus"])
-def test_shipped_heads_reproduce_the_goldens(model, golden, kind):
-    """The shipped heads load from the repo (or the installed package) and reproduce transformers' greedy tokens
-    on the real model, batch of two ragged prompts, with their shipped tree; and they are accepted."""
-    from spectax.drafters import Heads
-    from spectax.io.hub import shipped_heads
+@pytest.mark.parametrize("kind", ["blockwise", "medusa", "cerberus", "block"])
+def test_shipped_drafters_reproduce_the_goldens(model, golden, kind):
+    """The shipped drafters (heads, block) load from the repo (or the installed package) and reproduce
+    transformers' greedy tokens on the real model, batch of two ragged prompts, with their shipped tree; and they
+    are accepted."""
+    from spectax.io.hub import load_drafter, shipped_drafter
 
-    heads = Heads.load(shipped_heads(NAME, kind))
-    heads.check(model.config)
+    drafter = load_drafter(shipped_drafter(NAME, kind))
+    drafter.check(model.config)
     second = golden["second_prompt"]
     with jax.default_matmul_precision("highest"):
-        out = spectax.decode(model, [golden["prompt_ids"], second["prompt_ids"]], max_new_tokens=32, drafter=heads)
+        out = spectax.decode(model, [golden["prompt_ids"], second["prompt_ids"]], max_new_tokens=32,
+                             drafter=drafter)
     assert np.asarray(out.tokens[0]).tolist() == golden["greedy_ids"][:32]
     assert np.asarray(out.tokens[1]).tolist() == second["greedy_ids"]
-    assert np.asarray(out.stats.accepted_hist)[:, 1:].sum() > 0, "the heads' proposals must be accepted at times"
+    assert np.asarray(out.stats.accepted_hist)[:, 1:].sum() > 0, "the drafter's proposals must be accepted at times"
 
 
 def test_repo_checkpoints_path_is_the_package_one():

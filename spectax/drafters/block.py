@@ -3,15 +3,16 @@ tree over its per-position candidates is verified in one target forward (DDTree)
 
 The drafter is `num_layers` Llama-style transformer layers of the target's width with their own KV cache, the
 context. Context entry t is the target's own view of committed token t: the outputs of the target layers
-`target_layers` at t (taken from the target's verification forward, no extra pass), concatenated and fused by a
-learned projection, c_t = RMSNorm([h_t^(l1), ..., h_t^(lm)] W_fuse); each draft layer keeps its own K/V of c_t
-(its attention norm and K/V projections applied to c_t, RoPE at position t).
+`target_layers` at t (taken from the target's verification forward, no extra pass), each RMS-normalised (n),
+concatenated and fused by a learned projection, c_t = RMSNorm([n(h_t^(l1)), ..., n(h_t^(lm))] W_fuse); each draft
+layer keeps its own K/V of c_t (its attention norm and K/V projections applied to c_t, RoPE at position t).
 
 Each step the block is [root, mask_1, ..., mask_k] at positions p .. p + k (p: the root's position): the root's
-embedding (the target's own) and k copies of a learned mask vector. The block attends causally to the context
-(slots < p) and bidirectionally within itself; the final norm and the target's LM head (restricted to the draft
-vocabulary, as for heads) read mask slot j as the distribution of token p + j. So one forward gives all k positions'
-distributions, and node (depth d, rank r) of the tree holds position d's r-th candidate (`per_depth`).
+embedding (the target's own), then k mask slots, slot j the root's embedding plus a learned vector of position j
+(`block_inputs`). The block attends causally to the context (slots < p) and bidirectionally within itself; the final
+norm and the target's LM head (restricted to the draft vocabulary, as for heads) read mask slot j as the
+distribution of token p + j. So one forward gives all k positions' distributions, and node (depth d, rank r) of the
+tree holds position d's r-th candidate (`per_depth`).
 
 Per step: `propose` runs the one draft forward; `update` writes the accepted path's context entries (root + accepted
 nodes, their features gathered from the verification forward) into the draft cache, so the draft cache always holds
@@ -104,8 +105,8 @@ def layer_module(config: BlockConfig, attn_impl: AttnImpl = AttnImpl()) -> _Llam
 
 
 def init_params(config: BlockConfig, seed: int = 0) -> dict:
-    """Random draft weights: Flax's initialisers for the layers, N(0, 1 / (m D)) for the fusion, N(0, 1) for the mask
-    vector, unit norm scales."""
+    """Random draft weights: Flax's initialisers for the layers, N(0, 1 / (m D)) for the fusion, N(0, 0.02^2) for
+    the position vectors of the mask slots, unit norm scales."""
     c = config.layer
     D, m = c.hidden_size, len(config.target_layers)
     keys = jax.random.split(jax.random.key(seed), c.num_layers + 2)
@@ -114,7 +115,7 @@ def init_params(config: BlockConfig, seed: int = 0) -> dict:
               for i in range(c.num_layers)}
     params["fuse"] = jax.random.normal(keys[-2], (m * D, D), jnp.float32) / math.sqrt(m * D)
     params["fuse_norm"] = jnp.ones((D,), jnp.float32)
-    params["mask"] = jax.random.normal(keys[-1], (D,), jnp.float32)
+    params["mask"] = 0.02 * jax.random.normal(keys[-1], (config.block_size, D), jnp.float32)
     params["final_norm"] = jnp.ones((D,), jnp.float32)
     return params
 
@@ -125,43 +126,50 @@ def rms_norm(x, scale, eps):
 
 
 def fused_context(config: BlockConfig, params: dict, features_BTLD) -> jax.Array:
-    """float32 [B, T, D]: c_t = RMSNorm([h_t^(l1), ..., h_t^(lm)] W_fuse) from features [B, T, m, D]."""
-    B, T, m, D = features_BTLD.shape
-    return rms_norm(features_BTLD.reshape(B, T, m * D).astype(jnp.float32) @ params["fuse"], params["fuse_norm"],
-                     config.layer.norm_eps)
-
-
-def context_kv(config: BlockConfig, params: dict, features_BTLD, positions_BT) -> tuple:
-    """Per draft layer (k [B, T, K, hd], v): the context entries of T committed tokens from their target features
-    (float [B, T, m, D]) at `positions_BT` (see the module docstring)."""
+    """float32 [B, T, D]: c_t = RMSNorm([n(h_t^(l1)), ..., n(h_t^(lm))] W_fuse) from features [B, T, m, D], n an
+    RMS normalisation per layer (the target's residual streams differ in scale by 10-100x between layers)."""
     if features_BTLD is None:
         raise ValueError("the target's forward returned no layer features: a drafter that wraps a Block must forward "
                          "its target_layers")
+    B, T, m, D = features_BTLD.shape
+    normed = rms_norm(features_BTLD, 1.0, config.layer.norm_eps)
+    return rms_norm(normed.reshape(B, T, m * D) @ params["fuse"], params["fuse_norm"], config.layer.norm_eps)
+
+
+def context_kv(config: BlockConfig, params: dict, ctx_BTD, positions_BT) -> tuple:
+    """Per draft layer (k [B, T, K, hd], v): the context entries of T committed tokens from their fused context
+    (float32 [B, T, D], `fused_context`) at `positions_BT` (see the module docstring)."""
     c = config.layer
     G = c.num_heads // c.num_kv_heads
-    ctx = fused_context(config, params, features_BTLD)
     out = []
     for i in range(c.num_layers):
         layer = params[f"layers_{i}"]
-        h = rms_norm(ctx, layer["attn_norm"]["scale"], c.norm_eps)
+        h = rms_norm(ctx_BTD, layer["attn_norm"]["scale"], c.norm_eps)
         kv_BTK2H = jnp.einsum("btd,dkjh->btkjh", h, layer["attn"]["qkv"]["kernel"][:, :, G:])   # its K and V only
         out.append((apply_rope(kv_BTK2H[:, :, :, 0], positions_BT, inv_frequencies(c)), kv_BTK2H[:, :, :, 1]))
     return tuple(out)
 
 
-def block_logits(config: BlockConfig, params: dict, embed_VD, table_VpD, root_B, context, lengths_B,
+def block_inputs(params: dict, root_xD, last_ctx_xD) -> jax.Array:
+    """float32 [..., 1 + k, D]: the block's inputs for roots embedded as root_xD [..., D], after a newest committed
+    token of fused context last_ctx_xD: every slot gets root + last context (the root and the target's latest view,
+    as EAGLE's input), mask slot j also the learned vector of its position j."""
+    x = (root_xD.astype(jnp.float32) + last_ctx_xD)[..., None, :]
+    return jnp.concatenate([x, x + params["mask"]], axis=-2)
+
+
+def block_logits(config: BlockConfig, params: dict, embed_VD, table_VpD, root_B, last_ctx_BD, context, lengths_B,
                  attn_impl: AttnImpl = AttnImpl()) -> jax.Array:
     """float32 [B, k, V']: the one draft forward. The block [root, mask x k] at positions lengths .. lengths + k
-    attends to the context (per layer (k [B, K, S, hd], v), slots < lengths_B) and bidirectionally within itself."""
+    attends to the context (per layer (k [B, K, S, hd], v), slots < lengths_B) and bidirectionally within itself;
+    last_ctx_BD: the fused context of each row's newest committed token (slot lengths - 1)."""
     c, k = config.layer, config.block_size
-    B = root_B.shape[0]
-    x = jnp.concatenate([embed_VD[root_B].astype(jnp.float32)[:, None],
-                         jnp.broadcast_to(params["mask"], (B, k, c.hidden_size))], axis=1)   # [B, 1 + k, D]
+    x = block_inputs(params, embed_VD[root_B], last_ctx_BD)                                    # [B, 1 + k, D]
     positions = lengths_B[:, None] + jnp.arange(1 + k, dtype=jnp.int32)[None]
     within = jnp.ones((1 + k, 1 + k), bool)
     for i in range(c.num_layers):
         x, _ = layer_module(config, attn_impl).apply({"params": params[f"layers_{i}"]}, x, positions, context[i],
-                                                      lengths_B, within)
+                                                     lengths_B, within)
     h = rms_norm(x[:, 1:], params["final_norm"], c.norm_eps)
     return jnp.einsum("bkd,vd->bkv", h, table_VpD.astype(jnp.float32))
 
@@ -175,6 +183,7 @@ def input_embedding(model) -> jax.Array:
 @struct.dataclass
 class BlockState:
     cache: KVCache          # the draft's context K/V; lengths = the target's committed lengths
+    last_ctx_BD: jax.Array  # float32 [B, D] the fused context of each row's newest committed token
     embed_VD: jax.Array     # the target's token embedding (constant through the loop)
     table_VpD: jax.Array    # [V', D] the target's head rows at the draft vocabulary (constant)
 
@@ -235,18 +244,19 @@ class Block:
         """The context of every prompt token, from the prefill's features (out.features_BTLD: [B, P, m, D])."""
         B, P = prompt_BP.shape
         cache = KVCache.create(self.config.layer, B, cache_size, jnp.float32)
-        positions = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-        context = context_kv(self.config, self.params, out.features_BTLD, positions)
+        ctx = fused_context(self.config, self.params, out.features_BTLD)                          # [B, P, D]
+        context = context_kv(self.config, self.params, ctx, jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P)))
         zero = jnp.zeros((B,), jnp.int32)
         cache = cache.with_layers(tuple((write_block(kc, k, zero), write_block(vc, v, zero))
                                         for (kc, vc), (k, v) in zip(cache.layers, context)))
-        return BlockState(cache=cache.replace(lengths=prompt_len_B.astype(jnp.int32)),
+        last = jnp.take_along_axis(ctx, (prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
+        return BlockState(cache=cache.replace(lengths=prompt_len_B.astype(jnp.int32)), last_ctx_BD=last,
                           embed_VD=input_embedding(target), table_VpD=head_table(target)[self.vocab_ids])
 
     def propose(self, state: BlockState, root_B, keys_B, spec, sampling):
         """The one draft forward: every block position's logits, then node (d, r) = position d's r-th candidate."""
-        logits = block_logits(self.config, self.params, state.embed_VD, state.table_VpD, root_B, state.cache.layers,
-                              state.cache.lengths, spec.attn_impl)
+        logits = block_logits(self.config, self.params, state.embed_VD, state.table_VpD, root_B, state.last_ctx_BD,
+                              state.cache.layers, state.cache.lengths, spec.attn_impl)
         return propose_per_depth(logits, self.vocab_ids, self.tree, keys_B, spec, sampling), state
 
     def update(self, state: BlockState, verdict, new_tokens_BC, out, active_B) -> BlockState:
@@ -256,12 +266,15 @@ class Block:
         B = s0.shape[0]
         steps_BC = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), jnp.maximum(verdict.path_BD, 0)], axis=1)
         features = jnp.take_along_axis(out.features_BTLD, steps_BC[:, :, None, None], axis=1)     # [B, 1 + D, m, D]
+        ctx = fused_context(self.config, self.params, features)
         positions = s0[:, None] + jnp.arange(steps_BC.shape[1], dtype=jnp.int32)[None]
-        context = context_kv(self.config, self.params, features, positions)
+        context = context_kv(self.config, self.params, ctx, positions)
         layers = tuple((write_block(kc, k, s0), write_block(vc, v, s0))
                        for (kc, vc), (k, v) in zip(state.cache.layers, context))
-        lengths = jnp.where(active_B, s0 + 1 + verdict.n_accepted, s0)
-        return state.replace(cache=state.cache.with_layers(layers).replace(lengths=lengths))
+        last = jnp.take_along_axis(ctx, verdict.n_accepted[:, None, None], axis=1)[:, 0]          # the newest
+        return state.replace(cache=state.cache.with_layers(layers).replace(lengths=jnp.where(
+            active_B, s0 + 1 + verdict.n_accepted, s0)), last_ctx_BD=jnp.where(active_B[:, None], last,
+                                                                                 state.last_ctx_BD))
 
     # ------------------------------------------------------------------------------------------------ save / load
 

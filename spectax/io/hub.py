@@ -137,10 +137,27 @@ def resolve(name: str | os.PathLike) -> Path:
 SHIPPED = Path(__file__).parent.parent / "checkpoints"   # drafters trained for the registered models (package data)
 
 
-def shipped_heads(model: str, kind: str) -> Path:
-    """The directory of the heads of `kind` shipped for the registered model `model` (ValueError if none)."""
+DRAFTER_MANIFESTS = ("heads.json", "block.json")   # what marks a drafter directory (Heads, Block)
+
+
+def shipped_drafter(model: str, kind: str) -> Path:
+    """The directory of the drafter `kind` (a heads kind, or "block") shipped for the registered model `model`
+    (ValueError if none)."""
     path = SHIPPED / model / kind
-    if not (path / "heads.json").is_file():
-        have = sorted(p.parent.name + "/" + p.name for p in SHIPPED.glob("*/*") if (p / "heads.json").is_file())
-        raise ValueError(f"no shipped {kind!r} heads for {model!r}; shipped: {have or 'none'}")
+    if not any((path / m).is_file() for m in DRAFTER_MANIFESTS):
+        have = sorted(p.parent.name + "/" + p.name for p in SHIPPED.glob("*/*")
+                      if any((p / m).is_file() for m in DRAFTER_MANIFESTS))
+        raise ValueError(f"no shipped {kind!r} drafter for {model!r}; shipped: {have or 'none'}")
     return path
+
+
+def load_drafter(path):
+    """The Heads or Block drafter saved in the directory `path` (ValueError if it holds neither)."""
+    from spectax.drafters import Block, Heads
+
+    path = Path(path).expanduser()
+    if (path / "block.json").is_file():
+        return Block.load(path)
+    if (path / "heads.json").is_file():
+        return Heads.load(path)
+    raise ValueError(f"{path} holds no spectax drafter (none of {DRAFTER_MANIFESTS})")

@@ -8,9 +8,8 @@ anchors of a sequence share its context K/V, and the block forward is the decode
 anchor a row of the context with its own length. Loss: cross-entropy at the k positions, weighted by
 exp(-(j - 1) / decay) at position j (early positions matter most: a miss there ends the accepted run).
 
-Start: the draft layers are copies of the target's last layers, the fusion reads the deepest feature layer, the
-final norm is the target's (init_from_target; random otherwise). The shared loop (spectax.train.fit) makes a resumed
-run bit-exact with an uninterrupted one.
+Start: random weights (init_params). The shared loop (spectax.train.fit) makes a resumed run bit-exact with an
+uninterrupted one.
 
     python -m spectax.train.distill features --data /work/data/d640 --layers 1 14 28
     spectax train block --data /work/data/d640 --out checkpoints/smollm2-135m-instruct/block
@@ -28,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spectax.drafters.block import (Block, BlockConfig, rms_norm, fused_context, init_params, input_embedding,
-                                    layer_module)
+from spectax.drafters.block import (Block, BlockConfig, block_inputs, fused_context, init_params, input_embedding,
+                                    layer_module, rms_norm)
 from spectax.drafters.heads import head_table
 from spectax.train.distill import features_dir, load_shard, shard_paths
 from spectax.train.fit import batch_rows, fit
@@ -54,7 +53,6 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     checkpoint_every: int = 100
-    init_from_target: bool = True
 
 
 @dataclasses.dataclass
@@ -122,9 +120,8 @@ def anchor_logits(config: BlockConfig, params, embed_VD, table_VpD, tokens_EW, f
     A = anchors_EA.shape[1]
     ctx = fused_context(config, params, features_EWmD)                                        # [E, W, D]
     roots = jnp.take_along_axis(tokens_EW, anchors_EA, axis=1)                                # [E, A]
-    x = jnp.concatenate([embed_VD[roots].astype(jnp.float32)[:, :, None],
-                         jnp.broadcast_to(params["mask"], (E, A, k, c.hidden_size))], axis=2)
-    x = x.reshape(E, A * (1 + k), c.hidden_size)
+    last = jnp.take_along_axis(ctx, (anchors_EA - 1)[:, :, None], axis=1)                     # [E, A, D]
+    x = block_inputs(params, embed_VD[roots], last).reshape(E, A * (1 + k), c.hidden_size)
     block_pos = (anchors_EA[:, :, None] + jnp.arange(1 + k, dtype=jnp.int32)).reshape(E, A * (1 + k))
     positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(W, dtype=jnp.int32), (E, W)), block_pos], axis=1)
     anchor_of = jnp.repeat(jnp.arange(A), 1 + k)                                              # [A (1 + k)]
@@ -152,24 +149,6 @@ def loss_fn(params, config: BlockConfig, decay: float, embed_VD, table_VpD, toke
     return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-9)
 
 
-def start_params(config: BlockConfig, target, cfg: TrainConfig) -> dict:
-    """Random weights, or (init_from_target) the target's last layers, final norm and a fusion that reads the
-    deepest feature layer: the context entries then start as the K/V the target's last layer computes."""
-    params = init_params(config, cfg.seed)
-    if not cfg.init_from_target:
-        return params
-    c, t = config.layer, target.params
-    if target.config.arch != "llama":
-        raise ValueError("init_from_target copies Llama layers; the target is " + target.config.arch)
-    L, D, m = target.config.num_layers, c.hidden_size, len(config.target_layers)
-    for i in range(c.num_layers):
-        params[f"layers_{i}"] = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32),
-                                                       t[f"layers_{L - c.num_layers + i}"])
-    params["fuse"] = jnp.zeros((m * D, D), jnp.float32).at[(m - 1) * D:].set(jnp.eye(D))
-    params["final_norm"] = jnp.asarray(t["final_norm"]["scale"], jnp.float32)
-    return params
-
-
 def train(target, data: BlockData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt_dir, log=print,
           progress: bool = True, stop_at: int | None = None) -> Block:
     """Trains a block drafter for `target` on `data`; resumes from the newest checkpoint in `ckpt_dir` if any.
@@ -184,10 +163,11 @@ def train(target, data: BlockData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt
         rows = batch_rows(len(data.length_E), cfg, step)
         anchors = anchors_for(data, rows, cfg.anchors, np.random.default_rng((cfg.seed, step, 1)))
         labels = block_labels(data.tokens_EW[rows], data.length_E[rows], anchors, cfg.block_size)
-        return (embed, table, jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows]),
+        W = min(-(-int(data.length_E[rows].max()) // 128) * 128, data.tokens_EW.shape[1])   # a few shapes, less padding
+        return (embed, table, jnp.asarray(data.tokens_EW[rows, :W]), jnp.asarray(data.features_EWmD[rows, :W]),
                 jnp.asarray(anchors), jnp.asarray(to_draft_index(labels, vocab_ids, target.config.vocab_size)))
 
-    params = fit(start_params(config, target, cfg), lambda p, *b: loss_fn(p, config, cfg.decay, *b), batch, cfg,
+    params = fit(init_params(config, cfg.seed), lambda p, *b: loss_fn(p, config, cfg.decay, *b), batch, cfg,
                  ckpt_dir, "train block", log, progress, stop_at)
     return Block(config=config, params=params, vocab_ids=jnp.asarray(vocab_ids, jnp.int32),
                  tree=DraftTree.chain(cfg.block_size))
@@ -236,7 +216,7 @@ Load with `spectax.drafters.Block.load(path)`; decode with `spectax.decode(model
   {coverage:.1%} of the held-out response tokens.
 - Training: {cfg.steps} steps of {cfg.batch} sequences x {cfg.anchors} anchors x {cfg.block_size} positions, loss
   weight exp(-(j - 1) / {cfg.decay}) at position j, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine), weight decay
-  {cfg.weight_decay}, seed {cfg.seed}, start from the target's last layer(s): {cfg.init_from_target}; target frozen;
+  {cfg.weight_decay}, seed {cfg.seed}, random start; target frozen;
   {seconds / 60:.1f} min on {platform.processor() or platform.machine()} ({jax.default_backend()},
   {jax.device_count()} device(s), JAX {jax.__version__}).
 - Held-out accuracy (the target's own greedy token, full vocabulary; top-j = the label is among the drafter's j
@@ -269,8 +249,6 @@ def main(argv=None) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name == "target_layers":
             ap.add_argument("--target-layers", type=int, nargs="+", default=list(f.default))
-        elif f.type == "bool":
-            ap.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
         else:
             ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = ap.parse_args(argv)
