@@ -30,12 +30,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct, traverse_util
+from flax import struct
 
 from pallas_kernels.tree_attention import AttnImpl
 from spectax.cache import KVCache, write_block
 from spectax.drafters.heads import _check_ids, head_table
 from spectax.drafters.per_depth import propose_per_depth
+from spectax.drafters.stored import read_drafter, write_drafter
 from spectax.models.config import ModelConfig
 from spectax.models.llama import _LlamaBlock
 from spectax.models.rope import apply_rope, inv_frequencies
@@ -281,41 +282,20 @@ class Block:
     def save(self, path, overwrite: bool = False) -> Path:
         """Writes the drafter to the directory `path` (block.json + params.npz, through a temp dir renamed into
         place: never half-written). The target's embedding and LM head are not stored; the tree is."""
-        from spectax.io.checkpoint import write_dir
-
         manifest = {"format": "spectax-block", "version": FORMAT_VERSION, "config": self.config.to_dict(),
                     "tree": [list(p) for p in self.tree.rank_paths]}
-        arrays = {"vocab_ids": np.asarray(self.vocab_ids, np.int32),
-                  **{f"params/{k}": np.asarray(v) for k, v in traverse_util.flatten_dict(self.params, sep="/").items()}}
-
-        def fill(tmp: Path) -> None:
-            np.savez(tmp / "params.npz", **arrays)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-
-        return write_dir(path, overwrite, fill)
+        return write_drafter(path, overwrite, MANIFEST, manifest, self.params, self.vocab_ids)
 
     @classmethod
     def load(cls, path) -> "Block":
         """Reads a drafter written by `save` (ValueError for anything else)."""
-        path = Path(path).expanduser()
-        try:
-            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} holds no spectax block drafter ({MANIFEST}: {e})") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != "spectax-block" \
-                or manifest.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path / MANIFEST}: not a spectax block drafter of format version {FORMAT_VERSION}")
+        manifest, params, vocab_ids = read_drafter(path, MANIFEST, "spectax-block", FORMAT_VERSION, "block drafter")
         try:
             config = BlockConfig.from_dict(manifest["config"])
             tree = DraftTree.from_paths([tuple(p) for p in manifest["tree"]])
-            with np.load(path / "params.npz") as z:
-                arrays = {k: z[k] for k in z.files}
-        except (KeyError, TypeError, OSError) as e:
-            raise ValueError(f"{path}: incomplete or invalid block drafter: {e}") from e
-        params = traverse_util.unflatten_dict({k.split("/", 1)[1]: jnp.asarray(v) for k, v in arrays.items()
-                                               if k.startswith("params/")}, sep="/")
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: invalid block drafter manifest: {e}") from e
         expected = jax.tree_util.tree_map(np.shape, jax.eval_shape(lambda: init_params(config)))
-        if jax.tree_util.tree_map(np.shape, params) != expected or "vocab_ids" not in arrays:
+        if jax.tree_util.tree_map(np.shape, params) != expected:
             raise ValueError(f"{path}: block weights do not match their config {config}")
-        return cls(config=config, params=params, vocab_ids=_check_ids(arrays["vocab_ids"], config.layer.vocab_size),
-                   tree=tree)
+        return cls(config=config, params=params, vocab_ids=_check_ids(vocab_ids, config.layer.vocab_size), tree=tree)

@@ -22,7 +22,6 @@ outside V', so verification stays lossless over the full vocabulary).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from flax import struct
 from jax import lax
 
 from spectax.drafters.per_depth import propose_per_depth
+from spectax.drafters.stored import read_drafter, write_drafter
 from spectax.tree import DraftTree
 
 KINDS = ("blockwise", "medusa", "cerberus")
@@ -205,43 +205,23 @@ class Heads:
         """Writes the heads to the directory `path` (heads.json + params.npz, written to a temp dir renamed into
         place: never half-written). The target's LM head is not stored; the tree is (as rank paths). With
         overwrite=True the whole directory is replaced: copy any other file in it (a README) back afterwards."""
-        from spectax.io.checkpoint import write_dir
-
         manifest = {"format": "spectax-heads", "version": FORMAT_VERSION, "config": dataclasses.asdict(self.config),
                     "tree": [list(p) for p in self.tree.rank_paths]}
-        arrays = {"vocab_ids": np.asarray(self.vocab_ids, np.int32),
-                  **{f"params/{k}": np.asarray(v) for k, v in self.params.items()}}
-
-        def fill(tmp: Path) -> None:
-            np.savez(tmp / "params.npz", **arrays)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-
-        return write_dir(path, overwrite, fill)
+        return write_drafter(path, overwrite, MANIFEST, manifest, self.params, self.vocab_ids)
 
     @classmethod
     def load(cls, path) -> "Heads":
         """Reads heads written by `save` (ValueError for anything else)."""
-        path = Path(path).expanduser()
-        try:
-            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} holds no spectax heads ({MANIFEST}: {e})") from e
-        if not isinstance(manifest, dict) or manifest.get("format") != "spectax-heads" \
-                or manifest.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path / MANIFEST}: not spectax heads of format version {FORMAT_VERSION}")
+        manifest, params, vocab_ids = read_drafter(path, MANIFEST, "spectax-heads", FORMAT_VERSION, "heads")
         try:
             config = HeadsConfig(**manifest["config"])
             tree = DraftTree.from_paths([tuple(p) for p in manifest["tree"]])
-            with np.load(path / "params.npz") as z:
-                arrays = {k: z[k] for k in z.files}
-        except (KeyError, TypeError, OSError) as e:
+        except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: incomplete or invalid heads: {e}") from e
-        params = {k.split("/", 1)[1]: jnp.asarray(v) for k, v in arrays.items() if k.startswith("params/")}
         expected = jax.tree_util.tree_map(np.shape, init_params(config))
-        if jax.tree_util.tree_map(np.shape, params) != expected or "vocab_ids" not in arrays:
+        if jax.tree_util.tree_map(np.shape, params) != expected:
             raise ValueError(f"{path}: head weights do not match their config {config}")
-        return cls(config=config, params=params, vocab_ids=_check_ids(arrays["vocab_ids"], config.vocab_size),
-                   tree=tree)
+        return cls(config=config, params=params, vocab_ids=_check_ids(vocab_ids, config.vocab_size), tree=tree)
 
 
 def _check_ids(ids: np.ndarray, vocab_size: int) -> jax.Array:

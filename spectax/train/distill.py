@@ -208,41 +208,52 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def response_hidden(model: Model, shard: dict[str, np.ndarray], batch: int = 8,
-                    length_multiple: int = LENGTH_MULTIPLE) -> dict[str, np.ndarray]:
-    """hidden_ND float16 [sum (L_e - P_e), D] and hidden_offsets int64 [E + 1] for a generation shard.
-
-    Examples are batched in length order, right-padded to a multiple of `length_multiple` tokens (causal, so the
-    padding never reaches a real position), and every batch is filled up to `batch` rows.
-    """
-    seqs, prompt_len = sequences(shard), shard["prompt_len"]
+def per_example(shard: dict[str, np.ndarray], forward, batch: int = 8,
+                length_multiple: int = LENGTH_MULTIPLE) -> list[np.ndarray]:
+    """forward(int32 [batch, T]) -> [batch, T, ...] run over a generation shard's examples; returns per example its
+    rows [L_e, ...]. Examples are batched in length order, right-padded to a multiple of `length_multiple` tokens
+    (causal, so the padding never reaches a real position), and every batch is filled up to `batch` rows."""
+    seqs = sequences(shard)
     order = np.argsort([len(s) for s in seqs], kind="stable")
-    per_example = [None] * len(seqs)
+    out = [None] * len(seqs)
     for b in range(0, len(order), batch):
         idx = order[b:b + batch]
         tokens_BT = np.zeros((batch, _round_up(max(len(seqs[e]) for e in idx), length_multiple)), np.int32)
         for row, e in enumerate(idx):
             tokens_BT[row, :len(seqs[e])] = seqs[e]
-        hidden_BTD = np.asarray(final_hidden(model, tokens_BT))
+        values = np.asarray(forward(tokens_BT))
         for row, e in enumerate(idx):
-            per_example[e] = hidden_BTD[row, prompt_len[e] - 1:len(seqs[e]) - 1]
-    hidden_offsets = np.zeros(len(seqs) + 1, np.int64)
-    hidden_offsets[1:] = np.cumsum([len(s) - p for s, p in zip(seqs, prompt_len)])
-    return {"hidden_ND": np.concatenate(per_example), "hidden_offsets": hidden_offsets}
+            out[e] = values[row, :len(seqs[e])]
+    return out
 
 
-def cache_hidden(model: Model, shards_dir, out_dir, batch: int = 8) -> list[Path]:
-    """For every generation shard in shards_dir, writes out_dir/<same name> with its arrays plus the response
-    hidden states (see the module docstring). Existing output shards are skipped. Returns the output paths."""
+def response_hidden(model: Model, shard: dict[str, np.ndarray], batch: int = 8) -> dict[str, np.ndarray]:
+    """hidden_ND float16 [sum (L_e - P_e), D] and hidden_offsets int64 [E + 1] for a generation shard."""
+    rows = per_example(shard, lambda t: final_hidden(model, t), batch)
+    prompt_len = shard["prompt_len"]
+    hidden_offsets = np.zeros(len(rows) + 1, np.int64)
+    hidden_offsets[1:] = np.cumsum([len(r) - p for r, p in zip(rows, prompt_len)])
+    return {"hidden_ND": np.concatenate([r[p - 1:len(r) - 1] for r, p in zip(rows, prompt_len)]),
+            "hidden_offsets": hidden_offsets}
+
+
+def cache_shards(shards_dir, out_dir, desc: str, compute) -> list[Path]:
+    """For every generation shard in shards_dir, writes out_dir/<same name> with its arrays plus compute(shard)'s;
+    existing output shards are skipped. Returns the output paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = shard_paths(shards_dir)
-    for path in tqdm(paths, desc=f"hidden {Path(shards_dir).name}", unit="shard", file=sys.stderr):
+    for path in tqdm(paths, desc=f"{desc} {Path(shards_dir).name}", unit="shard", file=sys.stderr):
         target = out_dir / path.name
         if not target.exists():
             shard = load_shard(path)
-            write_atomic(target, {**shard, **response_hidden(model, shard, batch)})
+            write_atomic(target, {**shard, **compute(shard)})
     return [out_dir / p.name for p in paths]
+
+
+def cache_hidden(model: Model, shards_dir, out_dir, batch: int = 8) -> list[Path]:
+    """Each generation shard of shards_dir plus its response hidden states (see the module docstring)."""
+    return cache_shards(shards_dir, out_dir, "hidden", lambda shard: response_hidden(model, shard, batch))
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -257,36 +268,13 @@ def layer_features(model: Model, tokens_BT, layers: tuple[int, ...]):
     return features.astype(jnp.float16)
 
 
-def sequence_features(model: Model, shard: dict[str, np.ndarray], layers: tuple[int, ...], batch: int = 8,
-                      length_multiple: int = LENGTH_MULTIPLE) -> dict[str, np.ndarray]:
-    """features_NLD float16 [sum L_e, L', D] (every position of every example, in the shard's token order) for a
-    generation shard; batched like `response_hidden`."""
-    seqs = sequences(shard)
-    order = np.argsort([len(s) for s in seqs], kind="stable")
-    per_example = [None] * len(seqs)
-    for b in range(0, len(order), batch):
-        idx = order[b:b + batch]
-        tokens_BT = np.zeros((batch, _round_up(max(len(seqs[e]) for e in idx), length_multiple)), np.int32)
-        for row, e in enumerate(idx):
-            tokens_BT[row, :len(seqs[e])] = seqs[e]
-        features_BTLD = np.asarray(layer_features(model, tokens_BT, layers))
-        for row, e in enumerate(idx):
-            per_example[e] = features_BTLD[row, :len(seqs[e])]
-    return {"features_NLD": np.concatenate(per_example), "layers": np.asarray(layers, np.int32)}
-
-
 def cache_features(model: Model, shards_dir, out_dir, layers: tuple[int, ...], batch: int = 8) -> list[Path]:
-    """For every generation shard in shards_dir, writes out_dir/<same name> with its arrays plus the chosen layers'
-    features at every position (see `sequence_features`); existing output shards are skipped."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = shard_paths(shards_dir)
-    for path in tqdm(paths, desc=f"features {Path(shards_dir).name}", unit="shard", file=sys.stderr):
-        target = out_dir / path.name
-        if not target.exists():
-            shard = load_shard(path)
-            write_atomic(target, {**shard, **sequence_features(model, shard, layers, batch)})
-    return [out_dir / p.name for p in paths]
+    """Each generation shard of shards_dir plus features_NLD float16 [sum L_e, L', D], the outputs of `layers` at
+    every position (in the shard's token order), and layers int32 [L']."""
+    def compute(shard):
+        rows = per_example(shard, lambda t: layer_features(model, t, layers), batch)
+        return {"features_NLD": np.concatenate(rows), "layers": np.asarray(layers, np.int32)}
+    return cache_shards(shards_dir, out_dir, "features", compute)
 
 
 def features_dir(data, layers: tuple[int, ...]) -> Path:
