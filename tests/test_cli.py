@@ -89,6 +89,21 @@ def test_generate_without_eos_hit_and_system_message(char_ckpt, capsys):
     assert m and (int(m[1]), int(m[2])) == (n, len(ids))
 
 
+@pytest.mark.parametrize("kind", ["heads", "block"])
+def test_generate_with_a_drafter_directory(char_ckpt, capsys, tmp_path, kind):
+    """`--drafter DIR` takes a saved heads or block drafter: the same text as plain decoding, and a tau line."""
+    from spectax.drafters import Block, Heads
+    model = spectax.load(char_ckpt)
+    drafter = (Heads.create(model, num_heads=2) if kind == "heads" else Block.create(model, block_size=2))
+    drafter.save(tmp_path / kind)
+    plain, _ = run_cli(capsys, "generate", "--model", str(char_ckpt), "--max-new-tokens", str(N), "hello")
+    out, err = run_cli(capsys, "generate", "--model", str(char_ckpt), "--max-new-tokens", str(N), "--drafter",
+                       str(tmp_path / kind), "hello")
+    assert out == plain and "tau" in err
+    code, err = run_failing(capsys, "generate", "--model", str(char_ckpt), "--drafter", str(tmp_path), "hello")
+    assert code == 2 and "not a drafter directory" in err
+
+
 def test_raw_prompt_from_stdin_with_explicit_tokenizer(char_ckpt, tiny_llama, capsys, monkeypatch, tmp_path):
     bare = spectax.save(tiny_llama, tmp_path / "bare")  # no tokenizer in the directory
     tok = load_tokenizer(char_ckpt)
