@@ -31,8 +31,8 @@ from spectax.io import hub
 from spectax.tokenizer import from_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import MODEL, SPEC_BENCH, machine, timed, write_result  # noqa: E402
-from heads import run_variants, stratified, summarize  # noqa: E402
+from common import MODEL, SPEC_BENCH, machine, timed  # noqa: E402
+from heads import add_tree_variants, run_batches, stratified  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -108,23 +108,9 @@ def main() -> None:
     trees = {f"heads:{heads_name}": [list(p) for p in heads_tree.rank_paths]}
     options = {f"chain{d}": DraftTree.chain(d) for d in args.chains if d <= k}
     options["optimal"] = DraftTree.optimal(acc, budget=args.budget, max_depth=k, cost=curve)
-    for name, tree in options.items():
-        if tree.num_nodes == 0:
-            continue                                                  # nothing pays at this cost curve
-        same = [n for n, v in variants.items() if n.startswith("block/") and v.tree == tree]
-        if same:
-            trees[f"block/{name}"] = f"= {same[0]}"
-            continue
-        variants[f"block/{name}"] = block.replace(tree=tree)
-        trees[f"block/{name}"] = [list(p) for p in tree.rank_paths]
-    result["trees"] = trees
-    for b in args.batches:
-        t0 = time.perf_counter()
-        res = run_variants(model, variants, prompts, b, args.new, args.bucket, args.repeats)
-        result[f"batch{b}"] = summarize(res)
-        print(f"batch {b} done in {time.perf_counter() - t0:.0f} s", flush=True)
-        write_result(args.out, result)                                # checkpoint after each batch size
-
+    add_tree_variants(variants, trees, "block", block, {n: t for n, t in options.items() if t.num_nodes})
+    result["trees"] = trees                                           # (an empty optimal tree: nothing pays)
+    run_batches(model, variants, prompts, args, result)
 
 if __name__ == "__main__":
     main()

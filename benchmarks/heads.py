@@ -182,14 +182,25 @@ def main() -> None:
         options["optimal"] = DraftTree.optimal(acc[k], budget=16, max_depth=H, cost=curve)
         if options["optimal"].num_nodes == 0:
             del options["optimal"]                                  # nothing pays at this cost curve
-        for t, tree in options.items():
-            same = [name for name, v in variants.items() if name.startswith(k + "/") and v.tree == tree]
-            if same:                                   # e.g. the optimal tree is one of the chains: measured once
-                trees[f"{k}/{t}"] = f"= {same[0]}"
-                continue
-            variants[f"{k}/{t}"] = h.replace(tree=tree)
-            trees[f"{k}/{t}"] = [list(p) for p in tree.rank_paths]
+        add_tree_variants(variants, trees, k, h, options)
     result["trees"] = trees
+    run_batches(model, variants, prompts, args, result)
+
+
+def add_tree_variants(variants: dict, trees: dict, prefix: str, drafter, options: dict) -> None:
+    """Adds `drafter` with each tree of `options` ({name: DraftTree}) as variant "prefix/name", recording the trees'
+    rank paths in `trees`; a tree already measured under this prefix is noted as "= its name", not run twice."""
+    for name, tree in options.items():
+        same = [n for n, v in variants.items() if n.startswith(prefix + "/") and v.tree == tree]
+        if same:                                       # e.g. the optimal tree is one of the chains: measured once
+            trees[f"{prefix}/{name}"] = f"= {same[0]}"
+            continue
+        variants[f"{prefix}/{name}"] = drafter.replace(tree=tree)
+        trees[f"{prefix}/{name}"] = [list(p) for p in tree.rank_paths]
+
+
+def run_batches(model, variants: dict, prompts, args, result: dict) -> None:
+    """Runs the variants at each of args.batches and writes the result JSON to args.out after each batch size."""
     for b in args.batches:
         t0 = time.perf_counter()
         res = run_variants(model, variants, prompts, b, args.new, args.bucket, args.repeats)

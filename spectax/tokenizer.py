@@ -113,7 +113,7 @@ class Tokenizer:
             raise ValueError("add_bos=True but this tokenizer has no BOS token")
         return [self.bos_id] + ids
 
-    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+    def check_vocab_ids(self, ids: Iterable[int]) -> list[int]:
         out = []
         for i in ids:
             i = int(i)
@@ -145,7 +145,7 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Ids -> text; runs of byte ids are decoded as UTF-8 together."""
         out, buf = [], bytearray()
-        for i in self._check_ids(ids):
+        for i in self.check_vocab_ids(ids):
             if i < 256:
                 buf.append(i)
                 continue
@@ -190,7 +190,7 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Ids -> text (byte-level pieces that are not valid UTF-8 on their own decode as U+FFFD)."""
-        return self._tok.decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
+        return self._tok.decode(self.check_vocab_ids(ids), skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
         """The id of a vocabulary token string (e.g. "<|im_end|>"), or None."""

@@ -34,7 +34,7 @@ from flax import struct
 
 from pallas_kernels.tree_attention import AttnImpl
 from spectax.cache import KVCache, write_block
-from spectax.drafters.heads import _check_ids, head_table
+from spectax.drafters.heads import check_vocab_ids, head_table
 from spectax.drafters.per_depth import propose_per_depth
 from spectax.drafters.stored import read_drafter, write_drafter
 from spectax.models.config import ModelConfig
@@ -206,7 +206,7 @@ class Block:
         default 3 spread over the target (default_target_layers); vocab_ids: default the target's vocabulary."""
         config = BlockConfig.for_target(model.config, block_size, num_layers, target_layers)
         ids = np.arange(model.config.vocab_size) if vocab_ids is None else np.asarray(vocab_ids)
-        block = cls(config=config, params=init_params(config, seed), vocab_ids=_check_ids(ids, model.config.vocab_size),
+        block = cls(config=config, params=init_params(config, seed), vocab_ids=check_vocab_ids(ids, model.config.vocab_size),
                     tree=DraftTree.chain(block_size) if tree is None else tree)
         block.check(model.config)
         return block
@@ -233,7 +233,7 @@ class Block:
             raise ValueError(f"the tree is {self.tree.max_depth} deep but the block has only "
                              f"{self.config.block_size} positions")
         ids = np.asarray(self.vocab_ids)
-        _check_ids(ids, c.vocab_size)
+        check_vocab_ids(ids, c.vocab_size)
         if self.tree.max_children > ids.size:
             raise ValueError(f"the tree has {self.tree.max_children} siblings under one node but the draft "
                              f"vocabulary only {ids.size} tokens")
@@ -298,4 +298,4 @@ class Block:
         expected = jax.tree_util.tree_map(np.shape, jax.eval_shape(lambda: init_params(config)))
         if jax.tree_util.tree_map(np.shape, params) != expected:
             raise ValueError(f"{path}: block weights do not match their config {config}")
-        return cls(config=config, params=params, vocab_ids=_check_ids(vocab_ids, config.layer.vocab_size), tree=tree)
+        return cls(config=config, params=params, vocab_ids=check_vocab_ids(vocab_ids, config.layer.vocab_size), tree=tree)

@@ -144,7 +144,7 @@ class Heads:
         config = HeadsConfig(kind=kind, num_heads=num_heads, hidden_size=c.hidden_size, vocab_size=c.vocab_size,
                              gate=gate)
         ids = np.arange(c.vocab_size) if vocab_ids is None else np.asarray(vocab_ids)
-        heads = cls(config=config, params=init_params(config, seed, scale), vocab_ids=_check_ids(ids, c.vocab_size),
+        heads = cls(config=config, params=init_params(config, seed, scale), vocab_ids=check_vocab_ids(ids, c.vocab_size),
                     tree=DraftTree.chain(num_heads) if tree is None else tree)
         heads.check(c)
         return heads
@@ -164,7 +164,7 @@ class Heads:
             raise ValueError(f"the tree is {self.tree.max_depth} deep but there are only {c.num_heads} heads "
                              f"(one per depth)")
         ids = np.asarray(self.vocab_ids)
-        _check_ids(ids, c.vocab_size)
+        check_vocab_ids(ids, c.vocab_size)
         if self.tree.max_children > ids.size:
             raise ValueError(f"the tree has {self.tree.max_children} siblings under one node but the draft "
                              f"vocabulary only {ids.size} tokens")
@@ -221,10 +221,10 @@ class Heads:
         expected = jax.tree_util.tree_map(np.shape, init_params(config))
         if jax.tree_util.tree_map(np.shape, params) != expected:
             raise ValueError(f"{path}: head weights do not match their config {config}")
-        return cls(config=config, params=params, vocab_ids=_check_ids(vocab_ids, config.vocab_size), tree=tree)
+        return cls(config=config, params=params, vocab_ids=check_vocab_ids(vocab_ids, config.vocab_size), tree=tree)
 
 
-def _check_ids(ids: np.ndarray, vocab_size: int) -> jax.Array:
+def check_vocab_ids(ids: np.ndarray, vocab_size: int) -> jax.Array:
     """int32 [V']: a validated draft vocabulary (distinct ids in [0, vocab_size))."""
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
