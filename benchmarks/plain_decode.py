@@ -12,11 +12,11 @@ Measured in one process, interleaved, medians over repeats:
     alone (spectax.loop.run, the while_loop decode() runs) from a prefilled state; the same with the KV cache
     allocated 8x larger (cost must follow the used length, not the allocation); and what a user of `spectax.decode`
     gets: (time of decode(new + 1 tokens) - time of decode(1 token)) / new, prefill included in both, compile in
-    neither, the same cache_size for both;
+    neither, the same cache_size for both, at the default cache size and at 8x;
   * batch 8 at the short context: eight different prompts of the same length, one step for all (weights read once);
   * end to end `spectax.decode` (prefill + loop, compile excluded);
-  * when torch + transformers are installed: transformers' greedy `generate` on the same GGUF, same prompt, same
-    thread count, end to end (prefill included), against spectax end to end.
+  * when torch + transformers (+ accelerate, for GGUF) are installed: transformers' greedy `generate` on the same
+    GGUF, same prompt, same thread count, end to end (prefill included), interleaved with spectax end to end.
 
 Writes JSON (default benchmarks/results/plain_decode.json). Run: python benchmarks/plain_decode.py
 """
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import spectax
 from spectax.io import hub
@@ -61,10 +62,10 @@ def loop_only(model, prompts: list[list[int]], new: int, cache_scale: int = 1):
     return lambda: program().n_out
 
 
-def decode_step(model, prompt: list[int], new: int):
-    """Two callables, spectax.decode of new + 1 tokens and of 1 token, with the same cache size: their time
-    difference over `new` is the step a user of decode() gets."""
-    size = bucket(len(prompt)) + bucket(new + 1) + 1
+def decode_step(model, prompt: list[int], new: int, cache_scale: int = 1):
+    """Two callables, spectax.decode of new + 1 tokens and of 1 token, with the same cache size (`cache_scale` times
+    the default): their time difference over `new` is the step a user of decode() gets."""
+    size = cache_scale * (bucket(len(prompt)) + bucket(new + 1) + 1)
     run = lambda n: spectax.decode(model, [prompt], max_new_tokens=n, cache_size=size).tokens  # noqa: E731
     return (lambda: run(new + 1)), (lambda: run(1))
 
@@ -103,9 +104,13 @@ def weights_floor(model, steps: int):
     return lambda: run(jnp.ones((cfg.hidden_size,), model.dtype))
 
 
-def hf_generate_rate(gguf_path: Path, prompt: list[int], new: int, threads: int, repeats: int) -> dict | None:
+def hf_generate_rate(gguf_path: Path, prompt: list[int], new: int, threads: int, repeats: int,
+                     ours) -> dict | None:
+    """transformers' greedy `generate` on the same GGUF, prompt and thread count, end to end, interleaved repeat by
+    repeat with `ours` (spectax end to end, a callable returning the tokens); None without torch + transformers."""
     try:
         import torch
+        import transformers
         from transformers import AutoModelForCausalLM
     except ImportError:
         return None
@@ -115,18 +120,21 @@ def hf_generate_rate(gguf_path: Path, prompt: list[int], new: int, threads: int,
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
     ids = torch.tensor([prompt])
-    times = []
+    generate = lambda: hf.generate(ids, do_sample=False, max_new_tokens=new, min_new_tokens=new)  # noqa: E731
+    times, our_times = [], []
     with torch.inference_mode():
         hf.generate(ids, do_sample=False, max_new_tokens=8)  # warm-up
         for _ in range(repeats):
             t = time.perf_counter()
-            out = hf.generate(ids, do_sample=False, max_new_tokens=new, min_new_tokens=new)
+            out = generate()
             times.append(time.perf_counter() - t)
+            our_times.append(timed(ours)[0])
     assert out.shape[1] == len(prompt) + new
-    import transformers
-    return {"median_s": statistics.median(times), "tokens_per_s": new / statistics.median(times),
-            "threads": threads, "torch": torch.__version__, "transformers": transformers.__version__,
-            "tokens": out[0, len(prompt):].tolist()}
+    hf_rate, our_rate = new / statistics.median(times), new / statistics.median(our_times)
+    return {"median_s": statistics.median(times), "tokens_per_s": hf_rate, "threads": threads,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "spectax_end_to_end_tokens_per_s": our_rate, "speedup_spectax_end_to_end": our_rate / hf_rate,
+            "same_tokens_as_spectax": out[0, len(prompt):].tolist() == np.asarray(ours()[0]).tolist()}
 
 
 def main(argv=None):
@@ -156,7 +164,8 @@ def main(argv=None):
             f"batch{args.batch}_loop": loop_only(model, batch_prompts, args.new)}
     for ctx, prompt in prompts.items():
         long_run, one_token = decode_step(model, prompt, args.new)
-        runs.update({f"{ctx}_loop": loop_only(model, [prompt], args.new),
+        long_x8, one_x8 = decode_step(model, prompt, args.new, cache_scale=8)
+        runs.update({f"{ctx}_decode_new_plus_1_cache_x8": long_x8, f"{ctx}_decode_1_cache_x8": one_x8,f"{ctx}_loop": loop_only(model, [prompt], args.new),
                      f"{ctx}_loop_cache_x8": loop_only(model, [prompt], args.new, cache_scale=8),
                      f"{ctx}_decode_new_plus_1": long_run, f"{ctx}_decode_1": one_token,
                      f"{ctx}_decode": lambda p=prompt: spectax.decode(model, [p], max_new_tokens=args.new).tokens})
@@ -188,6 +197,8 @@ def main(argv=None):
             "prompt_tokens": len(prompts[ctx]), "step_ms": 1e3 * step, "decode_tokens_per_s": 1 / step,
             "step_ms_cache_allocated_x8": 1e3 * med[f"{ctx}_loop_cache_x8"] / (args.new - 1),
             "step_ms_through_decode": 1e3 * (med[f"{ctx}_decode_new_plus_1"] - med[f"{ctx}_decode_1"]) / args.new,
+            "step_ms_through_decode_cache_allocated_x8":
+                1e3 * (med[f"{ctx}_decode_new_plus_1_cache_x8"] - med[f"{ctx}_decode_1_cache_x8"]) / args.new,
             "limit_ms": 1e3 * limit, "fraction_of_bandwidth_limit": limit / step,
             "fraction_of_xla_matmul_floor": floor_step / step,
             "end_to_end_s": med[f"{ctx}_decode"], "end_to_end_tokens_per_s": args.new / med[f"{ctx}_decode"],
@@ -202,17 +213,13 @@ def main(argv=None):
         lo, hi = str(min(args.contexts)), str(max(args.contexts))
         result["step_ratio_long_over_short"] = result["contexts"][hi]["step_ms"] / result["contexts"][lo]["step_ms"]
 
+    write_result(args.out, result)   # kept whatever the comparison below does
     if not args.no_hf:
-        hf = hf_generate_rate(gguf_path, prompts[short], args.new, threads=os.cpu_count(), repeats=3)
+        hf = hf_generate_rate(gguf_path, prompts[short], args.new, threads=os.cpu_count(), repeats=args.repeats,
+                              ours=runs[f"{short}_decode"])
         if hf is not None:
-            ours = spectax.decode(model, [prompts[short]], max_new_tokens=args.new).tokens[0].tolist()
-            hf["same_tokens_as_spectax"] = hf.pop("tokens") == ours
-            hf["context"] = short
-            hf["speedup_spectax_end_to_end"] = result["contexts"][str(short)]["end_to_end_tokens_per_s"] / \
-                hf["tokens_per_s"]
-            result["transformers"] = hf
-
-    write_result(args.out, result)
+            result["transformers"] = {"context": short, **hf}
+            write_result(args.out, result)
 
 
 if __name__ == "__main__":
