@@ -29,7 +29,7 @@ import numpy as np
 from jax import lax
 
 from pallas_kernels.tree_attention.folding import fold_queries, unfold_out
-from pallas_kernels.tree_attention.reference import _NEG, _online_update, _scores, tree_attention_threaded
+from pallas_kernels.tree_attention.reference import NEG, online_update, scores, tree_attention_threaded
 from spectax.cache import write_block
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,12 +45,12 @@ def blocks(q, kn, vn, kc, vc, lengths_B):
 
 
 def _new_token(carry, q_BKMD, kn, vn):
-    m, l, acc = _online_update(carry, _scores(q_BKMD, kn.transpose(0, 2, 1, 3), D ** -0.5), vn.transpose(0, 2, 1, 3))
+    m, l, acc = online_update(carry, scores(q_BKMD, kn.transpose(0, 2, 1, 3), D ** -0.5), vn.transpose(0, 2, 1, 3))
     return unfold_out(acc / l[..., None], 1)
 
 
 def _empty(B, M):
-    return jnp.full((B, K, M), _NEG, jnp.float32), jnp.zeros((B, K, M), jnp.float32), jnp.zeros((B, K, M, D))
+    return jnp.full((B, K, M), NEG, jnp.float32), jnp.zeros((B, K, M), jnp.float32), jnp.zeros((B, K, M, D))
 
 
 def segments(q, kn, vn, ksegs, vsegs, lengths_B):
@@ -64,9 +64,9 @@ def segments(q, kn, vn, ksegs, vsegs, lengths_B):
         def part(c, ks, vs, start=start, n=n):
             valid = (start + jnp.arange(n))[None, :] < lengths_B[:, None]
             vs = jnp.where(valid[:, None, :, None], vs, 0)
-            return _online_update(c, _scores(q_BKMD, ks, D ** -0.5), vs, valid[:, None, None, :])
+            return online_update(c, scores(q_BKMD, ks, D ** -0.5), vs, valid[:, None, None, :])
 
-        branches = (lambda c, ks, vs: c, lambda c, ks, vs: _online_update(c, _scores(q_BKMD, ks, D ** -0.5), vs), part)
+        branches = (lambda c, ks, vs: c, lambda c, ks, vs: online_update(c, scores(q_BKMD, ks, D ** -0.5), vs), part)
         carry = lax.switch(jnp.where(longest <= start, 0, jnp.where(shortest >= start + n, 1, 2)), branches,
                            carry, ks, vs)
         start += n
@@ -93,14 +93,14 @@ def token_major(q, kn, vn, kc, vc, lengths_B, block=256):
         kb, vb = (lax.dynamic_slice_in_dim(a[0], start, block, 0) for a in (kc, vc))   # [block, K * D]
         slots = start + jnp.arange(block)
         valid = (slots >= i * block) & (slots < used)
-        s = jnp.where(valid[None], lax.dot_general(qbd, kb, (((1,), (1,)), ((), ()))), _NEG)
+        s = jnp.where(valid[None], lax.dot_general(qbd, kb, (((1,), (1,)), ((), ()))), NEG)
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.where(valid[None], jnp.exp(s - m_new[:, None]), 0.0)
         alpha = jnp.exp(m - m_new)
         pv = (p @ jnp.where(valid[:, None], vb, 0.0)) * heads
         return lax.optimization_barrier(((m_new, alpha * l + p.sum(-1), alpha[:, None] * acc + pv), kc, vc))
 
-    init = ((jnp.full((K * G,), _NEG), jnp.zeros((K * G,)), jnp.zeros((K * G, K * D))), kc, vc)
+    init = ((jnp.full((K * G,), NEG), jnp.zeros((K * G,)), jnp.zeros((K * G, K * D))), kc, vc)
     (m, l, acc), kc, vc = lax.fori_loop(0, (used + block - 1) // block, body, init)
     kn_, vn_ = kn.reshape(K * D), vn.reshape(K * D)
     s = qbd @ kn_
@@ -123,7 +123,7 @@ def reduce(q, kn, vn, kc, vc, lengths_B, block=256):
         kb, vb = (lax.dynamic_slice_in_dim(a, start, block, axis=2) for a in (kc, vc))
         slots = start + jnp.arange(block)
         valid = (slots[None, :] >= i * block) & (slots[None, :] < lengths_B[:, None])      # [B, block]
-        s = jnp.where(valid[:, None, None], (kb[:, :, None] * q_BKMD[:, :, :, None]).sum(-1), _NEG)
+        s = jnp.where(valid[:, None, None], (kb[:, :, None] * q_BKMD[:, :, :, None]).sum(-1), NEG)
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.where(valid[:, None, None], jnp.exp(s - m_new[..., None]), 0.0)
         alpha = jnp.exp(m - m_new)

@@ -24,20 +24,21 @@ from jax import lax
 from pallas_kernels.tree_attention.block_sizes import BlockSizes
 from pallas_kernels.tree_attention.folding import fold_mask, fold_queries, unfold_out
 
-_NEG = -1e30  # finite "minus infinity": a fully masked block leaves the running max unchanged
+NEG = -1e30  # finite "minus infinity": a fully masked block leaves the running max unchanged
 
 
-def _scores(q_BKMD, k_BKSD, scale):
-    # -> [B, K, M, S] in float32 (M = query heads per kv head x query tokens). The keys are the dot's left operand,
-    # contracted on their minor dim: XLA:CPU streams the block as stored.
+def scores(q_BKMD, k_BKSD, scale):
+    """Scaled scores [B, K, M, S] in float32 (M = query heads per kv head x query tokens) of folded queries against
+    a block of keys. The keys are the dot's left operand, contracted on their minor dim: XLA:CPU streams the block
+    as stored."""
     s_BKSM = lax.dot_general(k_BKSD, q_BKMD, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
     return jnp.swapaxes(s_BKSM, 2, 3) * scale
 
 
-def _online_update(carry, s_BKMS, v_BKSD, valid=None):
+def online_update(carry, s_BKMS, v_BKSD, valid=None):
     """Folds one block of scores into the running (max, denominator, accumulator); `valid` masks slots."""
     m_BKM, l_BKM, acc_BKMD = carry
-    s = s_BKMS if valid is None else jnp.where(valid, s_BKMS, _NEG)
+    s = s_BKMS if valid is None else jnp.where(valid, s_BKMS, NEG)
     m_new = jnp.maximum(m_BKM, s.max(axis=-1))
     p = jnp.exp(s - m_new[..., None])
     if valid is not None:
@@ -79,7 +80,7 @@ def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cach
     block_sizes = block_sizes or BlockSizes.default("cpu", T, D)
     q_BKMD = fold_queries(q_BTHD, K)  # [B, K, M, D], m = g * T + t
 
-    carry = (jnp.full((B, K, M), _NEG, jnp.float32), jnp.zeros((B, K, M), jnp.float32),
+    carry = (jnp.full((B, K, M), NEG, jnp.float32), jnp.zeros((B, K, M), jnp.float32),
              jnp.zeros((B, K, M, D), jnp.float32))
 
     if k_cache_BKSD is not None:
@@ -97,12 +98,12 @@ def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cach
                 kb = lax.dynamic_slice_in_dim(k_cache, start_c, size, axis=2)  # [B, K, size, D]
                 vb = lax.dynamic_slice_in_dim(v_cache, start_c, size, axis=2)
                 if not masked:
-                    state = _online_update(state, _scores(q_BKMD, kb, scale), vb)
+                    state = online_update(state, scores(q_BKMD, kb, scale), vb)
                 else:
                     slots = start_c + jnp.arange(size)
                     valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
                     vb = jnp.where(valid_BS[:, None, :, None], vb, 0)  # 0 * NaN would poison the sum
-                    state = _online_update(state, _scores(q_BKMD, kb, scale), vb, valid_BS[:, None, None, :])
+                    state = online_update(state, scores(q_BKMD, kb, scale), vb, valid_BS[:, None, None, :])
                 # the barrier keeps the caches real loop carries (JAX would hoist an unchanged carry into a
                 # closed-over constant, and XLA copies those before the in-place write that follows)
                 return lax.optimization_barrier((state, k_cache, v_cache))
@@ -120,6 +121,6 @@ def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cach
 
     mask_B1MT = fold_mask(mask_TT, B, G)[:, None]
     k_new_BKTD, v_new_BKTD = k_new_BTKD.transpose(0, 2, 1, 3), v_new_BTKD.transpose(0, 2, 1, 3)
-    m, l, acc = _online_update(carry, _scores(q_BKMD, k_new_BKTD, scale), v_new_BKTD, mask_B1MT)
+    m, l, acc = online_update(carry, scores(q_BKMD, k_new_BKTD, scale), v_new_BKTD, mask_B1MT)
     out = unfold_out(acc / l[..., None], T).astype(q_BTHD.dtype)
     return out, k_cache_BKSD, v_cache_BKSD
