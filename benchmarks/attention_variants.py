@@ -76,7 +76,9 @@ def segments(q, kn, vn, ksegs, vsegs, lengths_B):
 def _write_segments(segs, new, lengths_B):
     out, start = [], 0
     for s in segs:
-        out.append(write_block(s, new, lengths_B - start))  # slots outside the segment are dropped
+        n = s.shape[2]
+        inside_B = (lengths_B >= start) & (lengths_B < start + n)
+        out.append(write_block(s, new, jnp.where(inside_B, lengths_B - start, n)))  # slot n and beyond: dropped
         start += s.shape[2]
     return tuple(out)
 

@@ -31,8 +31,8 @@ from spectax.io import hub
 from spectax.tokenizer import from_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import MODEL, SPEC_BENCH, machine, timed  # noqa: E402
-from heads import add_tree_variants, run_batches, stratified  # noqa: E402
+from common import MODEL, machine, timed  # noqa: E402
+from heads import add_tree_variants, run_batches, stratified, workload_arguments  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -63,11 +63,7 @@ def best_heads(heads_result: dict) -> tuple[str, DraftTree]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)
-    ap.add_argument("--per-category", type=int, default=1)
-    ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--bucket", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=1)
+    workload_arguments(ap)
     ap.add_argument("--chains", nargs="+", type=int, default=[2, 4, 8])
     ap.add_argument("--budget", type=int, default=16, help="node budget of the optimal tree")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])

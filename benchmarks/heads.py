@@ -125,11 +125,7 @@ def summarize(results: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)
-    ap.add_argument("--per-category", type=int, default=1)
-    ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--bucket", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=1)
+    workload_arguments(ap)
     ap.add_argument("--kinds", nargs="+", default=["blockwise", "medusa", "cerberus"])
     ap.add_argument("--main-kind", default="medusa", help="the kind measured with every chain and a path list")
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
@@ -185,6 +181,15 @@ def main() -> None:
         add_tree_variants(variants, trees, k, h, options)
     result["trees"] = trees
     run_batches(model, variants, prompts, args, result)
+
+
+def workload_arguments(ap: argparse.ArgumentParser) -> None:
+    """The Spec-Bench workload options the heads and block benchmarks share (prompts, new tokens, bucket, repeats)."""
+    ap.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)
+    ap.add_argument("--per-category", type=int, default=1)
+    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--bucket", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=1)
 
 
 def add_tree_variants(variants: dict, trees: dict, prefix: str, drafter, options: dict) -> None:
