@@ -1,11 +1,11 @@
 """The block drafter on SmolLM2-135M-Instruct (fp32, greedy) against spectax plain decoding and the best heads.
 
-Same workload and method as benchmarks/heads.py (its prompt sample, interleaved loop timings, token checks and
-summary): a stratified Spec-Bench sample, the decode loop timed from a prefilled state, every variant's greedy tokens
-checked against plain decoding's. Variants: plain; the shipped block drafter as chains of several depths and as the
-`DraftTree.optimal` tree for its measured per-position, per-rank acceptance and this CPU's c(N); the best heads
-variant of benchmarks/results/heads.json (same tree). Also reported: the draft's own cost per step (the one draft
-forward + candidate selection, ms) and the c(N) curve.
+Same workload and method as benchmarks/heads.py (benchmarks/workload.py: the prompt sample, interleaved loop
+timings, token checks and summary): a stratified Spec-Bench sample, the decode loop timed from a prefilled state,
+every variant's greedy tokens checked against plain decoding's. Variants: plain; the shipped block drafter as chains
+of several depths and as the `DraftTree.optimal` tree for its measured per-position, per-rank acceptance and this
+CPU's c(N); the best heads variant of benchmarks/results/heads.json (same tree). Also reported: the draft's own cost
+per step (the one draft forward + candidate selection, ms) and the c(N) curve.
 
     python benchmarks/block.py                      # writes benchmarks/results/block.json
 """
@@ -23,16 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectax
-from spectax import DraftTree, calibrate
+from spectax import DraftTree
 from spectax.drafters import Block, Heads, NoDraft
 from spectax.drafters.block import block_logits, input_embedding
 from spectax.drafters.heads import head_table
 from spectax.io import hub
-from spectax.tokenizer import from_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import MODEL, machine, timed  # noqa: E402
-from heads import add_tree_variants, run_batches, stratified, workload_arguments  # noqa: E402
+from common import MODEL, timed  # noqa: E402
+from workload import add_tree_variants, load_workload, run_batches, verify_cost_curve, workload_arguments  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -73,16 +72,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "block.json")
     args = ap.parse_args()
 
-    model = spectax.load(MODEL)
-    tok = from_gguf(hub.resolve(MODEL))
-    prompts = stratified(args.spec_bench, args.per_category, tok)
+    model, _, prompts, result = load_workload(args)
     heads_result = json.loads(args.heads_result.read_text())
-    result = {"machine": machine(), "model": MODEL, "new_tokens": args.new, "prompt_bucket": args.bucket,
-              "prompts": len(prompts), "categories": sorted({c for c, _ in prompts}), "repeats": args.repeats}
-    cost = heads_result.get("verify_cost_batch1") or calibrate.verify_cost(
-        model, node_counts=(0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), batch=1, context=256, repeats=5)
-    curve = calibrate.cost_curve(cost, 64)
-    result["verify_cost_batch1"] = {**cost, "curve": curve.tolist()}
+    curve = verify_cost_curve(model, heads_result, (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64), result)
 
     block = Block.load(args.block or hub.shipped_drafter(MODEL, "block"))
     k = block.config.block_size
@@ -107,6 +99,7 @@ def main() -> None:
     add_tree_variants(variants, trees, "block", block, {n: t for n, t in options.items() if t.num_nodes})
     result["trees"] = trees                                           # (an empty optimal tree: nothing pays)
     run_batches(model, variants, prompts, args, result)
+
 
 if __name__ == "__main__":
     main()

@@ -26,14 +26,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import spectax
 from spectax import DraftTree, Ensemble
-from spectax.io import hub
 from spectax.drafters import CoS, NoDraft
-from spectax.tokenizer import from_gguf
+from spectax.io import hub
+from spectax.io.tokenizer import from_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import MODEL, SPEC_BENCH, LoopProgram, machine, timed, write_result  # noqa: E402
-from heads import stratified  # noqa: E402
+from workload import stratified  # noqa: E402
 
 
 def run_variants(ensemble, variants: dict, prompts, new: int, bucket: int, temperature: float) -> dict:
@@ -90,7 +91,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cos.json")
     args = ap.parse_args()
 
-    contrastive = Ensemble.load(args.ensemble)
+    contrastive = spectax.load(args.ensemble)
     ensembles = {"contrastive": contrastive, "mix": Ensemble(contrastive.models, weights=tuple(args.weights))}
     tok = from_gguf(hub.resolve(MODEL))
     prompts = stratified(args.spec_bench, args.per_category, tok)[:args.prompts]

@@ -6,8 +6,8 @@
    maximising (1 + E[accepted | n, depth]) / c(depth) after a match of n, 0 = a plain step): `depth_by_n`.
 2. Spec-Bench (a stratified sample, every category): plain decoding and n-gram variants (chains, the calibrated
    adaptive chain, a tree of two matches, and n-gram + the shipped Medusa heads combined), interleaved prompt by
-   prompt in one process (benchmarks/heads.py's loop timing: decode loop from a prefilled state, blocked on; tokens
-   checked equal to plain's), at batch 1 and 8: tau, acceptance per depth, speedup over plain, per category.
+   prompt in one process (benchmarks/workload.py's loop timing: decode loop from a prefilled state, blocked on;
+   tokens checked equal to plain's), at batch 1 and 8: tau, acceptance per depth, speedup over plain, per category.
 3. What it costs where it finds nothing: the drafter's own proposal time per step, and the steps that ran plain.
 
     python benchmarks/ngram.py                      # writes benchmarks/results/ngram.json
@@ -27,13 +27,12 @@ import numpy as np
 
 import spectax
 from spectax import DraftTree, calibrate
-from spectax.io import hub
 from spectax.drafters import Combined, Heads, NGram, NoDraft
-from spectax.tokenizer import from_gguf
+from spectax.io import hub
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import MODEL, SPEC_BENCH, machine, timed, write_result  # noqa: E402
-from heads import run_variants, stratified, summarize  # noqa: E402
+from common import MODEL, timed, write_result  # noqa: E402
+from workload import load_workload, run_variants, summarize, verify_cost_curve, workload_arguments  # noqa: E402
 
 HELD_OUT = Path(spectax.__file__).parent / "train" / "data" / "prompts.jsonl"
 MAX_DEPTH = 8
@@ -59,31 +58,17 @@ def propose_cost_ms(batch: int, history: int, drafter: NGram, repeats: int = 50)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)
-    ap.add_argument("--per-category", type=int, default=2)
+    workload_arguments(ap, per_category=2)
     ap.add_argument("--held-out", type=int, default=24, help="held-out prompts for the depth calibration")
-    ap.add_argument("--new", type=int, default=64)
-    ap.add_argument("--bucket", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--reuse", type=Path, help="a previous result JSON: reuse its c(N) and calibration")
     ap.add_argument("--variants", nargs="+", help="only these variants (plain is always run)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ngram.json")
     args = ap.parse_args()
 
-    model = spectax.load(MODEL)
-    tok = from_gguf(hub.resolve(MODEL))
-    prompts = stratified(args.spec_bench, args.per_category, tok)
-    result = {"machine": machine(), "model": MODEL, "new_tokens": args.new, "prompt_bucket": args.bucket,
-              "prompts": len(prompts), "categories": sorted({c for c, _ in prompts}), "repeats": args.repeats}
+    model, tok, prompts, result = load_workload(args)
     previous = json.loads(args.reuse.read_text()) if args.reuse else {}
-
-    t0 = time.perf_counter()
-    cost = previous.get("verify_cost_batch1") or calibrate.verify_cost(
-        model, node_counts=(0, 1, 2, 3, 4, 6, 8, 12, 16), batch=1, context=256, repeats=5)
-    curve = calibrate.cost_curve(cost, 16)
-    result["verify_cost_batch1"] = {k: v for k, v in cost.items() if k != "curve"} | {"curve": curve.tolist()}
-    print(f"c(N) in {time.perf_counter() - t0:.0f} s: {np.round(curve[:9], 2).tolist()}", flush=True)
+    curve = verify_cost_curve(model, previous, (0, 1, 2, 3, 4, 6, 8, 12, 16), result)
 
     if "calibration" in previous and "measured" in previous["calibration"]:
         calib = previous["calibration"]

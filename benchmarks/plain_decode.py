@@ -35,13 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import spectax
-from spectax.io import hub
 from spectax.api import bucket
 from spectax.drafters import NoDraft
-from spectax.tokenizer import from_gguf
+from spectax.io import hub
+from spectax.io.tokenizer import from_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import MODEL, SPEC_BENCH, LoopProgram, machine, spec_bench_prompts, timed, write_result  # noqa: E402
+
 
 def prompt_of_length(tok, questions, n_tokens: int) -> list[int]:
     """Exactly n_tokens of chat-formatted real text: Spec-Bench first turns concatenated until long enough."""

@@ -30,11 +30,11 @@ import numpy as np
 
 import spectax
 from spectax import DraftTree
-from spectax.io import hub
 from spectax.cache import KVCache
 from spectax.drafters import DraftModel, NoDraft, Replay
+from spectax.io import hub
+from spectax.io.tokenizer import from_gguf
 from spectax.models import Model
-from spectax.tokenizer import from_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import MODEL, SPEC_BENCH, LoopProgram, machine, spec_bench_prompts, timed, write_result  # noqa: E402

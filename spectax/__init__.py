@@ -1,10 +1,11 @@
 """spectax: several tokens per target-model call, in one jitted JAX loop."""
 
 from spectax import drafters
-from spectax.api import DecodeResult, decode
-from spectax.ensemble import Ensemble
+from spectax.api import DecodeResult, Decoder, decode
+from spectax.models.ensemble import Ensemble
 from spectax.io import load, save
 from spectax.models import Model, ModelConfig
+from spectax.sampling import Sampling
 from spectax.tree import DraftTree
 
-__all__ = ["DecodeResult", "DraftTree", "Ensemble", "Model", "ModelConfig", "decode", "drafters", "load", "save"]
+__all__ = ["DecodeResult", "Decoder", "DraftTree", "Ensemble", "Model", "ModelConfig", "Sampling", "decode", "drafters", "load", "save"]

@@ -1,4 +1,6 @@
-"""spectax.decode(): validate on the host (clear ValueError before tracing), bucket shapes, run one jitted program."""
+"""The public decoding API: `Decoder`, a static, hashable decode validated once on the host and called as a pure
+function of arrays and pytrees (it composes with jit, vmap, lax.scan and shard_map), and `decode()`, the notebook
+call: validate, bucket the shapes, build a Decoder, call it."""
 
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ from flax import struct
 
 from pallas_kernels.tree_attention import AttnImpl
 from spectax.drafters import NoDraft
-from spectax.ensemble import Ensemble
-from spectax.loop import DecodeStats, LoopSpec, prefill, run
+from spectax.loop import DecodeStats, Loop
 from spectax.models import Model
-from spectax.sampling import SamplingParams, make_sampling
+from spectax.models.ensemble import Ensemble
+from spectax.sampling import Sampling
 from spectax.sharding import Layout, ShardingRules
+from spectax.step_types import Drafter, LoopSpec
 from spectax.tree import DraftTree
 from spectax.verify.lossy import LOSSY_RULES, TopKMatch
+from spectax.checks import is_int
 
 MIN_BUCKET = 16
 INT32_MIN, INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
@@ -27,18 +31,15 @@ INT32_MIN, INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
 
 @struct.dataclass
 class DecodeResult:
-    tokens: jax.Array    # int32 [B, max_new_tokens], pad_id after each row's end (EOS included when hit)
+    tokens: jax.Array    # int32 [B, max_new_tokens], pad_id after each row's end (the end token included when hit)
     lengths: jax.Array   # int32 [B] new tokens per row
-    stats: DecodeStats
+    stats: DecodeStats   # arrays only; its tau / acceptance properties sync with the host
 
 
 def bucket(n: int) -> int:
     """The shape bucket for a length n: the next power of two, at least MIN_BUCKET."""
     return max(MIN_BUCKET, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _int_vector(values, batch: int, name: str) -> np.ndarray:
@@ -100,10 +101,11 @@ def row_keys(rng, batch: int) -> jax.Array:
     rng: an int seed (row b gets fold_in(key(seed), b)), a typed jax key (row b gets fold_in(key, b)), a typed key
     array [batch], or an int sequence / array [batch] of per-row seeds (row b gets key(seed[b]): its output then
     depends only on its prompt and its seed, at any batch position and batch size). Seeds are ints in [0, 2**64).
-    Raw uint32 keys (jax.random.PRNGKey) are int arrays, read as seeds; use jax.random.key for a key.
-    ValueError on anything else.
+    Raw uint32 keys (jax.random.PRNGKey) are int arrays, read as seeds; use jax.random.key for a key. Traced
+    (inside jit / vmap / scan): a key, a key array [batch], or 32-bit int seeds [batch] (row b gets key(seed[b]),
+    as on the host). ValueError on anything else.
     """
-    if _is_int(rng):
+    if is_int(rng):
         if not 0 <= rng < 2 ** 64:
             raise ValueError(f"an rng seed must be an int in [0, 2**64), got {rng}")
         rng = _seed_key(int(rng))
@@ -115,6 +117,11 @@ def row_keys(rng, batch: int) -> jax.Array:
         return rng
     if isinstance(rng, (bool, np.bool_, float, str, bytes)) or rng is None:
         raise ValueError(f"rng must be an int seed, a jax key, or int [B] per-row seeds, got {rng!r}")
+    if isinstance(rng, jax.core.Tracer):                    # traced seeds (inside jit / vmap / scan): 32-bit ints
+        if rng.shape != (batch,) or not jnp.issubdtype(rng.dtype, jnp.integer):
+            raise ValueError(f"per-row seeds must be an int array of shape [B={batch}], got {rng.dtype} {rng.shape}")
+        seeds = rng.astype(jnp.uint32)
+        return jax.random.wrap_key_data(jnp.stack([jnp.zeros_like(seeds), seeds], axis=-1))
     try:
         seeds = np.asarray(rng)
     except (TypeError, ValueError):
@@ -128,48 +135,19 @@ def row_keys(rng, batch: int) -> jax.Array:
     return jax.random.wrap_key_data(data)
 
 
-def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=None, drafter=None,
-           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=0, eos_id: int | None = None,
-           pad_id: int = 0, attn_impl: str | AttnImpl = "auto", cache_size: int | None = None, lossy=None, mesh=None,
-           rules=None) -> DecodeResult:
-    """Decodes up to `max_new_tokens` new tokens per row in one jitted program (prefill + lax.while_loop).
-
-    prompt: a list of token-id lists (ragged), or int [B, P] right-padded with `prompt_lengths` int [B].
-    drafter: None (plain decoding) or a spectax drafter (e.g. `spectax.drafters.DraftModel(small, tree=...)`);
-    its draft is verified losslessly: greedy output equals plain greedy output, sampled output is distributed as
-    plain sampling. `lossy` (a `spectax.verify.Typical` or `TopKMatch` rule) trades that for acceptance.
-    temperature 0 is greedy; otherwise temperature / top_k (0 = off) / top_p (1 = off) warp the target (and the
-    draft) distribution. `rng` makes sampling deterministic, per row: an int seed or a jax key (row b uses
-    fold_in(key, b)), or int [B] per-row seeds (a row's output then depends only on its prompt and its seed, at any
-    batch position or batch size, for the same drafter and tree). A row stops after emitting
-    `eos_id` (kept in the output). `attn_impl` picks the verification attention: "auto" (the Pallas kernel on TPU
-    and GPU, XLA on CPU), "xla", "pallas_tpu", "pallas_gpu", or a `pallas_kernels.tree_attention.AttnImpl` (block
-    sizes, or interpret=True to run a kernel on CPU). Prompt and output lengths are bucketed to powers of two, so a
-    new prompt length in the same bucket does not recompile. `cache_size` overrides the KV cache slots per row
-    (default: prompt bucket + output bucket + draft nodes + 1).
-    mesh (spectax.sharding.make_mesh(data=, model=)): run the same program sharded over it by `rules` (default
-    spectax.sharding.ShardingRules()): batch rows over "data" (B must divide it), heads, MLP and vocabulary over
-    "model"; the model and drafter are placed there first unless already so (load(path, mesh=mesh) does it as it
-    loads). Random draws do not depend on the mesh. With a mesh XLA partitions its own attention; a Pallas kernel
-    runs per (batch, kv-head) shard inside one shard_map (`spectax.sharding.Layout.shard_attention`).
-    Returns DecodeResult(tokens [B, max_new_tokens], lengths [B], stats).
-    """
-    return _decode(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
-                   temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, eos_id=eos_id, pad_id=pad_id,
-                   attn_impl=attn_impl, cache_size=cache_size, lossy=lossy, mesh=mesh, rules=rules,
-                   poison_cache=False)
-
-
-def _check_drafter(drafter, config, batch: int) -> None:
-    """ValueError unless `drafter` has the drafter methods and a DraftTree and its own check() passes for this
-    target and batch."""
+def _check_drafter(drafter, target, batch: int | None) -> None:
+    """ValueError unless `drafter` follows the drafter contract (spectax.step_types.Drafter) with a DraftTree and
+    its own check() passes for this target and batch."""
     for method in ("check", "init", "propose", "update"):
         if not callable(getattr(drafter, method, None)):
             raise ValueError(f"drafter must be None or a spectax drafter (spectax.drafters), got "
                              f"{type(drafter).__name__} without a {method}() method")
-    if not isinstance(getattr(drafter, "tree", None), DraftTree):
+    if not isinstance(drafter, Drafter):
+        raise ValueError(f"drafter {type(drafter).__name__} lacks the drafter attributes tree, target_layers and "
+                         f"follows_any_path (see spectax.step_types.Drafter)")
+    if not isinstance(drafter.tree, DraftTree):
         raise ValueError(f"drafter {type(drafter).__name__} has no DraftTree `tree`")
-    drafter.check(config, batch=batch)
+    drafter.check(target, batch=batch)
 
 
 def _attn_impl(attn_impl) -> AttnImpl:
@@ -194,6 +172,192 @@ def _check_lossy(lossy, vocab_size: int) -> None:
         raise ValueError(f"TopKMatch.k must be <= the target's vocabulary ({vocab_size} tokens), got {lossy.k}")
 
 
+def eos_ids(eos_id, vocab_size: int) -> tuple[int, ...]:
+    """`eos_id` (None, a token id, or a sequence of them) as a tuple of distinct ids; ValueError outside the
+    vocabulary."""
+    ids = () if eos_id is None else (eos_id,) if is_int(eos_id) else eos_id
+    if not isinstance(ids, (tuple, list)) or not all(is_int(i) and 0 <= i < vocab_size for i in ids):
+        raise ValueError(f"eos_id must be None, a token id or a sequence of token ids in [0, {vocab_size}), got "
+                         f"{eos_id!r}")
+    return tuple(dict.fromkeys(int(i) for i in ids))
+
+
+def _prefill_width(max_prompt_len: int, chunk: int) -> int:
+    """The prompt slots the program prefills: max_prompt_len, rounded up to whole chunks when it exceeds one."""
+    return max_prompt_len if max_prompt_len <= chunk else -(-max_prompt_len // chunk) * chunk
+
+
+class Decoder:
+    """A decode, validated once on the host and called as a pure function (gemma-sampler style).
+
+    `Decoder(model, drafter, *, max_new_tokens, max_prompt_len, sampling=Sampling(), eos_id=None, pad_id=0,
+    cache_size=None, attn_impl="auto", lossy=None, mesh=None, rules=None)` checks everything that can be checked
+    before tracing (the drafter's own check included); `model` and `drafter` give only their static structure (the
+    params are arguments of each call), and the object is hashable: two Decoders of the same structure and
+    settings are equal and share their compiled programs.
+
+    `decoder(model, prompt_BP, prompt_len_B, rng, drafter=None, sampling=None) -> DecodeResult` decodes up to
+    max_new_tokens per row. prompt_BP: int32 [B, max_prompt_len], each row right-padded after its prompt_len_B[b]
+    tokens (left-padded input must be shifted first). rng: a key (row b uses fold_in(key, b)), a key array [B], or
+    int [B] seeds. drafter: one with the structure the Decoder was built with (a training loop passes updated
+    params), None for the one given at construction. sampling: another `Sampling` with the same greedy-ness and
+    top_k: its temperature / top_p values (traced is fine) replace the Decoder's. Every argument may be traced: the
+    call composes with jax.jit, jax.vmap (say over seeds or temperatures), lax.scan and shard_map. A row stops after
+    any of the `eos_id` tokens (an int or a sequence; kept in the output). The other settings are `decode()`'s.
+    """
+
+    def __init__(self, model, drafter=None, *, max_new_tokens: int, max_prompt_len: int,
+                 sampling: Sampling = Sampling(), eos_id=None, pad_id: int = 0, cache_size: int | None = None,
+                 attn_impl: str | AttnImpl = "auto", lossy=None, mesh=None, rules=None, _cache_fill: float = 0.0,
+                 _positions_checked: bool = False):
+        if not isinstance(model, (Model, Ensemble)):
+            raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble, got "
+                             f"{type(model).__name__}")
+        config = model.config
+        drafter = NoDraft() if drafter is None else drafter
+        _check_drafter(drafter, model, batch=None)
+        _check_lossy(lossy, config.vocab_size)
+        for name, value in (("max_new_tokens", max_new_tokens), ("max_prompt_len", max_prompt_len)):
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not _positions_checked and max_prompt_len + max_new_tokens > config.max_position:
+            raise ValueError(f"max_prompt_len {max_prompt_len} + max_new_tokens {max_new_tokens} exceeds the model's "
+                             f"context of {config.max_position} positions")
+        if not isinstance(sampling, Sampling):
+            raise ValueError(f"sampling must be a spectax.Sampling, got {sampling!r}")
+        sampler = sampling.sampler()       # ValueError for a traced temperature: greedy or not is static
+        if not is_int(pad_id) or not INT32_MIN <= pad_id <= INT32_MAX:
+            raise ValueError(f"pad_id must be an int in the int32 range [{INT32_MIN}, {INT32_MAX}], got {pad_id!r}")
+        impl = _attn_impl(attn_impl)
+        layout = None
+        if mesh is not None or rules is not None:
+            if mesh is None:
+                raise ValueError("rules shard over a mesh: pass mesh= too")
+            layout = Layout(mesh, ShardingRules() if rules is None else rules)
+            if impl.impl != "xla":       # a kernel call XLA cannot partition runs inside the layout's shard_map
+                impl = dataclasses.replace(impl, boundary=layout.shard_attention)
+        spec = LoopSpec(sampler=sampler, out_size=int(max_new_tokens), vocab_size=config.vocab_size, attn_impl=impl,
+                        lossy=lossy, layout=layout)
+        width = _prefill_width(int(max_prompt_len), spec.prefill_chunk)
+        needed = width + int(max_new_tokens) + drafter.tree.num_nodes + 1
+        if cache_size is None:
+            cache_size = needed
+        elif not is_int(cache_size) or cache_size < needed:
+            raise ValueError(f"cache_size must be an int >= {needed} for {width} prompt slots, {max_new_tokens} new "
+                             f"tokens and the draft tree ({drafter.tree.num_nodes} nodes + root), got {cache_size!r}")
+        self.max_new_tokens, self.max_prompt_len = int(max_new_tokens), int(max_prompt_len)
+        self.sampling, self.eos_ids, self.pad_id = sampling, eos_ids(eos_id, config.vocab_size), int(pad_id)
+        self.cache_size, self.spec, self.drafter = int(cache_size), spec, drafter
+        self._model_def = jax.tree_util.tree_structure(model)
+        self._drafter_def = jax.tree_util.tree_structure(drafter)
+        self._key = (self._model_def, self._drafter_def, spec, self.max_prompt_len, self.cache_size, float(_cache_fill))
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Decoder) and self._key == other._key
+
+    def __repr__(self) -> str:
+        return (f"Decoder(drafter={type(self.drafter).__name__}, tree={self.drafter.tree!r}, max_new_tokens="
+                f"{self.max_new_tokens}, max_prompt_len={self.max_prompt_len}, sampling={self.sampling}, "
+                f"eos_id={self.eos_ids})")
+
+    def __call__(self, model, prompt_BP, prompt_len_B, rng, drafter=None, sampling=None) -> DecodeResult:
+        return self._call(model, prompt_BP, prompt_len_B, rng, drafter, sampling, self.max_new_tokens, self.eos_ids)
+
+    def _call(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos) -> DecodeResult:
+        """The call, with the output limit and end tokens as data (decode() buckets its output length)."""
+        if jax.tree_util.tree_structure(model) != self._model_def:
+            raise ValueError("model does not have the structure this Decoder was built for (architecture, config, "
+                             "params tree)")
+        drafter = self.drafter if drafter is None else drafter
+        if jax.tree_util.tree_structure(drafter) != self._drafter_def:
+            raise ValueError(f"drafter does not have the structure this Decoder was built for "
+                             f"({type(self.drafter).__name__} with its tree and settings)")
+        prompt_BP, prompt_len_B = jnp.asarray(prompt_BP), jnp.asarray(prompt_len_B)
+        B = prompt_BP.shape[0] if prompt_BP.ndim == 2 else 0
+        if prompt_BP.shape != (B, self.max_prompt_len) or B < 1 or not jnp.issubdtype(prompt_BP.dtype, jnp.integer):
+            raise ValueError(f"prompt_BP must be int [B, max_prompt_len={self.max_prompt_len}], got {prompt_BP.dtype} "
+                             f"{prompt_BP.shape}")
+        if prompt_len_B.shape != (B,) or not jnp.issubdtype(prompt_len_B.dtype, jnp.integer):
+            raise ValueError(f"prompt_len_B must be int [B={B}], got {prompt_len_B.dtype} {prompt_len_B.shape}")
+        if self.spec.layout is not None:
+            self.spec.layout.check_batch(B)
+        keys_B = row_keys(rng, B)
+        sampling = self.sampling if sampling is None else sampling
+        if not isinstance(sampling, Sampling) or sampling.top_k != self.sampling.top_k:
+            raise ValueError(f"sampling must be a spectax.Sampling with this Decoder's top_k ({self.sampling.top_k}), "
+                             f"got {sampling!r}")
+        try:
+            same_mode = sampling.sampler() == self.spec.sampler
+        except ValueError:                          # a traced temperature: fine for a sampling Decoder
+            same_mode = not self.spec.sampler.greedy and (self.spec.sampler.filtered or sampling.top_p == 1.0)
+        if not same_mode:
+            raise ValueError(f"sampling {sampling} would switch this Decoder's mode ({self.spec.sampler}): greedy or "
+                             f"not, and top-k / top-p filtering on or off, are fixed when the Decoder is built")
+        eos_E = jnp.asarray(eos if eos else (-1,), jnp.int32)
+        return _program(self, model, drafter, prompt_BP.astype(jnp.int32), prompt_len_B.astype(jnp.int32), keys_B,
+                        sampling.params(), jnp.asarray(max_new, jnp.int32), eos_E, jnp.int32(self.pad_id))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, eos_E, pad_id):
+    """The compiled decode: prefill, then the while_loop; one program per Decoder (its static key) and shapes."""
+    spec = dec.spec
+    B, P = prompt_BP.shape
+    width = _prefill_width(P, spec.prefill_chunk)
+    prompt_BP = jnp.pad(prompt_BP, ((0, 0), (0, width - P)))
+    if spec.layout is not None:
+        model, drafter = spec.constrain(model), spec.constrain(drafter)
+    loop = Loop(model=model, drafter=drafter, spec=spec, sampling=sampling, max_new=max_new, eos_E=eos_E)
+    cache = spec.constrain(model.create_cache(B, dec.cache_size, dec._key[-1]))
+    state = spec.constrain(loop.prefill(prompt_BP, prompt_len_B, keys_B, cache))
+    state = run(loop, state)
+    return DecodeResult(tokens=loop.output(state, pad_id), lengths=state.n_out, stats=state.stats)
+
+
+def run(loop: Loop, state):
+    """The decode loop (a module-level name, so tests can count how often a program is traced)."""
+    return loop.run(state)
+
+
+def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=None, drafter=None,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=0, eos_id=None,
+           pad_id: int = 0, attn_impl: str | AttnImpl = "auto", cache_size: int | None = None, lossy=None, mesh=None,
+           rules=None) -> DecodeResult:
+    """Decodes up to `max_new_tokens` new tokens per row in one jitted program (prefill + lax.while_loop).
+
+    prompt: a list of token-id lists (ragged), or int [B, P] **right-padded** with `prompt_lengths` int [B]; an array
+    without prompt_lengths is taken as B full rows of P tokens (left-padded input, as Hugging Face tokenizers give
+    it, would be decoded with its pads as tokens: strip or shift the pads and pass the lengths).
+    drafter: None (plain decoding) or a spectax drafter (e.g. `spectax.drafters.DraftModel(small, tree=...)`);
+    its draft is verified losslessly: greedy output equals plain greedy output, sampled output is distributed as
+    plain sampling. `lossy` (a `spectax.verify.Typical` or `TopKMatch` rule) trades that for acceptance.
+    temperature 0 is greedy; otherwise temperature / top_k (0 = off) / top_p (1 = off) warp the target (and the
+    draft) distribution. `rng` makes sampling deterministic, per row: an int seed or a jax key (row b uses
+    fold_in(key, b)), or int [B] per-row seeds (a row's output then depends only on its prompt and its seed, at any
+    batch position or batch size, for the same drafter and tree). A row stops after emitting one of `eos_id` (an
+    int or a sequence of ints; kept in the output). `attn_impl` picks the verification attention: "auto" (the
+    Pallas kernel on TPU and GPU, XLA on CPU), "xla", "pallas_tpu", "pallas_gpu", or a
+    `pallas_kernels.tree_attention.AttnImpl` (block sizes, or interpret=True to run a kernel on CPU). Prompt and
+    output lengths are bucketed to powers of two, so a new prompt length in the same bucket does not recompile.
+    `cache_size` overrides the KV cache slots per row (default: prompt bucket + output bucket + draft nodes + 1).
+    mesh (spectax.sharding.make_mesh(data=, model=)): run the same program sharded over it by `rules` (default
+    spectax.sharding.ShardingRules()): batch rows over "data" (B must divide it), heads, MLP and vocabulary over
+    "model"; the model and drafter are placed there first unless already so (load(path, mesh=mesh) does it as it
+    loads). Random draws do not depend on the mesh. With a mesh XLA partitions its own attention; a Pallas kernel
+    runs per (batch, kv-head) shard inside one shard_map (`spectax.sharding.Layout.shard_attention`).
+
+    This is a validated wrapper of `Decoder` (one per shape bucket; compiled programs are shared by equal
+    Decoders). Returns DecodeResult(tokens [B, max_new_tokens], lengths [B], stats).
+    """
+    return _decode(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
+                   temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, eos_id=eos_id, pad_id=pad_id,
+                   attn_impl=attn_impl, cache_size=cache_size, lossy=lossy, mesh=mesh, rules=rules,
+                   poison_cache=False)
+
+
 def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
             pad_id, attn_impl, cache_size, lossy, mesh=None, rules=None, poison_cache) -> DecodeResult:
     """decode() with a test knob: `poison_cache` fills every unwritten cache slot with NaN."""
@@ -202,56 +366,32 @@ def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperatu
     config = model.config
     tokens, lengths = prepare_prompt(prompt, prompt_lengths, config.vocab_size)
     drafter = NoDraft() if drafter is None else drafter
-    _check_drafter(drafter, config, batch=tokens.shape[0])
-    _check_lossy(lossy, config.vocab_size)
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+    _check_drafter(drafter, model, batch=tokens.shape[0])
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    sampler, sp = make_sampling(temperature, top_k, top_p)
-    if eos_id is not None and (not _is_int(eos_id) or not 0 <= eos_id < config.vocab_size):
-        raise ValueError(f"eos_id must be None or a token id in [0, {config.vocab_size}), got {eos_id!r}")
-    if not _is_int(pad_id) or not INT32_MIN <= pad_id <= INT32_MAX:
-        raise ValueError(f"pad_id must be an int in the int32 range [{INT32_MIN}, {INT32_MAX}], got {pad_id!r}")
-    impl = _attn_impl(attn_impl)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     longest = int(lengths.max())
     if longest + max_new_tokens > config.max_position:
         raise ValueError(f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the model's context "
                          f"of {config.max_position} positions")
     p_bucket, out_bucket = bucket(longest), bucket(max_new_tokens)
     needed = p_bucket + out_bucket + drafter.tree.num_nodes + 1
-    if cache_size is None:
-        cache_size = needed
-    elif not _is_int(cache_size) or cache_size < needed:
+    if cache_size is not None and (not is_int(cache_size) or cache_size < needed):
         raise ValueError(f"cache_size must be an int >= {needed} for this prompt bucket ({p_bucket}), output "
                          f"bucket ({out_bucket}) and draft tree ({drafter.tree.num_nodes} nodes + root), "
                          f"got {cache_size!r}")
+    dec = Decoder(model, drafter, max_new_tokens=out_bucket, max_prompt_len=p_bucket, sampling=sampling,
+                  eos_id=eos_id, pad_id=pad_id, cache_size=needed if cache_size is None else cache_size,
+                  attn_impl=attn_impl, lossy=lossy, mesh=mesh, rules=rules,
+                  _cache_fill=float("nan") if poison_cache else 0.0, _positions_checked=True)
     prompt_BP = np.zeros((tokens.shape[0], p_bucket), np.int32)
     width = min(tokens.shape[1], p_bucket)
     prompt_BP[:, :width] = tokens[:, :width]
     keys_B = row_keys(rng, tokens.shape[0])
-    layout = None
-    if mesh is not None or rules is not None:
-        if mesh is None:
-            raise ValueError("rules shard over a mesh: pass mesh= too")
-        layout = Layout(mesh, ShardingRules() if rules is None else rules)
+    if dec.spec.layout is not None:
+        layout = dec.spec.layout
         layout.check_batch(tokens.shape[0])
         model, drafter = layout.place(model), layout.place(drafter)
         prompt_BP, lengths, keys_B = layout.rows(prompt_BP), layout.rows(lengths), layout.rows(keys_B)
-        if impl.impl != "xla":
-            impl = dataclasses.replace(impl, layout=layout)
-    spec = LoopSpec(sampler=sampler, out_size=out_bucket, vocab_size=config.vocab_size, attn_impl=impl, lossy=lossy,
-                    layout=layout)
-    out, n_out, stats = _decode_program(model, drafter, prompt_BP, lengths, np.int32(max_new_tokens),
-                                        np.int32(-1 if eos_id is None else eos_id), np.int32(pad_id), sp, keys_B,
-                                        spec=spec, cache_size=int(cache_size), poison_cache=poison_cache)
-    return DecodeResult(tokens=out[:, :max_new_tokens], lengths=n_out, stats=stats)
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "cache_size", "poison_cache"))
-def _decode_program(model, drafter, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp: SamplingParams, keys_B, *,
-                    spec: LoopSpec, cache_size: int, poison_cache: bool):
-    B = prompt_BP.shape[0]
-    cache = spec.constrain(model.create_cache(B, cache_size, jnp.nan if poison_cache else 0.0))
-    state = spec.constrain(prefill(model, drafter, spec, prompt_BP, prompt_len_B, max_new, eos_id, pad_id, sp, keys_B,
-                                   cache))
-    state = run(model, drafter, spec, state, max_new, eos_id, sp)
-    return state.tokens, state.n_out, state.stats
+    out = dec._call(model, prompt_BP, lengths, keys_B, drafter, None, int(max_new_tokens), dec.eos_ids)
+    return DecodeResult(tokens=out.tokens[:, :max_new_tokens], lengths=out.lengths, stats=out.stats)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from spectax.sharding import CACHE_AXES, axes
+
 if TYPE_CHECKING:
     from spectax.models.config import ModelConfig
 
@@ -16,14 +18,14 @@ if TYPE_CHECKING:
 class KVCache:
     """Keys and values of every committed token but the newest (the root), one array pair per layer.
 
-    k, v: tuples of L arrays [B, K, S, D] (K = kv heads; head-major so attention reads contiguous slot ranges). lengths: int32 [B] committed slots per row; slots at or
+    k, v: tuples of L arrays [B, G, S, hd] (G = kv heads; head-major so attention reads contiguous slot ranges). lengths: int32 [B] committed slots per row; slots at or
     beyond a row's length are dead (never read, free to hold anything). Layers are separate leaves so a layer's
     update never copies the others and XLA updates each buffer in place inside the loop.
     """
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
-    lengths: jax.Array
+    k: tuple[jax.Array, ...] = axes(*CACHE_AXES)
+    v: tuple[jax.Array, ...] = axes(*CACHE_AXES)
+    lengths: jax.Array = axes("batch")
 
     @classmethod
     def create(cls, config: ModelConfig, batch: int, size: int, dtype, fill: float = 0.0) -> "KVCache":

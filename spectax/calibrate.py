@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectax.cache import KVCache
+from spectax.checks import is_int
 from spectax.models import Model
-from spectax.tree import DraftTree, _is_int
+from spectax.tree import DraftTree
 
 NODE_COUNTS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 WARMUP = 2   # untimed calls per N before timing (the first compiles)
@@ -28,7 +29,7 @@ WARMUP = 2   # untimed calls per N before timing (the first compiles)
 
 def _check_int(name: str, value, low: int) -> int:
     """value as an int, or a ValueError when it is not an int >= low."""
-    if not _is_int(value) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
 

@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 def pick_tokenizer(model_arg: str, tokenizer_arg: str | None):
     """The tokenizer for `--model model_arg` (and the optional `--tokenizer`); ValueError when there is none."""
     from spectax.io import hub
-    from spectax.tokenizer import from_gguf, load_tokenizer
+    from spectax.io.tokenizer import from_gguf, load_tokenizer
 
     if tokenizer_arg is not None:
         return load_tokenizer(Path(tokenizer_arg).expanduser() if tokenizer_arg != "byte" else "byte")
@@ -162,7 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     import spectax
     from spectax.io import hub
-    from spectax.tokenizer import from_gguf
+    from spectax.io.tokenizer import from_gguf
 
     model = spectax.load(DEMO_MODEL)
     tok = from_gguf(hub.resolve(DEMO_MODEL))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,22 +33,68 @@ class SamplingParams:
     top_p: jax.Array        # f32 [] (1 = off)
 
 
+def _concrete(x) -> bool:
+    """Whether x is a value known on the host (not a tracer inside jit / vmap / scan)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+@struct.dataclass
+class Sampling:
+    """How each token is chosen: greedy (temperature 0) or drawn from the temperature-scaled logits, filtered to the
+    top_k tokens (0 = off) and to the smallest set holding top_p of the mass (1 = off); the same warping applies to
+    target and draft, so speculative sampling stays lossless.
+
+    temperature and top_p are data: inside jit / vmap / scan they may be traced (a sweep can vmap over them); top_k
+    is static (it shapes nothing, but switches the sort). Greedy or not is static too: it is decided by a concrete
+    temperature (0.0: greedy) where a `spectax.Decoder` is built. Bad concrete values raise ValueError here."""
+
+    temperature: Any = 0.0
+    top_k: int = struct.field(pytree_node=False, default=0)
+    top_p: Any = 1.0
+
+    def __post_init__(self):
+        real = (int, float, np.integer, np.floating)
+        t, k, p = self.temperature, self.top_k, self.top_p
+        if _concrete(t):
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, real + (jax.Array,)) or np.ndim(t) \
+                    or not math.isfinite(float(t)) or float(t) < 0:
+                raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
+            object.__setattr__(self, "temperature", float(t))
+        if not isinstance(k, (int, np.integer)) or isinstance(k, (bool, np.bool_)) or k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {k!r}")
+        object.__setattr__(self, "top_k", int(k))
+        if _concrete(p):
+            if isinstance(p, (bool, np.bool_)) or not isinstance(p, real + (jax.Array,)) or np.ndim(p) \
+                    or not 0.0 < float(p) <= 1.0:
+                raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+            object.__setattr__(self, "top_p", float(p))
+
+    @property
+    def greedy(self) -> bool:
+        """Argmax decoding (a concrete temperature of 0); ValueError for a traced temperature."""
+        if not _concrete(self.temperature):
+            raise ValueError("whether decoding is greedy is static: build the Decoder with a concrete temperature")
+        return self.temperature == 0
+
+    @property
+    def filtered(self) -> bool:
+        """Whether the top-k / top-p masks run (static: top_k > 0 or a concrete top_p < 1, or a traced top_p)."""
+        return not self.greedy and (self.top_k > 0 or not _concrete(self.top_p) or self.top_p < 1.0)
+
+    def sampler(self) -> Sampler:
+        """The static sampling mode."""
+        return Sampler(greedy=self.greedy, filtered=self.filtered)
+
+    def params(self) -> SamplingParams:
+        """The values as data (temperature floored at 1e-6, so greedy programs divide by something)."""
+        return SamplingParams(temperature=jnp.maximum(jnp.asarray(self.temperature, jnp.float32), 1e-6),
+                              top_k=jnp.int32(self.top_k), top_p=jnp.asarray(self.top_p, jnp.float32))
+
+
 def make_sampling(temperature: float, top_k: int, top_p: float) -> tuple[Sampler, SamplingParams]:
     """Validates the user's values (ValueError on bad input) and splits them into static and data parts."""
-    real = (int, float, np.integer, np.floating)
-    if isinstance(temperature, bool) or not isinstance(temperature, real) or not math.isfinite(temperature) \
-            or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, real) or not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    temperature, top_k, top_p = float(temperature), int(top_k), float(top_p)
-    greedy = temperature == 0
-    sampler = Sampler(greedy=greedy, filtered=not greedy and (top_k > 0 or top_p < 1.0))
-    params = SamplingParams(temperature=jnp.float32(max(temperature, 1e-6)), top_k=jnp.int32(top_k),
-                            top_p=jnp.float32(top_p))
-    return sampler, params
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    return sampling.sampler(), sampling.params()
 
 
 def split_rows(keys_B: jax.Array, n: int) -> jax.Array:

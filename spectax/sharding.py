@@ -17,6 +17,7 @@ shard_map boundary (`Layout.shard_attention`), one kernel call per (batch, kv-he
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 from typing import Any
@@ -24,46 +25,64 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "model")
-CACHE_AXES = ("batch", "kv_heads", "cache_seq", "head_dim")     # k, v [B, K, S, hd]
+CACHE_AXES = ("batch", "kv_heads", "cache_seq", "head_dim")     # k, v [B, G, S, hd]
 
-# parameter logical axes by (module, param) name; the arch-specific fused attention layouts override qkv
-_PARAM_AXES = {
-    ("embed", "embedding"): ("vocab", "embed"),                  # [V, D]
-    ("wte", "embedding"): ("vocab", "embed"),                    # [V, D]
-    ("wpe", "embedding"): (None, "embed"),                       # [P, D]
-    ("lm_head", "kernel"): ("embed", "vocab"),                   # [D, V]
-    ("o", "kernel"): ("heads", "embed"),                         # [H * hd, D]
-    ("o", "bias"): ("embed",),
-    ("gate_up", "kernel"): ("embed", None, "mlp"),               # [D, 2, F]
-    ("down", "kernel"): ("mlp", "embed"),                        # [F, D]
-    ("fc", "kernel"): ("embed", "mlp"),                          # [D, F]
-    ("fc", "bias"): ("mlp",),
-    ("proj", "kernel"): ("mlp", "embed"),                        # [F, D]
-    ("proj", "bias"): ("embed",),
-    ("llama", "qkv", "kernel"): ("embed", "kv_heads", None, "head_dim"),   # [D, K, G + 2, hd]
-    ("llama", "qkv", "bias"): ("kv_heads", None, "head_dim"),
-    ("gpt2", "qkv", "kernel"): ("embed", None, "kv_heads", "head_dim"),    # [D, 3, H, hd] (H = K)
-    ("gpt2", "qkv", "bias"): (None, "kv_heads", "head_dim"),
-}
-_NORMS = ("attn_norm", "mlp_norm", "final_norm", "ln_1", "ln_2", "ln_f")
 
-# logical axes of the decode state's arrays by field name (DecodeState, DecodeStats, KVCache and the drafter states)
-_STATE_AXES = {
-    "tokens": ("batch", None), "n_out": ("batch",), "root": ("batch",), "done": ("batch",), "rng": ("batch",),
-    "lengths": ("batch",), "k": CACHE_AXES, "v": CACHE_AXES,
-    "target_calls": (), "row_calls": ("batch",), "new_tokens": ("batch",), "speculated": ("batch",),
-    "accepted_hist": ("batch", None), "rank_hist": (None, None),
-    "x0": ("batch",),                                                     # DraftModelState
-    "table_VpD": ("vocab", "embed"), "logits_BHV": ("batch", None, "vocab"), "live_B": ("batch",),   # HeadsState
-    "history_BH": ("batch", None), "n_B": ("batch",),                     # NGramState
-}
-# Heads' weights by kind (spectax.drafters.heads): the width of the inner layer (blockwise) or of the pre-activation
-# (medusa, cerberus) is sharded like an MLP's hidden units
-_HEADS_AXES = {"w1": (None, "embed", "mlp"), "b1": (None, "mlp")}
-_HEADS_W2 = {"blockwise": (None, "mlp", "embed"), "cerberus": (None, "embed", "mlp")}   # [H, D', D] / [H, D, D']
+@dataclasses.dataclass(frozen=True)
+class Axes:
+    """The logical axis names of one array's dimensions (None: a dimension never sharded). Not a pytree node: a
+    pytree of Axes mirrors the pytree of arrays it describes."""
+
+    names: tuple[str | None, ...]
+
+
+def axes(*names: str | None, **field_kwargs):
+    """A pytree field of a flax struct dataclass whose arrays (every array in the field's value: one, or a tuple of
+    per-layer arrays) carry these logical axes: how a pytree owner declares its arrays' sharding."""
+    return struct.field(pytree_node=True, metadata={"axes": Axes(tuple(names))}, **field_kwargs)
+
+
+class Undeclared(ValueError):
+    """An array whose owner declares no logical axes for it."""
+
+
+def logical_axes(tree):
+    """The pytree of `Axes` (one per array leaf of `tree`) that the owners of its parts declare.
+
+    An object declares by a `logical_axes()` method (returning that pytree for itself) or, for a flax struct
+    dataclass, by its fields: a field made with `axes(...)` gives all its arrays those axes; any other pytree field
+    is walked in turn. Tuples, lists and dicts are walked; None and empty containers hold nothing. An array reached
+    with no declaration raises `Undeclared` naming its path."""
+    def walk(x, path):
+        if hasattr(x, "logical_axes") and callable(x.logical_axes):
+            return x.logical_axes()
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            out = {}
+            for f in dataclasses.fields(x):
+                if not f.metadata.get("pytree_node", True):
+                    continue
+                value = getattr(x, f.name)
+                declared = f.metadata.get("axes")
+                out[f.name] = (jax.tree_util.tree_map(lambda _: declared, value) if declared is not None
+                               else walk(value, f"{path}.{f.name}"))
+            described = copy.copy(x)                          # no __post_init__: the fields now hold Axes
+            for name, value in out.items():
+                object.__setattr__(described, name, value)
+            return described
+        if isinstance(x, (tuple, list)):
+            return type(x)(walk(v, f"{path}[{i}]") for i, v in enumerate(x))
+        if isinstance(x, dict):
+            return {k: walk(v, f"{path}[{k!r}]") for k, v in x.items()}
+        if x is None:
+            return None
+        raise Undeclared(f"{path or 'the tree'} ({type(x).__name__} {np.shape(x)}) has no declared logical axes: "
+                         f"declare them with spectax.sharding.axes(...) fields or a logical_axes() method")
+    return walk(tree, type(tree).__name__)
+
 
 _warned: set = set()
 
@@ -165,46 +184,38 @@ class Layout:
 
     # ------------------------------------------------------------------------------------------------- placement
 
-    def param_shardings(self, config, params) -> Any:
-        """A NamedSharding per leaf of a Model's params (the decoder's layout, see spectax.models)."""
-        def one(path, x):
-            names = tuple(getattr(k, "key", None) for k in path)
-            module, leaf = names[-2], names[-1]
-            if module in _NORMS:
-                return self.sharding(("embed",), np.shape(x))
-            axes = _PARAM_AXES.get((config.arch, module, leaf), _PARAM_AXES.get((module, leaf)))
-            if axes is None:
-                raise ValueError(f"no sharding rule for parameter {jax.tree_util.keystr(path)}")
-            return self.sharding(axes, np.shape(x))
-        return jax.tree_util.tree_map_with_path(one, params)
+    def shardings(self, tree, axes_tree) -> Any:
+        """A NamedSharding per array of `tree`, from the matching pytree of `Axes` (see `logical_axes`)."""
+        return jax.tree_util.tree_map(lambda a, x: self.sharding(a.names, np.shape(x)), axes_tree, tree,
+                                      is_leaf=lambda a: isinstance(a, Axes))
+
+    def _declared(self, tree):
+        """logical_axes(tree), or for a tree whose owners declare nothing, every array replicated (warned once per
+        owner type: it still decodes, each device holding every array whole)."""
+        try:
+            return logical_axes(tree)
+        except Undeclared as e:
+            key = ("undeclared", type(tree).__name__)
+            if key not in _warned:
+                _warned.add(key)
+                warnings.warn(f"{e}; replicating {type(tree).__name__} on every device", stacklevel=3)
+            return jax.tree_util.tree_map(lambda x: Axes((None,) * np.ndim(x)), tree)
 
     def place(self, tree):
-        """Puts a target (Model, Ensemble) or a drafter on the mesh: every Model's params and every Heads' weights
-        sharded by the rules, anything else replicated. Already placed arrays stay as they are."""
-        from spectax.drafters.heads import Heads
-        from spectax.models import Model
+        """Puts a pytree (a target Model or Ensemble, a drafter) on the mesh, every array sharded by the axes its
+        owner declares (see `logical_axes`); a tree that declares nothing is replicated, with a warning. Already
+        placed arrays stay as they are."""
+        return self.place_arrays(tree, self._declared(tree))
 
-        def one(x):
-            if isinstance(x, Model):
-                return x.replace(params=place_tree(x.params, self.param_shardings(x.config, x.params)))
-            if isinstance(x, Heads):
-                axes = {**_HEADS_AXES, "w2": _HEADS_W2.get(x.config.kind)}
-                shardings = {k: self.sharding(axes[k], np.shape(v)) for k, v in x.params.items()}
-                return x.replace(params=place_tree(x.params, shardings),
-                                 vocab_ids=put(x.vocab_ids, self.sharding((None,), x.vocab_ids.shape)))
-            return put(x, self.sharding((None,) * np.ndim(x), np.shape(x)))
-        return jax.tree_util.tree_map(one, tree, is_leaf=lambda x: isinstance(x, (Model, Heads)))
+    def place_arrays(self, tree, axes_tree, dtype=None):
+        """`tree`'s arrays (host or device) on the mesh as the matching pytree of `Axes` says, cast to `dtype`."""
+        return place_tree(tree, self.shardings(tree, axes_tree), dtype)
 
     def constrain(self, tree):
         """with_sharding_constraint on every array of a decode state (DecodeState, a KVCache, drafter states) by
-        its field name (see _STATE_AXES); arrays of fields the rules do not name are left to the compiler."""
-        def one(path, x):
-            names = [k.name for k in path if isinstance(k, jax.tree_util.GetAttrKey)]
-            axes = _STATE_AXES.get(names[-1]) if names else None
-            if axes is None or len(axes) != np.ndim(x):
-                return x
-            return jax.lax.with_sharding_constraint(x, self.sharding(axes, np.shape(x)))
-        return jax.tree_util.tree_map_with_path(one, tree)
+        the axes its owners declare; an undeclared drafter state is pinned replicated, with a warning."""
+        return jax.tree_util.tree_map(jax.lax.with_sharding_constraint, tree,
+                                      self.shardings(tree, self._declared(tree)))
 
     def shard_attention(self, attend, q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask):
         """Runs `attend` (a tree-attention kernel returning (out, k_cache, v_cache), pallas_kernels.tree_attention)

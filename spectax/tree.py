@@ -16,12 +16,10 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+from spectax.checks import is_int
 
 MAX_KARY_NODES = 4096
 
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +38,7 @@ class DraftTree:
         except TypeError:
             raise ValueError(f"parents must be a sequence of ints, got {self.parents!r}") from None
         for i, p in enumerate(parents):
-            if not _is_int(p):
+            if not is_int(p):
                 raise ValueError(f"node {i} has parent {p!r}; parents must be ints")
             if not -1 <= p < i:
                 raise ValueError(f"node {i} has parent {p}; parents must be -1 (root) or an earlier node")
@@ -56,7 +54,7 @@ class DraftTree:
     @classmethod
     def chain(cls, k: int) -> "DraftTree":
         """k draft tokens in a line."""
-        if not _is_int(k):
+        if not is_int(k):
             raise ValueError(f"chain length must be an int, got {k!r}")
         if k < 0:
             raise ValueError(f"chain length must be >= 0, got {k}")
@@ -72,7 +70,7 @@ class DraftTree:
         if not branching:
             raise ValueError("kary needs a non-empty branching sequence (use DraftTree.none() for no draft)")
         for d, b in enumerate(branching, 1):
-            if not _is_int(b) or b < 1:
+            if not is_int(b) or b < 1:
                 raise ValueError(f"kary branching must be ints >= 1, got {b!r} at depth {d}")
         total, width = 0, 1
         for b in branching:
@@ -109,7 +107,7 @@ class DraftTree:
             if not path:
                 raise ValueError("empty path (): the root is implicit, every path names a node below it")
             for r in path:
-                if not _is_int(r) or r < 0:
+                if not is_int(r) or r < 0:
                     raise ValueError(f"path {path}: child ranks must be ints >= 0, got {r!r}")
             clean.append(tuple(int(r) for r in path))
         present = set()
@@ -153,7 +151,7 @@ class DraftTree:
     def truncated(self, depth: int) -> "DraftTree":
         """The nodes of depth <= `depth`, which must be the tree's first nodes (true of every BFS-ordered tree:
         chain, kary, from_paths, optimal); ValueError otherwise. The loop runs these prefixes as cheaper steps."""
-        if not _is_int(depth) or depth < 0:
+        if not is_int(depth) or depth < 0:
             raise ValueError(f"truncation depth must be an int >= 0, got {depth!r}")
         keep = self.depth <= depth
         n = int(keep.sum())
@@ -346,9 +344,9 @@ def _optimal_values(table: np.ndarray, budget: int, max_depth: int) -> tuple[np.
       G_d[k, n] = max_{1 <= m <= n} G_d[k-1, n-m] + a_d[k-1] * (1 + F_{d+1}[m-1]),   G_d[0, n] = 0,
     where a_d is the row for depth d + 1; F_d[n] = max_k G_d[k, n]; values = F_0.
     """
-    if not _is_int(budget) or budget < 1:
+    if not is_int(budget) or budget < 1:
         raise ValueError(f"budget must be an int >= 1, got {budget!r}")
-    if not _is_int(max_depth) or max_depth < 1:
+    if not is_int(max_depth) or max_depth < 1:
         raise ValueError(f"max_depth must be an int >= 1, got {max_depth!r}")
     B, D = int(budget), int(max_depth)
     Dp, R = table.shape

@@ -93,7 +93,7 @@ def test_one_target_and_one_draft_forward_per_step(tiny_llama, trained, monkeypa
 def test_features_come_from_the_same_forward(tiny_llama):  # noqa: F811
     """Model.forward's features are the residual stream after the chosen layers (checked against a model cut after
     each of them), with unchanged logits."""
-    from spectax.ensemble import early_exit
+    from spectax.models.ensemble import early_exit
     tokens = jnp.asarray([[3, 9, 27, 5, 1]])
     pos, mask, zero = jnp.arange(5)[None], jnp.tril(jnp.ones((5, 5), bool)), jnp.zeros((1,), jnp.int32)
     logits, hidden, _, feats = tiny_llama.forward(tokens, pos, None, zero, mask, features_at=(0, 1))

@@ -10,8 +10,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models
 
 import spectax
 from spectax import cli
+from spectax.io.tokenizer import ByteTokenizer, load_tokenizer
 from spectax.models import Model, ModelConfig
-from spectax.tokenizer import ByteTokenizer, load_tokenizer
 
 CHARS = ["\n"] + [chr(c) for c in range(32, 126)]  # with the two ChatML specials: 97 ids = tiny_llama's vocab
 SPEED = re.compile(r"^\[spectax\] (\d+) tokens in [0-9.]+ s: [0-9.]+ tokens/s \(prefill (\d+) prompt tokens")

@@ -22,7 +22,7 @@ from test_speculative_sampling import LEVEL, SMALL, law_pvalue, sampled
 import spectax
 from spectax import DraftTree, Ensemble, api
 from spectax.drafters import CoS
-from spectax.ensemble import early_exit
+from spectax.models.ensemble import early_exit
 from spectax.models import Model
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
@@ -189,7 +189,7 @@ def test_load_manifest(tmp_path, tiny_llama):
     manifest = {"mode": "contrastive", "alpha": 0.5, "plausibility": 0.1,
                 "members": [{"model": "expert"}, {"model": "expert", "early_exit": 1}]}
     (tmp_path / "ensemble.json").write_text(json.dumps(manifest))
-    loaded = Ensemble.load(tmp_path)
+    loaded = spectax.load(tmp_path)
     reference = Ensemble((tiny_llama, early_exit(tiny_llama, 1)), mode="contrastive", alpha=0.5)
     tokens = np.array([[3, 1, 4, 1, 5]], np.int32)
     np.testing.assert_array_equal(np.asarray(loaded.logits(tokens)), np.asarray(reference.logits(tokens)))
@@ -199,19 +199,19 @@ def test_load_manifest(tmp_path, tiny_llama):
     for manifest in bad:
         (tmp_path / "ensemble.json").write_text(json.dumps(manifest))
         with pytest.raises(ValueError):
-            Ensemble.load(tmp_path)
+            spectax.load(tmp_path)
     (tmp_path / "ensemble.json").write_text("{not json")
     with pytest.raises(ValueError, match="manifest"):
-        Ensemble.load(tmp_path)
+        spectax.load(tmp_path)
     with pytest.raises(ValueError, match="manifest"):
-        Ensemble.load(tmp_path / "nowhere")
+        spectax.load(tmp_path / "nowhere")
 
 
 @pytest.mark.slow
 def test_shipped_contrastive_ensemble_on_smollm2():
     """The shipped ensemble loads (SmolLM2 and its early exit), and greedy CoS (the full model proposing: the early
     exit predicts r badly, see benchmarks/results/cos.json) equals its naive decoding."""
-    ensemble = Ensemble.load("smollm2-135m-instruct/cos-contrastive")
+    ensemble = spectax.load("smollm2-135m-instruct/cos-contrastive")
     assert ensemble.mode == "contrastive" and ensemble.models[1].config.num_layers < 30
     prompts = [[1, 9690, 198, 2683, 314], [1, 4093, 28, 1]]
     naive = spectax.decode(ensemble, prompts, 16)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spectax.io.gguf import _unpermute_qk, load_gguf, open_gguf, read_gguf_config
-from spectax.tokenizer import from_gguf
+from spectax.io.tokenizer import from_gguf
 from spectax.models.config import ModelConfig
 from gguf_writer_util import llamacpp_permute, random_llama_params, tiny_bpe_vocab, write_llama_gguf
 

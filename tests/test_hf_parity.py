@@ -1,4 +1,4 @@
-"""Parity with transformers: tiny random HF checkpoints (made by tools/make_fixtures.py with torch) loaded through
+"""Parity with transformers: tiny random HF checkpoints (made by tests/fixtures/make_fixtures.py with torch) loaded through
 `spectax.load` must reproduce transformers' logits and greedy generations exactly (fp32, no torch needed here)."""
 
 import dataclasses

@@ -35,7 +35,7 @@ def model():
 @pytest.fixture(scope="module")
 def tok():
     from spectax.io.hub import resolve
-    from spectax.tokenizer import from_gguf
+    from spectax.io.tokenizer import from_gguf
 
     return from_gguf(resolve(NAME))
 

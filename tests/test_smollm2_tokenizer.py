@@ -34,7 +34,7 @@ def reader(gguf_path):
 
 @pytest.fixture(scope="module")
 def tok(reader):
-    from spectax.tokenizer import from_gguf
+    from spectax.io.tokenizer import from_gguf
 
     return from_gguf(reader)
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from gguf_writer_util import CHAT_TEMPLATE, random_llama_params, tiny_bpe_vocab, write_llama_gguf
+from spectax.io.tokenizer import ByteTokenizer, HFTokenizer, format_chatml, from_gguf, load_tokenizer
 from spectax.models.config import ModelConfig
-from spectax.tokenizer import ByteTokenizer, HFTokenizer, format_chatml, from_gguf, load_tokenizer
 
 TEXTS = ["", "hello", "the cat and the hat", "  leading, trailing  ", "line one\n\nline two\r\n\ttab",
          "Café naïve — “quotes”", "日本語 你好", "emoji 😀👍🏽🇺🇸", "def f(x):\n    return x ** 2\n", "a  1 22 333",

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import spectax
-from spectax.train import distill, prompts
+from recipes import build_prompts
+from spectax.train import distill, prompt_files
 
 # Ragged token-id prompts for the tiny model (vocab 97); EOS is a token the random model emits now and then.
 PROMPTS = [[int(t) for t in np.random.default_rng(i).integers(3, 97, size=3 + (7 * i) % 13)] for i in range(7)]
@@ -95,19 +96,19 @@ def test_token_frequencies_count_response_tokens(tiny_llama, tmp_path):
 
 
 def test_training_prompts_are_deterministic_varied_and_short():
-    counts = {c: 12 for c in prompts.CATEGORY_COUNTS}
-    a, b = prompts.training_prompts(seed=3, counts=counts), prompts.training_prompts(seed=3, counts=counts)
-    assert a == b and a != prompts.training_prompts(seed=4, counts=counts)
+    counts = {c: 12 for c in build_prompts.CATEGORY_COUNTS}
+    a, b = build_prompts.training_prompts(seed=3, counts=counts), build_prompts.training_prompts(seed=3, counts=counts)
+    assert a == b and a != build_prompts.training_prompts(seed=4, counts=counts)
     assert {p["category"] for p in a} == set(counts) and len({p["text"] for p in a}) == len(a)
     assert max(len(p["text"].split()) for p in a) < 300
-    train, held_out = prompts.split_prompts(a, eval_fraction=0.05)
+    train, held_out = prompt_files.split_prompts(a, eval_fraction=0.05)
     assert train + held_out == a and len(held_out) == round(0.05 * len(a))
 
 
-@pytest.mark.skipif(not prompts.SPEC_BENCH.exists(), reason="Spec-Bench questions not present")
+@pytest.mark.skipif(not build_prompts.SPEC_BENCH.exists(), reason="Spec-Bench questions not present")
 def test_prompts_share_no_8_word_sequence_with_spec_bench():
-    shipped = prompts.read_prompts()
-    assert len(shipped) >= 2900 and not prompts.overlaps_spec_bench(shipped)
-    turn = json.loads(prompts.SPEC_BENCH.read_text().splitlines()[0])["turns"][0]
+    shipped = prompt_files.read_prompts()
+    assert len(shipped) >= 2900 and not build_prompts.overlaps_spec_bench(shipped)
+    turn = json.loads(build_prompts.SPEC_BENCH.read_text().splitlines()[0])["turns"][0]
     planted = {"category": "qa", "text": f"Please tell me: {turn}"}
-    assert prompts.overlaps_spec_bench([planted]) == [planted]
+    assert build_prompts.overlaps_spec_bench([planted]) == [planted]

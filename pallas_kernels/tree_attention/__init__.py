@@ -49,13 +49,15 @@ def resolve_impl(impl: str, interpret=False, backend: str | None = None) -> str:
 class AttnImpl:
     """A hashable attention choice for the decode loop (a static argument): which implementation, whether it
     runs interpreted, which block sizes (None: the backend's defaults for the call's shapes), and for a kernel in a
-    sharded program the layout whose shard_map boundary it runs inside (`decode(mesh=...)` sets it).
+    sharded program the boundary it runs inside: a hashable callable boundary(kernel, *operands) that calls the
+    kernel under a shard_map (spectax's `Layout.shard_attention`, which `decode(mesh=...)` sets); None calls it
+    directly.
     `spectax.decode(..., attn_impl=AttnImpl("pallas_tpu", interpret=True))` runs the TPU kernel on CPU."""
 
     impl: str = "xla"
     interpret: bool | object = False   # bool, or a pltpu.InterpretParams for the TPU kernel
     block_sizes: BlockSizes | None = None
-    layout: object = None   # a spectax.sharding.Layout when sharded: the kernel runs per (batch, kv head) shard
+    boundary: object = None   # None, or boundary(kernel, *operands): the kernel runs per shard inside it
 
     def __post_init__(self):
         if self.block_sizes is not None and not isinstance(self.block_sizes, BlockSizes):

@@ -34,16 +34,17 @@ from flax import struct
 
 from pallas_kernels.tree_attention import AttnImpl
 from spectax.cache import KVCache, write_block
-from spectax.drafters.heads import check_vocab_ids, head_table
-from spectax.drafters.per_depth import propose_per_depth
-from spectax.drafters.stored import read_drafter, write_drafter
+from spectax.drafters.heads import head_table
+from spectax.drafters.per_depth import check_per_depth, check_vocab_ids, propose_per_depth
+from spectax.drafters.stored import load_drafter_parts, save_drafter
 from spectax.models.config import ModelConfig
-from spectax.models.llama import _LlamaBlock
+from spectax.models.llama import LlamaBlock
+from spectax.models.model import param_axes
+from spectax.sharding import Axes, axes
 from spectax.models.rope import apply_rope, inv_frequencies
 from spectax.tree import DraftTree
 
 MANIFEST = "block.json"
-FORMAT_VERSION = 1
 
 
 def default_target_layers(num_layers: int, count: int = 3) -> tuple[int, ...]:
@@ -100,9 +101,9 @@ class BlockConfig:
                    target_num_layers=d["target_num_layers"], layer=ModelConfig.from_json(json.dumps(d["layer"])))
 
 
-def layer_module(config: BlockConfig, attn_impl: AttnImpl = AttnImpl()) -> _LlamaBlock:
+def layer_module(config: BlockConfig, attn_impl: AttnImpl = AttnImpl()) -> LlamaBlock:
     """The Flax module of one draft layer (a Llama layer that only reads its cache)."""
-    return _LlamaBlock(config.layer, jnp.float32, attn_impl, write_cache=False)
+    return LlamaBlock(config.layer, jnp.float32, attn_impl, write_cache=False)
 
 
 def init_params(config: BlockConfig, seed: int = 0) -> dict:
@@ -183,10 +184,10 @@ def input_embedding(model) -> jax.Array:
 
 @struct.dataclass
 class BlockState:
-    cache: KVCache          # the draft's context K/V; lengths = the target's committed lengths
-    last_ctx_BD: jax.Array  # float32 [B, D] the fused context of each row's newest committed token
-    embed_VD: jax.Array     # the target's token embedding (constant through the loop)
-    table_VpD: jax.Array    # [V', D] the target's head rows at the draft vocabulary (constant)
+    cache: KVCache                                      # the draft's context K/V; lengths = the target's lengths
+    last_ctx_BE: jax.Array = axes("batch", None)        # float32 [B, E] fused context of the newest committed token
+    embed_VE: jax.Array = axes("vocab", "embed")        # the target's token embedding (constant through the loop)
+    table_VpE: jax.Array = axes("vocab", "embed")       # [V', E] the target's head rows at the draft vocabulary
 
 
 @struct.dataclass
@@ -198,6 +199,7 @@ class Block:
     params: dict
     vocab_ids: jax.Array
     tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(8))
+    follows_any_path = True
 
     @classmethod
     def create(cls, model, block_size: int = 8, num_layers: int = 1, tree: DraftTree | None = None, seed: int = 0,
@@ -208,55 +210,46 @@ class Block:
         ids = np.arange(model.config.vocab_size) if vocab_ids is None else np.asarray(vocab_ids)
         block = cls(config=config, params=init_params(config, seed), vocab_ids=check_vocab_ids(ids, model.config.vocab_size),
                     tree=DraftTree.chain(block_size) if tree is None else tree)
-        block.check(model.config)
+        block.check(model)
         return block
 
     @property
     def target_layers(self) -> tuple[int, ...]:
-        """The target layers whose outputs the loop hands over in TargetOut.features_BTLD."""
+        """The target layers whose outputs the loop hands over in TargetOut.features_BTLE."""
         return self.config.target_layers
 
     # ------------------------------------------------------------------------------------------- drafter contract
 
-    def check(self, target_config, batch: int | None = None) -> None:
-        """ValueError unless this drafter was made for `target_config` (width, heads, vocabulary, depth) and its
-        tree fits the block."""
-        c, t = self.config.layer, target_config
+    def check(self, target, batch: int | None = None) -> None:
+        """ValueError unless this drafter was made for the target (width, heads, vocabulary, depth) and its tree
+        fits the block."""
+        c, t = self.config.layer, target.config
         mine = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size, self.config.target_num_layers)
         theirs = (t.hidden_size, t.num_heads, t.num_kv_heads, t.head_dim, t.vocab_size, t.num_layers)
         if mine != theirs:
             raise ValueError(f"this block drafter was made for a target with (hidden size, heads, kv heads, head dim, "
                              f"vocabulary, layers) = {mine}; the target has {theirs}")
-        if not isinstance(self.tree, DraftTree) or self.tree.num_nodes == 0:
-            raise ValueError(f"Block needs a non-empty DraftTree, got {self.tree!r}")
-        if self.tree.max_depth > self.config.block_size:
-            raise ValueError(f"the tree is {self.tree.max_depth} deep but the block has only "
-                             f"{self.config.block_size} positions")
-        ids = np.asarray(self.vocab_ids)
-        check_vocab_ids(ids, c.vocab_size)
-        if self.tree.max_children > ids.size:
-            raise ValueError(f"the tree has {self.tree.max_children} siblings under one node but the draft "
-                             f"vocabulary only {ids.size} tokens")
+        check_per_depth(self.tree, self.vocab_ids, c.vocab_size, self.config.block_size, "block positions")
         expected = jax.tree_util.tree_map(np.shape, jax.eval_shape(lambda: init_params(self.config)))
         if jax.tree_util.tree_map(np.shape, self.params) != expected:
             raise ValueError(f"block weights do not match their config {self.config}")
 
     def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> BlockState:
-        """The context of every prompt token, from the prefill's features (out.features_BTLD: [B, P, m, D])."""
+        """The context of every prompt token, from the prefill's features (out.features_BTLE: [B, P, m, D])."""
         B, P = prompt_BP.shape
         cache = KVCache.create(self.config.layer, B, cache_size, jnp.float32)
-        ctx = fused_context(self.config, self.params, out.features_BTLD)                          # [B, P, D]
+        ctx = fused_context(self.config, self.params, out.features_BTLE)                          # [B, P, D]
         context = context_kv(self.config, self.params, ctx, jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P)))
         zero = jnp.zeros((B,), jnp.int32)
         cache = cache.with_layers(tuple((write_block(kc, k, zero), write_block(vc, v, zero))
                                         for (kc, vc), (k, v) in zip(cache.layers, context)))
         last = jnp.take_along_axis(ctx, (prompt_len_B - 1)[:, None, None], axis=1)[:, 0]
-        return BlockState(cache=cache.replace(lengths=prompt_len_B.astype(jnp.int32)), last_ctx_BD=last,
-                          embed_VD=input_embedding(target), table_VpD=head_table(target)[self.vocab_ids])
+        return BlockState(cache=cache.replace(lengths=prompt_len_B.astype(jnp.int32)), last_ctx_BE=last,
+                          embed_VE=input_embedding(target), table_VpE=head_table(target)[self.vocab_ids])
 
-    def propose(self, state: BlockState, root_B, keys_B, spec, sampling):
+    def propose(self, state: BlockState, history, keys_B, spec, sampling):
         """The one draft forward: every block position's logits, then node (d, r) = position d's r-th candidate."""
-        logits = block_logits(self.config, self.params, state.embed_VD, state.table_VpD, root_B, state.last_ctx_BD,
+        logits = block_logits(self.config, self.params, state.embed_VE, state.table_VpE, history.root_B, state.last_ctx_BE,
                               state.cache.layers, state.cache.lengths, spec.attn_impl)
         return propose_per_depth(logits, self.vocab_ids, self.tree, keys_B, spec, sampling), state
 
@@ -266,7 +259,7 @@ class Block:
         s0 = state.cache.lengths
         B = s0.shape[0]
         steps_BC = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), jnp.maximum(verdict.path_BD, 0)], axis=1)
-        features = jnp.take_along_axis(out.features_BTLD, steps_BC[:, :, None, None], axis=1)     # [B, 1 + D, m, D]
+        features = jnp.take_along_axis(out.features_BTLE, steps_BC[:, :, None, None], axis=1)     # [B, 1 + D, m, D]
         ctx = fused_context(self.config, self.params, features)
         positions = s0[:, None] + jnp.arange(steps_BC.shape[1], dtype=jnp.int32)[None]
         context = context_kv(self.config, self.params, ctx, positions)
@@ -274,28 +267,28 @@ class Block:
                        for (kc, vc), (k, v) in zip(state.cache.layers, context))
         last = jnp.take_along_axis(ctx, verdict.n_accepted[:, None, None], axis=1)[:, 0]          # the newest
         return state.replace(cache=state.cache.with_layers(layers).replace(lengths=jnp.where(
-            active_B, s0 + 1 + verdict.n_accepted, s0)), last_ctx_BD=jnp.where(active_B[:, None], last,
-                                                                                 state.last_ctx_BD))
+            active_B, s0 + 1 + verdict.n_accepted, s0)), last_ctx_BE=jnp.where(active_B[:, None], last,
+                                                                                 state.last_ctx_BE))
 
     # ------------------------------------------------------------------------------------------------ save / load
 
     def save(self, path, overwrite: bool = False) -> Path:
         """Writes the drafter to the directory `path` (block.json + params.npz, through a temp dir renamed into
         place: never half-written). The target's embedding and LM head are not stored; the tree is."""
-        manifest = {"format": "spectax-block", "version": FORMAT_VERSION, "config": self.config.to_dict(),
-                    "tree": [list(p) for p in self.tree.rank_paths]}
-        return write_drafter(path, overwrite, MANIFEST, manifest, self.params, self.vocab_ids)
+        return save_drafter(path, overwrite, MANIFEST, "spectax-block", self.config.to_dict(), self.tree, self.params,
+                            self.vocab_ids)
 
     @classmethod
     def load(cls, path) -> "Block":
         """Reads a drafter written by `save` (ValueError for anything else)."""
-        manifest, params, vocab_ids = read_drafter(path, MANIFEST, "spectax-block", FORMAT_VERSION, "block drafter")
-        try:
-            config = BlockConfig.from_dict(manifest["config"])
-            tree = DraftTree.from_paths([tuple(p) for p in manifest["tree"]])
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: invalid block drafter manifest: {e}") from e
-        expected = jax.tree_util.tree_map(np.shape, jax.eval_shape(lambda: init_params(config)))
-        if jax.tree_util.tree_map(np.shape, params) != expected:
-            raise ValueError(f"{path}: block weights do not match their config {config}")
-        return cls(config=config, params=params, vocab_ids=check_vocab_ids(vocab_ids, config.layer.vocab_size), tree=tree)
+        config, tree, params, vocab_ids = load_drafter_parts(path, MANIFEST, "spectax-block", "block drafter",
+                                                             BlockConfig.from_dict, init_params)
+        return cls(config=config, params=params, vocab_ids=check_vocab_ids(vocab_ids, config.layer.vocab_size),
+                   tree=tree)
+
+    def logical_axes(self) -> "Block":
+        """The drafter with an `Axes` per array: its layers shard like the target's (heads, kv heads, MLP), the
+        fusion, norms and mask vectors are replicated."""
+        params = {k: param_axes("llama", v) if k.startswith("layers_") else Axes((None,) * np.ndim(v))
+                  for k, v in self.params.items()}
+        return self.replace(params=params, vocab_ids=Axes((None,)))

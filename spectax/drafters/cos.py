@@ -18,8 +18,11 @@ from __future__ import annotations
 
 from flax import struct
 
+import jax
+import numpy as np
+
 from spectax.drafters.draft_model import DraftModel, DraftModelState
-from spectax.ensemble import Ensemble, num_params
+from spectax.models.ensemble import Ensemble, num_params
 from spectax.tree import DraftTree
 
 
@@ -34,6 +37,8 @@ class CoS:
     ensemble: Ensemble
     proposer: int | None = struct.field(pytree_node=False, default=None)
     tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(4))
+    target_layers = ()
+    follows_any_path = False   # its proposer's cache holds its own proposals' K/V
 
     @property
     def index(self) -> int:
@@ -48,24 +53,42 @@ class CoS:
         """The DraftModel drafting with the proposing member."""
         return DraftModel(self.ensemble.models[self.index], tree=self.tree)
 
-    def check(self, target_config, batch: int | None = None) -> None:
-        """ValueError unless the proposer exists and its vocabulary fits the target's (see DraftModel.check)."""
+    def check(self, target, batch: int | None = None) -> None:
+        """ValueError unless the target being decoded is this drafter's ensemble (same combination, same members,
+        the same params where they are concrete), the proposer exists and its vocabulary fits (DraftModel.check)."""
         if not isinstance(self.ensemble, Ensemble):
             raise ValueError(f"CoS drafts for a spectax.Ensemble, got {type(self.ensemble).__name__}")
+        if not _same_ensemble(target, self.ensemble):
+            raise ValueError("CoS verifies against its own ensemble: decode that Ensemble (pass it as the model), "
+                             f"not a {type(target).__name__} that differs from it")
         n = len(self.ensemble.models)
         if self.proposer is not None and (not isinstance(self.proposer, int) or isinstance(self.proposer, bool)
                                           or not 0 <= self.proposer < n):
             raise ValueError(f"proposer must be None or a member index in [0, {n}), got {self.proposer!r}")
-        self.draft.check(target_config, batch)
+        self.draft.check(target, batch)
 
     def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> DraftModelState:
         """The proposer's own prefill (see DraftModel.init)."""
         return self.draft.init(target, prompt_BP, prompt_len_B, out, cache_size, spec)
 
-    def propose(self, state: DraftModelState, root_B, keys_B, spec, sampling):
+    def propose(self, state: DraftModelState, history, keys_B, spec, sampling):
         """Fills the tree with the proposer (see DraftModel.propose)."""
-        return self.draft.propose(state, root_B, keys_B, spec, sampling)
+        return self.draft.propose(state, history, keys_B, spec, sampling)
 
     def update(self, state: DraftModelState, verdict, new_tokens_BC, out, active_B) -> DraftModelState:
         """Compacts the accepted path in the proposer's cache (see DraftModel.update)."""
         return self.draft.update(state, verdict, new_tokens_BC, out, active_B)
+
+
+def _same_ensemble(target, ensemble: Ensemble) -> bool:
+    """Whether `target` is `ensemble`: the same static structure (mode, weights, alpha, member configs) and, for
+    concrete arrays, the same values (identical arrays pass at once)."""
+    if not isinstance(target, Ensemble) or jax.tree_util.tree_structure(target) != jax.tree_util.tree_structure(
+            ensemble):
+        return False
+    for a, b in zip(jax.tree_util.tree_leaves(target), jax.tree_util.tree_leaves(ensemble)):
+        if a is b or isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+            continue
+        if np.shape(a) != np.shape(b) or not np.array_equal(np.asarray(a), np.asarray(b)):
+            return False
+    return True

@@ -9,19 +9,18 @@ from flax import struct
 from jax import lax
 
 from spectax.cache import KVCache, commit_path
-from spectax.drafters.base import Draft
+from spectax.step_types import Draft
 from spectax.models import Model
+from spectax.models.vocab import check_vocab_match, to_vocab
+from spectax.sharding import axes
 from spectax.sampling import fold_rows, gumbel_rows, top_k, warp
 from spectax.tree import DraftTree
 
-VOCAB_SLACK = 0.01   # draft and target vocabularies may differ by this fraction (padding rows) or 8 rows, no more
-
-
 @struct.dataclass
 class DraftModelState:
-    cache: KVCache   # the draft's cache; lengths = the target's length - 1 (slot `lengths` holds x0)
-    x0: jax.Array    # int32 [B] the committed token just before the root (re-fed with the root each step)
-    root: jax.Array  # int32 [B] the root of the latest proposal
+    cache: KVCache                       # the draft's cache; lengths = the target's length - 1 (slot `lengths`: x0)
+    x0: jax.Array = axes("batch")        # int32 [B] the committed token just before the root (re-fed each step)
+    root: jax.Array = axes("batch")      # int32 [B] the root of the latest proposal
 
 
 @struct.dataclass
@@ -36,30 +35,31 @@ class DraftModel:
 
     model: Model
     tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(4))
+    target_layers = ()
+    follows_any_path = False   # its cache holds its own proposals' K/V
 
-    def check(self, target_config, batch: int | None = None) -> None:
-        """ValueError unless this draft can serve `target_config` (non-empty tree, compatible vocabulary); any batch."""
+    def check(self, target, batch: int | None = None) -> None:
+        """ValueError unless this draft can serve the target (non-empty tree, compatible vocabulary); any batch."""
         if not isinstance(self.model, Model):
             raise ValueError(f"DraftModel.model must be a spectax Model, got {type(self.model).__name__}")
         if not isinstance(self.tree, DraftTree) or self.tree.num_nodes == 0:
             raise ValueError(f"DraftModel needs a non-empty DraftTree, got {self.tree!r}")
-        vd, vt = self.model.config.vocab_size, target_config.vocab_size
-        if abs(vd - vt) > max(8, VOCAB_SLACK * max(vd, vt)):
-            raise ValueError(f"draft vocabulary ({vd} tokens) does not match the target's ({vt}); only padding-size "
-                             f"differences (<= {VOCAB_SLACK:.0%} or 8 tokens) are mapped")
+        check_vocab_match(self.model.config.vocab_size, target.config.vocab_size,
+                          "the draft vocabulary does not match the target's")
 
     def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> DraftModelState:
         """Prefills the draft's own cache with the prompts."""
         config = self.model.config
         cache = self.model.create_cache(prompt_BP.shape[0], cache_size)
         tokens = jnp.minimum(prompt_BP, config.vocab_size - 1)
-        kv, _, _ = self.model.prefill(tokens, prompt_len_B, cache.layers, spec.prefill_chunk, spec.attn_impl)
+        kv = self.model.prefill(tokens, prompt_len_B, cache.layers, spec.prefill_chunk, spec.attn_impl).kv
         last = jnp.take_along_axis(prompt_BP, (prompt_len_B - 1)[:, None], axis=1)[:, 0]
         return DraftModelState(cache=cache.with_layers(kv).replace(lengths=prompt_len_B - 1), x0=last,
                                root=jnp.zeros_like(last))
 
-    def propose(self, state: DraftModelState, root_B, keys_B, spec, sampling):
+    def propose(self, state: DraftModelState, history, keys_B, spec, sampling):
         """Fills the tree level by level (a lax.fori_loop over depths); keys_B: key [B], one per row."""
+        root_B = history.root_B
         tree, config = self.tree, self.model.config
         N, V, K = tree.num_nodes, spec.vocab_size, tree.max_children
         B = root_B.shape[0]
@@ -77,9 +77,9 @@ class DraftModel:
         def level(d, carry):
             tokens_BN, q_BNV, kv = carry
             window = jnp.concatenate([state.x0[:, None], root_B[:, None], tokens_BN], axis=1)
-            logits, _, kv = self.model.forward(jnp.minimum(window, config.vocab_size - 1), positions_BW, kv, s0,
-                                               jnp.asarray(mask_WW), spec.attn_impl, logits_at_BK=at_BP)
-            logits = _to_vocab(logits, V)                             # [B, P, V] at each parent
+            out = self.model.forward(jnp.minimum(window, config.vocab_size - 1), positions_BW, kv, s0,
+                                     jnp.asarray(mask_WW), spec.attn_impl, logits_at_BK=at_BP)
+            logits, kv = to_vocab(out.logits_BTV, V), out.kv                             # [B, P, V] at each parent
             if sampled:
                 logq = jax.nn.log_softmax(warp(logits, spec.sampler, sampling), axis=-1)
                 _, top = top_k(logq + gumbel_rows(fold_rows(keys_B, d), logq.shape[1:]), K, spec.vocab_shards)
@@ -106,11 +106,3 @@ class DraftModel:
         return DraftModelState(cache=cache.replace(lengths=jnp.where(active_B, s0 + 1 + n, s0)), x0=x0,
                                root=state.root)
 
-
-def _to_vocab(logits_xV: jax.Array, vocab_size: int) -> jax.Array:
-    """Draft logits over the target's vocabulary: extra padding rows dropped, missing ones at -inf."""
-    v = logits_xV.shape[-1]
-    if v >= vocab_size:
-        return logits_xV[..., :vocab_size]
-    pad = jnp.full(logits_xV.shape[:-1] + (vocab_size - v,), -jnp.inf, logits_xV.dtype)
-    return jnp.concatenate([logits_xV, pad], axis=-1)

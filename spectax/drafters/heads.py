@@ -31,13 +31,13 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from spectax.drafters.per_depth import propose_per_depth
-from spectax.drafters.stored import read_drafter, write_drafter
+from spectax.drafters.per_depth import check_per_depth, check_vocab_ids, propose_per_depth
+from spectax.drafters.stored import load_drafter_parts, save_drafter
+from spectax.sharding import Axes, axes
 from spectax.tree import DraftTree
 
 KINDS = ("blockwise", "medusa", "cerberus")
 MANIFEST = "heads.json"
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +118,10 @@ def entropy(logits_xV: jax.Array) -> jax.Array:
 
 @struct.dataclass
 class HeadsState:
-    table_VpD: jax.Array    # [V', D] the target's head rows at the draft vocabulary (constant through the loop)
-    logits_BHV: jax.Array   # float32 [B, H, V'] the heads' logits for the next step's proposal
-    live_B: jax.Array | None  # bool [B] rows that speculate next step (the Cerberus gate); None: ungated
+    table_VpE: jax.Array = axes("vocab", "embed")            # [V', E] the target's head rows at the draft vocabulary
+    logits_BHV: jax.Array = axes("batch", None, "vocab")     # float32 [B, H, V'] the heads' logits, next proposal
+    live_B: jax.Array | None = axes("batch")                 # bool [B] rows that speculate next step (the Cerberus
+                                                             # gate); None: ungated
 
 
 @struct.dataclass
@@ -134,6 +135,8 @@ class Heads:
     params: dict
     vocab_ids: jax.Array
     tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(4))
+    target_layers = ()
+    follows_any_path = True
 
     @classmethod
     def create(cls, model, kind: str = "medusa", num_heads: int = 4, tree: DraftTree | None = None, seed: int = 0,
@@ -146,37 +149,34 @@ class Heads:
         ids = np.arange(c.vocab_size) if vocab_ids is None else np.asarray(vocab_ids)
         heads = cls(config=config, params=init_params(config, seed, scale), vocab_ids=check_vocab_ids(ids, c.vocab_size),
                     tree=DraftTree.chain(num_heads) if tree is None else tree)
-        heads.check(c)
+        heads.check(model)
         return heads
 
     # ------------------------------------------------------------------------------------------- drafter contract
 
-    def check(self, target_config, batch: int | None = None) -> None:
-        """ValueError unless these heads fit `target_config` and their tree fits the heads."""
-        c = self.config
-        if (c.hidden_size, c.vocab_size) != (target_config.hidden_size, target_config.vocab_size):
+    def check(self, target, batch: int | None = None) -> None:
+        """ValueError unless these heads fit the target and their tree fits the heads."""
+        c, t = self.config, target.config
+        if (c.hidden_size, c.vocab_size) != (t.hidden_size, t.vocab_size):
             raise ValueError(f"these heads were made for a model with hidden size {c.hidden_size} and vocabulary "
-                             f"{c.vocab_size}; the target has {target_config.hidden_size} and "
-                             f"{target_config.vocab_size}")
-        if not isinstance(self.tree, DraftTree) or self.tree.num_nodes == 0:
-            raise ValueError(f"Heads need a non-empty DraftTree, got {self.tree!r}")
-        if self.tree.max_depth > c.num_heads:
-            raise ValueError(f"the tree is {self.tree.max_depth} deep but there are only {c.num_heads} heads "
-                             f"(one per depth)")
-        ids = np.asarray(self.vocab_ids)
-        check_vocab_ids(ids, c.vocab_size)
-        if self.tree.max_children > ids.size:
-            raise ValueError(f"the tree has {self.tree.max_children} siblings under one node but the draft "
-                             f"vocabulary only {ids.size} tokens")
+                             f"{c.vocab_size}; the target has {t.hidden_size} and {t.vocab_size}")
+        check_per_depth(self.tree, self.vocab_ids, c.vocab_size, c.num_heads, "heads (one per depth)")
+
+    def logical_axes(self) -> "Heads":
+        """The heads with an `Axes` per array: the width of the inner layer (blockwise) or of the pre-activation
+        (medusa, cerberus) is sharded like an MLP's hidden units."""
+        w2 = {"blockwise": Axes((None, "mlp", "embed")), "cerberus": Axes((None, "embed", "mlp"))}
+        table = {"w1": Axes((None, "embed", "mlp")), "b1": Axes((None, "mlp")), "w2": w2.get(self.config.kind)}
+        return self.replace(params={k: table[k] for k in self.params}, vocab_ids=Axes((None,)))
 
     def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> HeadsState:
         """The first proposal, from the hidden state of each row's last prompt token (out: the prefill's
         TargetOut, T = 1)."""
         table = head_table(target)[self.vocab_ids]
-        return self._next(HeadsState(table_VpD=table, logits_BHV=None, live_B=None), out.logits_BTV[:, 0],
-                          out.hidden_BTD[:, 0], jnp.ones(prompt_BP.shape[:1], bool))
+        return self._next(HeadsState(table_VpE=table, logits_BHV=None, live_B=None), out.logits_BTV[:, 0],
+                          out.hidden_BTE[:, 0], jnp.ones(prompt_BP.shape[:1], bool))
 
-    def propose(self, state: HeadsState, root_B, keys_B, spec, sampling):
+    def propose(self, state: HeadsState, history, keys_B, spec, sampling):
         """Fills node (depth d, rank r) with head d - 1's r-th candidate (per_depth); no target or head work here."""
         return propose_per_depth(state.logits_BHV, self.vocab_ids, self.tree, keys_B, spec, sampling,
                                  self._depths(state)), state
@@ -189,11 +189,11 @@ class Heads:
         """The next proposal from the verification forward's hidden state at each row's deepest accepted node."""
         at = verdict.last_step[:, None, None]
         logits_BV = jnp.take_along_axis(out.logits_BTV, at, axis=1)[:, 0]
-        hidden_BD = jnp.take_along_axis(out.hidden_BTD, at, axis=1)[:, 0]
-        return self._next(state, logits_BV, hidden_BD, active_B)
+        hidden_BE = jnp.take_along_axis(out.hidden_BTE, at, axis=1)[:, 0]
+        return self._next(state, logits_BV, hidden_BE, active_B)
 
-    def _next(self, state: HeadsState, logits_BV, hidden_BD, active_B) -> HeadsState:
-        logits = head_logits(self.config, self.params, state.table_VpD, hidden_BD)
+    def _next(self, state: HeadsState, logits_BV, hidden_BE, active_B) -> HeadsState:
+        logits = head_logits(self.config, self.params, state.table_VpE, hidden_BE)
         live = None if self.config.gate is None else entropy(logits_BV) <= self.config.gate
         if state.logits_BHV is not None:
             logits = jnp.where(active_B[:, None, None], logits, state.logits_BHV)
@@ -205,33 +205,12 @@ class Heads:
         """Writes the heads to the directory `path` (heads.json + params.npz, written to a temp dir renamed into
         place: never half-written). The target's LM head is not stored; the tree is (as rank paths). With
         overwrite=True the whole directory is replaced: copy any other file in it (a README) back afterwards."""
-        manifest = {"format": "spectax-heads", "version": FORMAT_VERSION, "config": dataclasses.asdict(self.config),
-                    "tree": [list(p) for p in self.tree.rank_paths]}
-        return write_drafter(path, overwrite, MANIFEST, manifest, self.params, self.vocab_ids)
+        return save_drafter(path, overwrite, MANIFEST, "spectax-heads", dataclasses.asdict(self.config), self.tree,
+                            self.params, self.vocab_ids)
 
     @classmethod
     def load(cls, path) -> "Heads":
         """Reads heads written by `save` (ValueError for anything else)."""
-        manifest, params, vocab_ids = read_drafter(path, MANIFEST, "spectax-heads", FORMAT_VERSION, "heads")
-        try:
-            config = HeadsConfig(**manifest["config"])
-            tree = DraftTree.from_paths([tuple(p) for p in manifest["tree"]])
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path}: incomplete or invalid heads: {e}") from e
-        expected = jax.tree_util.tree_map(np.shape, init_params(config))
-        if jax.tree_util.tree_map(np.shape, params) != expected:
-            raise ValueError(f"{path}: head weights do not match their config {config}")
+        config, tree, params, vocab_ids = load_drafter_parts(path, MANIFEST, "spectax-heads", "heads",
+                                                             lambda d: HeadsConfig(**d), init_params)
         return cls(config=config, params=params, vocab_ids=check_vocab_ids(vocab_ids, config.vocab_size), tree=tree)
-
-
-def check_vocab_ids(ids: np.ndarray, vocab_size: int) -> jax.Array:
-    """int32 [V']: a validated draft vocabulary (distinct ids in [0, vocab_size))."""
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"the draft vocabulary must be a non-empty int [V'] array, got {ids.dtype} {ids.shape}")
-    if ids.min() < 0 or ids.max() >= vocab_size:
-        raise ValueError(f"draft vocabulary ids must be in the target's vocabulary [0, {vocab_size}), got "
-                         f"[{ids.min()}, {ids.max()}]")
-    if np.unique(ids).size != ids.size:
-        raise ValueError("draft vocabulary ids must be distinct")
-    return jnp.asarray(ids, jnp.int32)

@@ -23,18 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from spectax.drafters.base import Draft
+from spectax.step_types import Draft
 from spectax.tree import DraftTree
+from spectax.checks import is_int
 
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
-@struct.dataclass
-class NGramState:
-    history_BH: jax.Array   # int32 [B, H] prompt + committed output tokens (slot n_B holds the root during a step)
-    n_B: jax.Array          # int32 [B] committed tokens in the history, the root not counted
 
 
 @struct.dataclass
@@ -51,11 +43,13 @@ class NGram:
     tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(4))
     occurrences: int = struct.field(pytree_node=False, default=1)
     depth_by_n: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
+    target_layers = ()
+    follows_any_path = True
 
     def __post_init__(self):
         for name in ("max_n", "min_n", "occurrences"):
             v = getattr(self, name)
-            if not _is_int(v) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"NGram.{name} must be an int >= 1, got {v!r}")
         if self.max_n < self.min_n:
             raise ValueError(f"NGram.max_n ({self.max_n}) must be >= min_n ({self.min_n})")
@@ -63,7 +57,7 @@ class NGram:
             raise ValueError(f"NGram needs a non-empty DraftTree, got {self.tree!r}")
         if self.depth_by_n is not None:
             depths = tuple(self.depth_by_n)
-            if len(depths) != self.max_n - self.min_n + 1 or not all(_is_int(d) and 0 <= d for d in depths):
+            if len(depths) != self.max_n - self.min_n + 1 or not all(is_int(d) and 0 <= d for d in depths):
                 raise ValueError(f"NGram.depth_by_n must hold one int depth >= 0 per n in [{self.min_n}, "
                                  f"{self.max_n}], got {self.depth_by_n!r}")
             object.__setattr__(self, "depth_by_n", tuple(min(int(d), self.tree.max_depth) for d in depths))
@@ -77,24 +71,16 @@ class NGram:
 
     # ------------------------------------------------------------------------------------------- drafter contract
 
-    def check(self, target_config, batch: int | None = None) -> None:
+    def check(self, target, batch: int | None = None) -> None:
         """Any target and batch: the drafter reads only token ids."""
 
-    def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> NGramState:
-        """The history starts as the prompt; it has room for everything the cache can hold, plus one step."""
-        B, P = prompt_BP.shape
-        H = cache_size + self.tree.max_depth + 1
-        live = jnp.arange(P)[None, :] < prompt_len_B[:, None]
-        history = jnp.full((B, H), -1, jnp.int32).at[:, :P].set(jnp.where(live, prompt_BP, -1))
-        return NGramState(history_BH=history, n_B=prompt_len_B.astype(jnp.int32))
+    def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> tuple:
+        """No state: the drafter reads the loop's token history."""
+        return ()
 
-    def propose(self, state: NGramState, root_B, keys_B, spec, sampling):
-        """Writes the root into the history, matches, and fills the tree from the candidates' trie."""
-        B, H = state.history_BH.shape
-        rows = jnp.arange(B)
-        history = state.history_BH.at[rows, state.n_B].set(root_B)
-        L_B = state.n_B + 1                                              # tokens in the history, root included
-        cand_BMD, found_BM, n_best_B = self._candidates(history, L_B)
+    def propose(self, state: tuple, history, keys_B, spec, sampling):
+        """Matches the end of each row's history (the root included) and fills the tree from the candidates' trie."""
+        cand_BMD, found_BM, n_best_B = self._candidates(history.tokens_BH, history.length_B)
         tokens_BN = self._fill(cand_BMD, found_BM)
         if self.depth_by_n is None:
             depth_B = jnp.where(n_best_B > 0, self.tree.max_depth, 0)
@@ -102,16 +88,11 @@ class NGram:
             table = jnp.asarray((0,) * self.min_n + self.depth_by_n, jnp.int32)     # [max_n + 1] by match length
             depth_B = table[n_best_B]
         draft = Draft(tokens_BN=tokens_BN, depth_B=depth_B.astype(jnp.int32), cuts=self.cuts)
-        return draft, state.replace(history_BH=history)
+        return draft, state
 
-    def update(self, state: NGramState, verdict, new_tokens_BC, out, active_B) -> NGramState:
-        """Appends the root (already written) and the accepted draft tokens; the bonus token is the next root."""
-        B, C = new_tokens_BC.shape
-        j = jnp.arange(C)[None, :]
-        keep = active_B[:, None] & (j < verdict.n_accepted[:, None])
-        cols = jnp.where(keep, state.n_B[:, None] + 1 + j, state.history_BH.shape[1])     # out of range: dropped
-        history = state.history_BH.at[jnp.arange(B)[:, None], cols].set(new_tokens_BC, mode="drop")
-        return NGramState(history_BH=history, n_B=state.n_B + jnp.where(active_B, 1 + verdict.n_accepted, 0))
+    def update(self, state: tuple, verdict, new_tokens_BC, out, active_B) -> tuple:
+        """Nothing to catch up on: the loop's history holds the committed tokens."""
+        return state
 
     # ------------------------------------------------------------------------------------------------- matching
 

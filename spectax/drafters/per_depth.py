@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from spectax.drafters.base import Draft
+from spectax.step_types import Draft
 from spectax.sampling import gumbel_rows, top_k, warp
 from spectax.tree import DraftTree
 
@@ -34,3 +35,30 @@ def propose_per_depth(logits_BHV: jax.Array, vocab_ids: jax.Array, tree: DraftTr
     q_BHV = jnp.zeros((B, H, spec.vocab_size), jnp.float32).at[:, :, vocab_ids].set(jnp.exp(logq_BHV))
     return Draft(tokens_BN=vocab_ids[top_BHK[:, depth_N, rank_N]], q_BNV=q_BHV[:, depth_N], without_replacement=True,
                  depth_B=depth_B)
+
+
+def check_vocab_ids(ids: np.ndarray, vocab_size: int) -> jax.Array:
+    """int32 [V']: a validated draft vocabulary (distinct ids in [0, vocab_size))."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"the draft vocabulary must be a non-empty int [V'] array, got {ids.dtype} {ids.shape}")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"draft vocabulary ids must be in the target's vocabulary [0, {vocab_size}), got "
+                         f"[{ids.min()}, {ids.max()}]")
+    if np.unique(ids).size != ids.size:
+        raise ValueError("draft vocabulary ids must be distinct")
+    return jnp.asarray(ids, jnp.int32)
+
+
+def check_per_depth(tree: DraftTree, vocab_ids, vocab_size: int, depths: int, what: str) -> None:
+    """ValueError unless `tree` is a non-empty DraftTree at most `depths` deep (`what` has one distribution per
+    depth) whose sibling count fits the draft vocabulary `vocab_ids` (distinct ids in [0, vocab_size))."""
+    if not isinstance(tree, DraftTree) or tree.num_nodes == 0:
+        raise ValueError(f"{what} need a non-empty DraftTree, got {tree!r}")
+    if tree.max_depth > depths:
+        raise ValueError(f"the tree is {tree.max_depth} deep but there are only {depths} {what}")
+    ids = np.asarray(vocab_ids)
+    check_vocab_ids(ids, vocab_size)
+    if tree.max_children > ids.size:
+        raise ValueError(f"the tree has {tree.max_children} siblings under one node but the draft vocabulary only "
+                         f"{ids.size} tokens")

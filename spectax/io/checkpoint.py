@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from spectax.files import write_dir
 from spectax.models import Model, ModelConfig
 
 MANIFEST = "spectax.json"
@@ -21,26 +19,6 @@ FORMAT_VERSION = 1
 def is_checkpoint(path) -> bool:
     """True when `path` is a directory written by `save`."""
     return (Path(path) / MANIFEST).is_file()
-
-
-def write_dir(path, overwrite: bool, fill) -> Path:
-    """Creates the directory `path` by calling fill(tmp) on a sibling temp dir, then renaming it into place: a
-    reader never sees it half-written. ValueError if `path` exists and not `overwrite`."""
-    path = Path(path).expanduser().absolute()
-    if path.exists() and not overwrite:
-        raise ValueError(f"{path} already exists (pass overwrite=True to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        os.chmod(tmp, 0o755)                  # mkdtemp makes it private; the result is an ordinary directory
-        fill(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def save(model: Model, path, overwrite: bool = False) -> Path:

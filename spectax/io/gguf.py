@@ -6,7 +6,7 @@ GGUF facts this module relies on (checked against transformers' own GGUF import)
   [rows, bytes_per_row] and `gguf.dequantize(data, tensor_type)` returns [rows, elements_per_row]; the true numpy
   shape is `reversed(tensor.shape)`.
 - A matrix is stored in torch Linear layout [out, in]; spectax kernels are [in, out].
-- llama.cpp's converter interleaves the rotary halves of every q/k head ("permute"); `_unpermute_qk` undoes it so
+- llama.cpp's converter interleaves the rotary halves of every q/k head ("permute"); `unpermute_qk` undoes it so
   the result uses the split-halves (rotate_half) RoPE convention of Hugging Face transformers.
 """
 
@@ -42,7 +42,7 @@ def _require(reader, key: str, path: str) -> Any:
     return value
 
 
-def _unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
+def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undoes llama.cpp's q/k row permutation (works for weights [out, in] and biases [out]).
 
     llama.cpp stores each head's rows as interleaved pairs (r0, r_half, r1, r_half+1, ...); transformers uses the
@@ -137,7 +137,7 @@ def _config_from_metadata(reader, path: str, tensors: dict) -> ModelConfig:
 
 def read_gguf_config(source) -> ModelConfig:
     """Reads only the ModelConfig of a llama GGUF file (a path or an `open_gguf` reader; nothing is dequantized)."""
-    reader, path = _reader_and_name(source)
+    reader, path = reader_and_name(source)
     return _config_from_metadata(reader, path, {t.name: t for t in reader.tensors})
 
 
@@ -145,7 +145,7 @@ def open_gguf(path: str | os.PathLike):
     """Opens a GGUF file with `gguf.GGUFReader` (ValueError if missing or unreadable).
 
     Parsing the metadata of a real model takes seconds (SmolLM2: ~6 s, its 49k-token vocabulary); pass the reader
-    to `load_gguf`, `read_gguf_config` and `spectax.tokenizer.from_gguf` to parse it once.
+    to `load_gguf`, `read_gguf_config` and `spectax.io.tokenizer.from_gguf` to parse it once.
     """
     import gguf
 
@@ -158,7 +158,7 @@ def open_gguf(path: str | os.PathLike):
         raise ValueError(f"{path} is not a readable GGUF file: {e}") from e
 
 
-def _reader_and_name(source) -> tuple[Any, str]:
+def reader_and_name(source) -> tuple[Any, str]:
     """(reader, file name for messages) from a path or an already open GGUFReader."""
     if isinstance(source, (str, os.PathLike)):
         return open_gguf(source), os.fspath(source)
@@ -176,7 +176,7 @@ def load_gguf(path, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
     (tied embeddings). Raises ValueError for other architectures or missing / mis-shaped tensors.
     """
     dtype = np.dtype(dtype)
-    reader, path = _reader_and_name(path)
+    reader, path = reader_and_name(path)
     tensors = {t.name: t for t in reader.tensors}
     cfg = _config_from_metadata(reader, path, tensors)
     D, H, Hkv, hd, F, V = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
@@ -203,8 +203,8 @@ def load_gguf(path, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
         params["lm_head"] = {"kernel": kernel(get("output.weight", (V, D)))}  # [D, V]
     for i in range(cfg.num_layers):
         b = f"blk.{i}."
-        q = _unpermute_qk(get(b + "attn_q.weight", (H * hd, D)), H)  # [H*hd, D]
-        k = _unpermute_qk(get(b + "attn_k.weight", (Hkv * hd, D)), Hkv)  # [Hkv*hd, D]
+        q = unpermute_qk(get(b + "attn_q.weight", (H * hd, D)), H)  # [H*hd, D]
+        k = unpermute_qk(get(b + "attn_k.weight", (Hkv * hd, D)), Hkv)  # [Hkv*hd, D]
         attn = {
             "q": {"kernel": kernel(q)},  # [D, H*hd]
             "k": {"kernel": kernel(k)},  # [D, Hkv*hd]
@@ -212,8 +212,8 @@ def load_gguf(path, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
             "o": {"kernel": kernel(get(b + "attn_output.weight", (D, H * hd)))},  # [H*hd, D]
         }
         if cfg.qkv_bias:
-            attn["q"]["bias"] = _unpermute_qk(get(b + "attn_q.bias", (H * hd,)), H).astype(dtype, copy=False)
-            attn["k"]["bias"] = _unpermute_qk(get(b + "attn_k.bias", (Hkv * hd,)), Hkv).astype(dtype, copy=False)
+            attn["q"]["bias"] = unpermute_qk(get(b + "attn_q.bias", (H * hd,)), H).astype(dtype, copy=False)
+            attn["k"]["bias"] = unpermute_qk(get(b + "attn_k.bias", (Hkv * hd,)), Hkv).astype(dtype, copy=False)
             attn["v"]["bias"] = get(b + "attn_v.bias", (Hkv * hd,)).astype(dtype, copy=False)
         params[f"layers_{i}"] = {
             "attn_norm": {"scale": get(b + "attn_norm.weight", (D,)).astype(dtype, copy=False)},

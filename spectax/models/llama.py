@@ -83,7 +83,7 @@ def fuse_params(config: ModelConfig, params: dict) -> dict:
     return out
 
 
-class _LlamaBlock(nn.Module):
+class LlamaBlock(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
     attn_impl: AttnImpl
@@ -119,7 +119,7 @@ class LlamaDecoder(nn.Module):
         x = embed(tokens_BT)
         new_kv, features = [], []
         for i in range(c.num_layers):
-            layer = _LlamaBlock(c, self.dtype, self.attn_impl, self.write_cache, name=f"layers_{i}")
+            layer = LlamaBlock(c, self.dtype, self.attn_impl, self.write_cache, name=f"layers_{i}")
             x, layer_kv = layer(x, positions_BT, None if kv is None else kv[i], lengths_B, mask_TT)
             new_kv.append(layer_kv)
             features += [x] * (i in self.features_at)

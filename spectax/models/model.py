@@ -16,9 +16,68 @@ from spectax.models.config import ModelConfig
 from spectax.models.gpt2 import GPT2Decoder, split_heads
 from spectax.models.llama import LlamaDecoder, fuse_params
 from spectax.models.rope import check_rope
-from spectax.sharding import place_tree
+from spectax.sharding import Axes
+from spectax.step_types import TargetOut
 
 _DECODERS = {"llama": LlamaDecoder, "gpt2": GPT2Decoder}
+
+# parameter logical axes by (module, param) name; the arch-specific fused attention layouts override qkv
+_PARAM_AXES = {
+    ("embed", "embedding"): ("vocab", "embed"),                  # [V, E]
+    ("wte", "embedding"): ("vocab", "embed"),                    # [V, E]
+    ("wpe", "embedding"): (None, "embed"),                       # [P, E]
+    ("lm_head", "kernel"): ("embed", "vocab"),                   # [E, V]
+    ("o", "kernel"): ("heads", "embed"),                         # [H * hd, E]
+    ("o", "bias"): ("embed",),
+    ("gate_up", "kernel"): ("embed", None, "mlp"),               # [E, 2, F]
+    ("down", "kernel"): ("mlp", "embed"),                        # [F, E]
+    ("fc", "kernel"): ("embed", "mlp"),                          # [E, F]
+    ("fc", "bias"): ("mlp",),
+    ("proj", "kernel"): ("mlp", "embed"),                        # [F, E]
+    ("proj", "bias"): ("embed",),
+    ("llama", "qkv", "kernel"): ("embed", "kv_heads", None, "head_dim"),   # [E, G, Q + 2, hd]
+    ("llama", "qkv", "bias"): ("kv_heads", None, "head_dim"),
+    ("gpt2", "qkv", "kernel"): ("embed", None, "kv_heads", "head_dim"),    # [E, 3, H, hd] (H = G)
+    ("gpt2", "qkv", "bias"): (None, "kv_heads", "head_dim"),
+}
+_NORMS = ("attn_norm", "mlp_norm", "final_norm", "ln_1", "ln_2", "ln_f")
+
+
+def param_axes(arch: str, params: Any) -> Any:
+    """The logical axes (`spectax.sharding.Axes`) of every array of a decoder's params (or of a subtree of them, such
+    as one layer's), by module and parameter name; ValueError for a name the table does not know."""
+    def one(path, x):
+        names = tuple(getattr(k, "key", None) for k in path)
+        module, leaf = names[-2], names[-1]
+        if module in _NORMS:
+            return Axes(("embed",))
+        found = _PARAM_AXES.get((arch, module, leaf), _PARAM_AXES.get((module, leaf)))
+        if found is None:
+            raise ValueError(f"no logical axes known for parameter {jax.tree_util.keystr(path)}")
+        return Axes(found)
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+@struct.dataclass
+class ForwardOut:
+    """What one target forward (or a prefill) computed.
+
+    forward: logits [B, T, V] float32 (or [B, K, V] at logits_at_BK), hidden [B, T, E] after the final norm.
+    prefill: both at each row's last prompt token only, T = 1. kv: per layer (k [B, G, S, hd], v) caches, with the
+    new K/V written in (write_cache=True) or only read (False: then new_kv holds per layer (k [B, T, G, hd], v),
+    the step's new K/V, for the caller to write; else None). features [B, T, L', E] (prefill: [B, P, L', E] at every
+    prompt slot): the residual stream after each of the `features_at` layers, None without them.
+    """
+
+    logits_BTV: jax.Array
+    hidden_BTE: jax.Array
+    kv: Any
+    new_kv: Any = None
+    features_BTLE: jax.Array | None = None
+
+    def target_out(self) -> TargetOut:
+        """What a drafter may read of this forward."""
+        return TargetOut(self.logits_BTV, self.hidden_BTE, self.features_BTLE)
 
 
 def decoder_module(config: ModelConfig, dtype, attn_impl: AttnImpl = AttnImpl(), write_cache: bool = True,
@@ -78,7 +137,7 @@ class Model:
         params = fuse_params(config, params) if config.arch == "llama" else split_heads(config, params)
         check_params(config, params)
         if layout is not None:
-            return cls(config=config, params=place_tree(params, layout.param_shardings(config, params), dtype))
+            return cls(config=config, params=layout.place_arrays(params, param_axes(config.arch, params), dtype))
         cast = (lambda a: jnp.asarray(a, dtype)) if dtype is not None else jnp.asarray
         return cls(config=config, params=jax.tree_util.tree_map(cast, params))
 
@@ -94,36 +153,39 @@ class Model:
     def dtype(self):
         return jax.tree_util.tree_leaves(self.params)[0].dtype
 
+    def logical_axes(self) -> "Model":
+        """This model with an `Axes` in place of every param (how `spectax.sharding.Layout` places it)."""
+        return self.replace(params=param_axes(self.config.arch, self.params))
+
     def create_cache(self, batch: int, size: int, fill: float = 0.0) -> KVCache:
         """An empty KV cache of `size` slots per row in the model's dtype; `fill` is what dead slots hold."""
         return KVCache.create(self.config, batch, size, self.dtype, fill)
 
     def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: AttnImpl = AttnImpl(),
-                logits_at_BK=None, write_cache: bool = True, features_at: tuple[int, ...] = ()):
-        """One forward over T new tokens per row.
+                logits_at_BK=None, write_cache: bool = True, features_at: tuple[int, ...] = ()) -> ForwardOut:
+        """One forward over T new tokens per row; returns a `ForwardOut`.
 
-        tokens_BT, positions_BT: int32 [B, T]. kv: tuple of per-layer (k [B, S, K, D], v) or None (no cache).
+        tokens_BT, positions_BT: int32 [B, T]. kv: tuple of per-layer (k [B, G, S, hd], v) or None (no cache).
         lengths_B: int32 [B] committed cache length per row (new K/V are written from there). mask_TT: bool [T, T]
         or [B, T, T] visibility among the new tokens. logits_at_BK: optional int32 [B, K] token indices: compute the
-        LM head only there (prefill needs one position per row). Returns logits [B, T or K, V] float32,
-        hidden [B, T, D] (after the final norm), kv; with write_cache=False the cache is only read and the returned
-        kv holds per layer (k cache, v cache, new k [B, T, K, D], new v) for the caller to write the new K/V into
-        those caches (cache.write_block).
-
-        features_at: layer indices (increasing); when given, a fourth value is returned: features [B, T, L', D], the
-        residual stream after each of those layers (what a Block drafter reads), from the same pass.
+        LM head only there (prefill needs one position per row). write_cache=False: the cache is only read and the
+        step's new K/V come back in ForwardOut.new_kv (cache.write_block writes them). features_at: layer indices
+        (increasing) whose outputs come back in ForwardOut.features_BTLE, from the same pass (what a Block reads).
         """
         features_at = check_features_at(self.config, features_at)
         module = decoder_module(self.config, self.dtype, attn_impl, write_cache, features_at)
         logits, hidden, kv, features = module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B,
                                                     mask_TT, logits_at_BK)
-        return (logits, hidden, kv, features) if features_at else (logits, hidden, kv)
+        new_kv = None
+        if kv is not None and not write_cache:
+            kv, new_kv = tuple((k, v) for k, v, _, _ in kv), tuple((k, v) for _, _, k, v in kv)
+        return ForwardOut(logits, hidden, kv, new_kv, features if features_at else None)
 
     def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: AttnImpl = AttnImpl(),
-                features_at: tuple[int, ...] = ()):
-        """Writes right-padded prompts into an empty cache, `chunk` tokens per forward; returns (kv, logits [B, V],
-        hidden [B, D]) at each row's last prompt token, and with features_at a fourth value: features [B, P, L', D]
-        at every prompt slot (see `forward`).
+                features_at: tuple[int, ...] = ()) -> ForwardOut:
+        """Writes right-padded prompts into an empty cache, `chunk` tokens per forward; returns a `ForwardOut` with
+        the written kv, the logits [B, 1, V] and hidden [B, 1, E] at each row's last prompt token and, with
+        features_at, the features [B, P, L', E] at every prompt slot (see `forward`).
 
         Chunk c covers prompt slots [c * C, (c + 1) * C) of every row and attends to the cache slots before it, so
         the attention never materialises more than a [C, C] block. A row's padding lands in slots past its length
@@ -135,42 +197,41 @@ class Model:
             raise ValueError(f"prompt bucket {P} is not a multiple of the prefill chunk {C}")
         causal = jnp.tril(jnp.ones((C, C), bool))
         last_B = prompt_len_B - 1
-
         features_at = check_features_at(self.config, features_at)
 
         def one_chunk(c, carry):
-            kv, logits_BV, hidden_BD, features_BPLD = carry
+            kv, logits_BV, hidden_BE, features_BPLE = carry
             start = c * C
             tokens = lax.dynamic_slice_in_dim(prompt_BP, start, C, axis=1)
             positions = jnp.broadcast_to(start + jnp.arange(C, dtype=jnp.int32), (B, C))
             at = jnp.clip(last_B - start, 0, C - 1)[:, None]
-            logits, hidden, kv, *features = self.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32),
-                                                         causal, attn_impl, logits_at_BK=at, features_at=features_at)
-            if features:
-                features_BPLD = lax.dynamic_update_slice_in_dim(features_BPLD, features[0], start, axis=1)
+            out = self.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32), causal, attn_impl,
+                               logits_at_BK=at, features_at=features_at)
+            if features_at:
+                features_BPLE = lax.dynamic_update_slice_in_dim(features_BPLE, out.features_BTLE, start, axis=1)
             mine = ((last_B >= start) & (last_B < start + C))[:, None]
-            last_hidden = jnp.take_along_axis(hidden, at[..., None], axis=1)[:, 0]
-            return kv, jnp.where(mine, logits[:, 0], logits_BV), jnp.where(mine, last_hidden, hidden_BD), features_BPLD
+            last_hidden = jnp.take_along_axis(out.hidden_BTE, at[..., None], axis=1)[:, 0]
+            return (out.kv, jnp.where(mine, out.logits_BTV[:, 0], logits_BV), jnp.where(mine, last_hidden, hidden_BE),
+                    features_BPLE)
 
-        D = self.config.hidden_size
-        init = (kv, jnp.zeros((B, self.config.vocab_size), jnp.float32), jnp.zeros((B, D), self.dtype),
-                jnp.zeros((B, P, len(features_at), D), self.dtype) if features_at else None)
+        E = self.config.hidden_size
+        init = (kv, jnp.zeros((B, self.config.vocab_size), jnp.float32), jnp.zeros((B, E), self.dtype),
+                jnp.zeros((B, P, len(features_at), E), self.dtype) if features_at else None)
         kv, logits, hidden, features = lax.fori_loop(0, P // C, one_chunk, init)
-        return (kv, logits, hidden, features) if features_at else (kv, logits, hidden)
+        return ForwardOut(logits[:, None], hidden[:, None], kv, None, features)
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward without a cache: int32 [B, T] -> float32 logits [B, T, V]."""
         tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
         if tokens_BT.ndim != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tokens_BT.shape}")
-        return _full_logits(self, tokens_BT)
+        return full_logits(self, tokens_BT)
 
 
 @jax.jit
-def _full_logits(model, tokens_BT):
+def full_logits(model, tokens_BT):
     """The full causal forward of any target (a Model or an Ensemble: anything with `forward`), no cache."""
     B, T = tokens_BT.shape
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     mask = jnp.tril(jnp.ones((T, T), bool))
-    logits, _, _ = model.forward(tokens_BT, positions, None, jnp.zeros((B,), jnp.int32), mask)
-    return logits
+    return model.forward(tokens_BT, positions, None, jnp.zeros((B,), jnp.int32), mask).logits_BTV

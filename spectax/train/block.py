@@ -18,8 +18,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -27,18 +25,27 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from spectax.drafters.block import (Block, BlockConfig, block_inputs, fused_context, init_params, input_embedding,
-                                    layer_module, rms_norm)
+from spectax.drafters.block import (
+    Block,
+    BlockConfig,
+    block_inputs,
+    fused_context,
+    init_params,
+    input_embedding,
+    layer_module,
+    rms_norm,
+)
 from spectax.drafters.heads import head_table
-from spectax.train.distill import features_dir, load_shard, shard_paths
-from spectax.train.fit import batch_rows, fit
+from spectax.train import cli_common
+from spectax.train.distill import examples_once, features_dir, token_frequencies
+from spectax.train.fit import FitConfig, batch_rows, fit
 from spectax.train.heads import draft_vocabulary, to_draft_index
 from spectax.tree import DraftTree
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that shapes a run (written next to its checkpoints)."""
+class TrainConfig(FitConfig):
+    """Everything that shapes a run (written next to its checkpoints); the optimiser fields are FitConfig's."""
 
     block_size: int = 8
     num_layers: int = 1
@@ -48,10 +55,6 @@ class TrainConfig:
     batch: int = 4                 # sequences per step
     anchors: int = 32              # anchors per sequence
     decay: float = 4.0             # position weight exp(-(j - 1) / decay)
-    lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 0.01
-    seed: int = 0
     checkpoint_every: int = 100
 
 
@@ -70,19 +73,14 @@ def load_data(data_dirs, split: str, layers: tuple[int, ...], width_multiple: in
     """Every example of the feature shards of `split` in `data_dirs` (one directory or several of the same prompt
     list: an example whose prompt index was already loaded is skipped)."""
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
-    seqs, feats, prompt_len, seen = [], [], [], set()
-    for path in [p for d in dirs for p in shard_paths(features_dir(d, layers) / split)]:
-        shard = load_shard(path)
+    seqs, feats, prompt_len = [], [], []
+    for path, shard, e in examples_once([features_dir(d, layers) / split for d in dirs]):
         if tuple(shard["layers"]) != tuple(layers):
             raise ValueError(f"{path} holds features of layers {tuple(shard['layers'])}, not {layers}")
         o = shard["offsets"]
-        for e in range(len(o) - 1):
-            if int(shard["prompt_index"][e]) in seen:
-                continue
-            seen.add(int(shard["prompt_index"][e]))
-            seqs.append(shard["tokens"][o[e]:o[e + 1]])
-            feats.append(shard["features_NLD"][o[e]:o[e + 1]])
-            prompt_len.append(int(shard["prompt_len"][e]))
+        seqs.append(shard["tokens"][o[e]:o[e + 1]])
+        feats.append(shard["features_NLD"][o[e]:o[e + 1]])
+        prompt_len.append(int(shard["prompt_len"][e]))
     if not seqs:
         raise ValueError(f"no feature shards for layers {layers} in {dirs} "
                          f"(run `python -m spectax.train.distill features`)")
@@ -191,19 +189,15 @@ def evaluate(block: Block, target, data: BlockData, top: int = 5, anchors: int =
         labels = block_labels(data.tokens_EW[rows], data.length_E[rows], a, k)                   # [E, A, k]
         cand = ids[np.asarray(topk(jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows]),
                                    jnp.asarray(a)))]                                          # [E, A, k, top]
-        valid = (labels >= 0) & real[:, None, None]
-        first_hit = np.cumsum(cand == labels[..., None], axis=-1) > 0
-        hits += (first_hit & valid[..., None]).sum((0, 1))
-        counts += valid.sum((0, 1))
+        h, c = cli_common.top_k_hits(cand, labels, (labels >= 0) & real[:, None, None], axis=(0, 1))
+        hits, counts = hits + h, counts + c
     return hits / np.maximum(counts, 1)[:, None]
 
 
 def write_readme(path: Path, cfg: TrainConfig, command: str, data_note: str, seconds: float, acc_kK: np.ndarray,
                  coverage: float, n_train: int) -> None:
     """The shipped checkpoint's README: command, data, time, machine, per-position accuracy."""
-    import platform
-    rows = "\n".join(f"| {j + 1} (token p+{j + 1}) | " + " | ".join(f"{a:.3f}" for a in acc_kK[j]) + " |"
-                     for j in range(acc_kK.shape[0]))
+    table = cli_common.accuracy_table("position", [f"{j + 1} (token p+{j + 1})" for j in range(len(acc_kK))], acc_kK)
     path.write_text(f"""# Block drafter for SmolLM2-135M-Instruct
 
 Load with `spectax.drafters.Block.load(path)`; decode with `spectax.decode(model, prompts, drafter=block)`.
@@ -217,45 +211,20 @@ Load with `spectax.drafters.Block.load(path)`; decode with `spectax.decode(model
 - Training: {cfg.steps} steps of {cfg.batch} sequences x {cfg.anchors} anchors x {cfg.block_size} positions, loss
   weight exp(-(j - 1) / {cfg.decay}) at position j, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine), weight decay
   {cfg.weight_decay}, seed {cfg.seed}, random start; target frozen;
-  {seconds / 60:.1f} min on {platform.processor() or platform.machine()} ({jax.default_backend()},
-  {jax.device_count()} device(s), JAX {jax.__version__}).
+  {seconds / 60:.1f} min on {cli_common.machine_note()}.
 - Held-out accuracy (the target's own greedy token, full vocabulary; top-j = the label is among the drafter's j
   best at that block position):
 
-| position | top-1 | top-2 | top-3 | top-4 | top-5 |
-|---|---|---|---|---|---|
-{rows}
+{table}
 """)
 
 
 def main(argv=None) -> None:
     """`spectax train block`: train, evaluate and save a block drafter (see the module docstring)."""
-    import argparse
-    import shlex
-
-    from spectax.io.loader import load
-    from spectax.train.distill import token_frequencies
-
-    ap = argparse.ArgumentParser(prog="spectax train block", description="Train a block drafter by "
-                                                                         "self-distillation.")
-    ap.add_argument("--data", nargs="+", required=True, help="distill data dirs (train/, eval/ and their "
-                                                              "features-... dirs)")
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--out", required=True, help="where to save the trained drafter")
-    ap.add_argument("--ckpt-dir", help="orbax training checkpoints (default: OUT.train)")
-    ap.add_argument("--stop-at", type=int, help="end this call after that step (resume later)")
-    ap.add_argument("--data-note", default="self-distillation: the target's greedy answers to the prompts of "
-                                           "spectax/train/data/prompts.jsonl (not Spec-Bench)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "target_layers":
-            ap.add_argument("--target-layers", type=int, nargs="+", default=list(f.default))
-        else:
-            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    args = ap.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{**values, "target_layers": tuple(values["target_layers"])})
-    target = load(args.model)
-    dirs = [Path(d) for d in args.data]
+    prog = "spectax train block"
+    args, cfg, target, dirs = cli_common.parse_and_load(
+        argv, prog, "Train a block drafter by self-distillation.",
+        "distill data dirs (train/, eval/ and their features-... dirs)", "drafter", TrainConfig)
     data = load_data(dirs, "train", cfg.target_layers)
     held_out = load_data(dirs[:1], "eval", cfg.target_layers)
     vocab_ids = draft_vocabulary(sum(token_frequencies(d / "train") for d in dirs), cfg.draft_vocab)
@@ -264,16 +233,10 @@ def main(argv=None) -> None:
     coverage = float(np.isin(response, vocab_ids).mean())
     print(f"{len(data.length_E)} training sequences, {len(held_out.length_E)} held out; draft vocabulary "
           f"{cfg.draft_vocab} covers {coverage:.1%} of held-out tokens", flush=True)
-    t0 = time.perf_counter()
-    block = train(target, data, vocab_ids, cfg, args.ckpt_dir or str(args.out).rstrip("/") + ".train",
-                  stop_at=args.stop_at)
-    seconds = time.perf_counter() - t0
-    acc = evaluate(block, target, held_out)
-    for j, row in enumerate(acc):
-        print(f"position {j + 1}: " + " ".join(f"top-{i + 1} {a:.3f}" for i, a in enumerate(row)))
-    out = block.save(args.out, overwrite=True)
-    write_readme(out / "README.md", cfg, "spectax train block " + shlex.join(argv if argv is not None
-                                                                             else sys.argv[1:]),
-                 args.data_note, seconds, acc, coverage, len(data.length_E))
-    print(f"saved {out}")
-
+    cli_common.train_evaluate_save(
+        prog, argv, args,
+        train=lambda ckpt_dir, stop_at: train(target, data, vocab_ids, cfg, ckpt_dir, stop_at=stop_at),
+        evaluate=lambda block: evaluate(block, target, held_out),
+        row_name=lambda j: f"position {j + 1}",
+        write_readme=lambda path, command, seconds, acc: write_readme(path, cfg, command, args.data_note, seconds,
+                                                                      acc, coverage, len(data.length_E)))

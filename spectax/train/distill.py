@@ -3,7 +3,7 @@
 A data directory (`generate` CLI) holds two splits, each a folder of shards:
 
     DIR/train/shard-00000.npz ...   greedy generations for the first N training prompts
-    DIR/eval/shard-00000.npz ...    the held-out last 5% of the prompt list (`prompts.split_prompts`)
+    DIR/eval/shard-00000.npz ...    the held-out last 5% of the prompt list (`prompt_files.split_prompts`)
     DIR/hidden/{train,eval}/...     final hidden states on the response positions (`hidden` CLI)
     DIR/features-L1-L2../{train,eval}/... chosen layers' outputs at every position (`features` CLI; Block drafters)
 
@@ -32,7 +32,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -40,13 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from spectax.io import hub
 from spectax.api import decode
+from spectax.io import hub
 from spectax.io.loader import load
+from spectax.io.tokenizer import from_gguf
 from spectax.models import Model
-from spectax.tokenizer import from_gguf
-from spectax.train.prompts import DEFAULT_OUT as DEFAULT_PROMPTS
-from spectax.train.prompts import read_prompts, split_prompts
+from spectax.train.prompt_files import DEFAULT_OUT as DEFAULT_PROMPTS
+from spectax.train.prompt_files import read_prompts, split_prompts
 
 SHARD_SIZE = 256
 LENGTH_MULTIPLE = 64  # hidden-state batches are padded to a multiple of this many tokens
@@ -80,6 +80,19 @@ def write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def load_shard(path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def examples_once(directories) -> Iterator[tuple[Path, dict[str, np.ndarray], int]]:
+    """(shard path, shard, example index) for every example of the shards of `directories` (one or several, of the
+    same prompt list), in order; an example whose prompt index was already met is skipped."""
+    dirs = [directories] if isinstance(directories, (str, Path)) else list(directories)
+    seen = set()
+    for path in [p for d in dirs for p in shard_paths(d)]:
+        shard = load_shard(path)
+        for e in range(len(shard["prompt_len"])):
+            if int(shard["prompt_index"][e]) not in seen:
+                seen.add(int(shard["prompt_index"][e]))
+                yield path, shard, e
 
 
 def pack_examples(sequences: Sequence[np.ndarray], prompt_len: Sequence[int], **columns) -> dict[str, np.ndarray]:

@@ -18,14 +18,27 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 
-def optimizer(cfg) -> optax.GradientTransformation:
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """What the shared loop reads of a trainer's config (each trainer's TrainConfig extends it)."""
+
+    steps: int = 1000
+    batch: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 100
+
+
+def optimizer(cfg: FitConfig) -> optax.GradientTransformation:
     """AdamW at cfg.lr, linear warmup over cfg.warmup steps, cosine decay to 5% at cfg.steps."""
     schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1),
                                                   end_value=cfg.lr * 0.05)
     return optax.adamw(schedule, weight_decay=cfg.weight_decay)
 
 
-def batch_rows(n_rows: int, cfg, step: int) -> np.ndarray:
+def batch_rows(n_rows: int, cfg: FitConfig, step: int) -> np.ndarray:
     """int [cfg.batch]: the rows of step `step`, a function of (cfg.seed, step) only: epoch e is one permutation."""
     per_epoch = max(n_rows // cfg.batch, 1)
     epoch, i = divmod(step, per_epoch)
@@ -33,11 +46,11 @@ def batch_rows(n_rows: int, cfg, step: int) -> np.ndarray:
     return perm[i * cfg.batch:(i + 1) * cfg.batch]
 
 
-def fit(params, loss_fn, batch_fn, cfg, ckpt_dir, desc: str, log=print, progress: bool = True,
+def fit(params, loss_fn, batch_fn, cfg: FitConfig, ckpt_dir, desc: str, log=print, progress: bool = True,
         stop_at: int | None = None):
     """Minimises loss_fn(params, *batch_fn(step)) for steps 0 .. cfg.steps - 1 (resuming from the newest checkpoint
-    in ckpt_dir; `stop_at`: end this call after that step, checkpointed). cfg: a dataclass with steps, lr, warmup,
-    weight_decay, seed, checkpoint_every (written to ckpt_dir/train_config.json). Returns the params."""
+    in ckpt_dir; `stop_at`: end this call after that step, checkpointed). cfg (all its fields) is written to
+    ckpt_dir/train_config.json. Returns the params."""
     opt = optimizer(cfg)
     state = {"params": params, "opt_state": opt.init(params), "step": jnp.int32(0)}
     ckpt_dir = Path(ckpt_dir).absolute()

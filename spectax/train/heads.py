@@ -15,8 +15,6 @@ as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -25,24 +23,21 @@ import numpy as np
 import optax
 
 from spectax.drafters.heads import Heads, HeadsConfig, head_logits, head_table, init_params
-from spectax.train.distill import load_shard, shard_paths
-from spectax.train.fit import batch_rows, fit
+from spectax.train import cli_common
+from spectax.train.distill import examples_once, token_frequencies
+from spectax.train.fit import FitConfig, batch_rows, fit
 from spectax.tree import DraftTree
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that shapes a run (written next to its checkpoints)."""
+class TrainConfig(FitConfig):
+    """Everything that shapes a run (written next to its checkpoints); the optimiser fields are FitConfig's."""
 
     kind: str = "medusa"
     num_heads: int = 4
     draft_vocab: int = 8192       # V': the most frequent response tokens of the training split
     steps: int = 2000
-    batch: int = 256
-    lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 0.01
-    seed: int = 0
+    batch: int = 256              # positions per step
     checkpoint_every: int = 200
 
 
@@ -57,23 +52,16 @@ class HeadsData:
 def load_data(hidden_dirs, num_heads: int) -> HeadsData:
     """Every response position of every hidden shard in `hidden_dirs` (one directory or several, of the same prompt
     list: an example whose prompt index was already loaded is skipped), with the H labels its heads learn."""
-    dirs = [hidden_dirs] if isinstance(hidden_dirs, (str, Path)) else list(hidden_dirs)
-    hidden, labels, seen = [], [], set()
-    for path in [p for d in dirs for p in shard_paths(d)]:
-        shard = load_shard(path)
-        tokens, offsets, prompt_len = shard["tokens"], shard["offsets"], shard["prompt_len"]
-        for e in range(len(prompt_len)):
-            if int(shard["prompt_index"][e]) in seen:
-                continue
-            seen.add(int(shard["prompt_index"][e]))
-            seq = tokens[offsets[e]:offsets[e + 1]]
-            rows = slice(shard["hidden_offsets"][e], shard["hidden_offsets"][e + 1])
-            t = prompt_len[e] - 1 + np.arange(rows.stop - rows.start)                  # positions of the rows
-            idx = t[:, None] + 2 + np.arange(num_heads)[None, :]                        # [n, H] label positions
-            labels.append(np.where(idx < len(seq), seq[np.minimum(idx, len(seq) - 1)], -1).astype(np.int32))
-            hidden.append(shard["hidden_ND"][rows])
+    hidden, labels = [], []
+    for _, shard, e in examples_once(hidden_dirs):
+        seq = shard["tokens"][shard["offsets"][e]:shard["offsets"][e + 1]]
+        rows = slice(shard["hidden_offsets"][e], shard["hidden_offsets"][e + 1])
+        t = shard["prompt_len"][e] - 1 + np.arange(rows.stop - rows.start)              # positions of the rows
+        idx = t[:, None] + 2 + np.arange(num_heads)[None, :]                            # [n, H] label positions
+        labels.append(np.where(idx < len(seq), seq[np.minimum(idx, len(seq) - 1)], -1).astype(np.int32))
+        hidden.append(shard["hidden_ND"][rows])
     if not hidden:
-        raise ValueError(f"no hidden-state shards in {dirs} (run `python -m spectax.train.distill hidden`)")
+        raise ValueError(f"no hidden-state shards in {hidden_dirs} (run `python -m spectax.train.distill hidden`)")
     return HeadsData(hidden_ND=np.concatenate(hidden), labels_NH=np.concatenate(labels))
 
 
@@ -134,19 +122,15 @@ def evaluate(heads: Heads, target, data: HeadsData, top: int = 5, batch: int = 1
     for i in range(0, len(data.hidden_ND), batch):
         cand = ids[np.asarray(topk(jnp.asarray(data.hidden_ND[i:i + batch], jnp.float32)))]   # [b, H, top]
         labels = data.labels_NH[i:i + batch]
-        valid = labels >= 0
-        first_hit = np.cumsum(cand == labels[..., None], axis=-1) > 0                         # [b, H, top]
-        hits += (first_hit & valid[..., None]).sum(0)
-        counts += valid.sum(0)
+        h, c = cli_common.top_k_hits(cand, labels, labels >= 0, axis=0)
+        hits, counts = hits + h, counts + c
     return hits / np.maximum(counts, 1)[:, None]
 
 
 def write_readme(path: Path, cfg: TrainConfig, command: str, data_note: str, seconds: float, acc_HK: np.ndarray,
                  coverage: float) -> None:
     """The shipped checkpoint's README: command, data, time, machine, per-head accuracy."""
-    import platform
-    rows = "\n".join(f"| {h} (token t+{h + 2}) | " + " | ".join(f"{a:.3f}" for a in acc_HK[h]) + " |"
-                     for h in range(acc_HK.shape[0]))
+    table = cli_common.accuracy_table("head", [f"{h} (token t+{h + 2})" for h in range(len(acc_HK))], acc_HK)
     path.write_text(f"""# {cfg.kind} heads for SmolLM2-135M-Instruct
 
 Load with `spectax.drafters.Heads.load(path)`; decode with `spectax.decode(model, prompts, drafter=heads)`.
@@ -157,59 +141,33 @@ Load with `spectax.drafters.Heads.load(path)`; decode with `spectax.decode(model
   {coverage:.1%} of the held-out response tokens.
 - Training: {cfg.steps} steps of {cfg.batch} positions, AdamW lr {cfg.lr} (warmup {cfg.warmup}, cosine),
   weight decay {cfg.weight_decay}, seed {cfg.seed}; target frozen; {seconds / 60:.1f} min on
-  {platform.processor() or platform.machine()} ({jax.default_backend()}, {jax.device_count()} device(s),
-  JAX {jax.__version__}).
+  {cli_common.machine_note()}.
 - Held-out accuracy (the target's own greedy token, full vocabulary; top-k = the label is among the head's k best):
 
-| head | top-1 | top-2 | top-3 | top-4 | top-5 |
-|---|---|---|---|---|---|
-{rows}
+{table}
 """)
 
 
 def main(argv=None) -> None:
     """`spectax train heads`: train, evaluate and save heads (see the module docstring)."""
-    import argparse
-    import shlex
-
-    from spectax.io.loader import load
-    from spectax.train.distill import token_frequencies
-
-    ap = argparse.ArgumentParser(prog="spectax train heads", description="Train proposal heads by self-distillation.")
-    ap.add_argument("--data", nargs="+", required=True, help="distill data dirs (each with hidden/train, "
-                                                              "hidden/eval and train/)")
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--out", required=True, help="where to save the trained heads")
-    ap.add_argument("--ckpt-dir", help="orbax training checkpoints (default: OUT.train)")
-    ap.add_argument("--stop-at", type=int, help="end this call after that step (resume later)")
-    ap.add_argument("--data-note", default="self-distillation: the target's greedy answers to the prompts of "
-                                           "spectax/train/data/prompts.jsonl (not Spec-Bench)")
-    for f in dataclasses.fields(TrainConfig):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    args = ap.parse_args(argv)
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    target = load(args.model)
-    dirs = [Path(d) for d in args.data]
+    prog = "spectax train heads"
+    args, cfg, target, dirs = cli_common.parse_and_load(
+        argv, prog, "Train proposal heads by self-distillation.",
+        "distill data dirs (each with hidden/train, hidden/eval and train/)", "heads", TrainConfig)
     data = load_data([d / "hidden" / "train" for d in dirs], cfg.num_heads)
     held_out = load_data([dirs[0] / "hidden" / "eval"], cfg.num_heads)
-    freqs = sum(token_frequencies(d / "train") for d in dirs)
-    vocab_ids = draft_vocabulary(freqs, cfg.draft_vocab)
+    vocab_ids = draft_vocabulary(sum(token_frequencies(d / "train") for d in dirs), cfg.draft_vocab)
     eval_tokens = held_out.labels_NH[:, 0][held_out.labels_NH[:, 0] >= 0]
     coverage = float(np.isin(eval_tokens, vocab_ids).mean())
     print(f"{len(data.hidden_ND)} training positions, {len(held_out.hidden_ND)} held out; draft vocabulary "
           f"{cfg.draft_vocab} covers {coverage:.1%} of held-out tokens", flush=True)
-    t0 = time.perf_counter()
-    heads = train(target, data, vocab_ids, cfg, args.ckpt_dir or str(args.out).rstrip("/") + ".train",
-                  stop_at=args.stop_at)
-    seconds = time.perf_counter() - t0
-    acc = evaluate(heads, target, held_out)
-    for h, row in enumerate(acc):
-        print(f"head {h} (token t+{h + 2}): " + " ".join(f"top-{k + 1} {a:.3f}" for k, a in enumerate(row)))
-    out = heads.save(args.out, overwrite=True)
-    write_readme(out / "README.md", cfg, "spectax train heads " + shlex.join(argv if argv is not None
-                                                                             else sys.argv[1:]),
-                 args.data_note, seconds, acc, coverage)
-    print(f"saved {out}")
+    cli_common.train_evaluate_save(
+        prog, argv, args,
+        train=lambda ckpt_dir, stop_at: train(target, data, vocab_ids, cfg, ckpt_dir, stop_at=stop_at),
+        evaluate=lambda heads: evaluate(heads, target, held_out),
+        row_name=lambda h: f"head {h} (token t+{h + 2})",
+        write_readme=lambda path, command, seconds, acc: write_readme(path, cfg, command, args.data_note, seconds,
+                                                                      acc, coverage))
 
 
 def choose_gate(heads: Heads, target, data: HeadsData, cost, depth: int, batch: int = 512) -> tuple[float, dict]:

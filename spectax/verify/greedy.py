@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from spectax.drafters.base import Draft
+from spectax.step_types import Draft
 from spectax.tree import DraftTree
 from spectax.verify.verdict import Verdict, deepest_accepted, path_from_best
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectax.drafters.base import Draft
+from spectax.step_types import Draft
 from spectax.sampling import Sampler, SamplingParams, sample
 from spectax.tree import DraftTree
 from spectax.verify.residual import at, target_probs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from spectax.drafters.base import Draft
+from spectax.step_types import Draft
 from spectax.sampling import Sampler, SamplingParams, split_rows, uniform_rows
 from spectax.tree import DraftTree
 from spectax.verify.residual import accepts, at, draw, residual, target_probs, without

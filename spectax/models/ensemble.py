@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -29,16 +27,14 @@ from flax import struct
 from pallas_kernels.tree_attention import AttnImpl
 
 from spectax.cache import KVCache
-from spectax.drafters.draft_model import VOCAB_SLACK, _to_vocab
-from spectax.models import Model, ModelConfig
-from spectax.models.model import _full_logits
+from spectax.models.config import ModelConfig
+from spectax.models.model import Model
+from spectax.models.model import ForwardOut, full_logits
+from spectax.models.vocab import check_vocab_match, to_vocab
+from spectax.checks import is_real
 
 MODES = ("mix", "contrastive")
-MANIFEST = "ensemble.json"
 
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
 
 
 def num_params(model: Model) -> int:
@@ -70,13 +66,10 @@ class Ensemble:
                 raise ValueError(f"ensemble member {i} must be a spectax Model, got {type(m).__name__}")
         v0 = models[0].config.vocab_size
         for i, m in enumerate(models[1:], 1):
-            vk = m.config.vocab_size
-            if abs(vk - v0) > max(8, VOCAB_SLACK * max(vk, v0)):
-                raise ValueError(f"ensemble member {i}'s vocabulary ({vk} tokens) does not match member 0's ({v0}); "
-                                 f"only padding-size differences (<= {VOCAB_SLACK:.0%} or 8 tokens) are mapped")
+            check_vocab_match(m.config.vocab_size, v0, f"ensemble member {i}'s vocabulary does not match member 0's")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not _is_real(self.plausibility) or not 0.0 <= self.plausibility <= 1.0:
+        if not is_real(self.plausibility) or not 0.0 <= self.plausibility <= 1.0:
             raise ValueError(f"plausibility must be a number in [0, 1], got {self.plausibility!r}")
         weights = self.weights
         if self.mode == "mix":
@@ -84,7 +77,7 @@ class Ensemble:
                 raise ValueError("alpha is the contrastive mode's amateur weight; mode 'mix' takes weights")
             weights = (1.0 / len(models),) * len(models) if weights is None else weights
             if not isinstance(weights, (list, tuple)) or len(weights) != len(models) \
-                    or not all(_is_real(w) and math.isfinite(w) and w >= 0 for w in weights):
+                    or not all(is_real(w) and math.isfinite(w) and w >= 0 for w in weights):
                 raise ValueError(f"weights must be {len(models)} finite numbers >= 0 (one per model), got "
                                  f"{self.weights!r}")
             if abs(sum(weights) - 1.0) > 1e-6:
@@ -95,52 +88,12 @@ class Ensemble:
                 raise ValueError(f"contrastive mode takes exactly 2 models (expert, amateur), got {len(models)}")
             if weights is not None:
                 raise ValueError("weights are for mode 'mix'; contrastive mode takes alpha")
-            if not _is_real(self.alpha) or not math.isfinite(self.alpha) or self.alpha < 0:
+            if not is_real(self.alpha) or not math.isfinite(self.alpha) or self.alpha < 0:
                 raise ValueError(f"contrastive mode needs alpha, a finite number >= 0, got {self.alpha!r}")
             object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "models", models)
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "plausibility", float(self.plausibility))
-
-    @classmethod
-    def load(cls, path, dtype=None) -> Ensemble:
-        """An ensemble from a directory holding `ensemble.json` (mode, alpha or weights, plausibility, members).
-
-        Each member is {"model": a registered name (spectax.load) or a path relative to the directory,
-        "early_exit": optional int, keep only that many layers (see `early_exit`)}. A model named by several
-        members is loaded once. `path` may also be a folder of the shipped checkpoints, e.g.
-        "smollm2-135m-instruct/cos-contrastive". ValueError on a missing or malformed manifest.
-        """
-        from spectax.io.hub import SHIPPED
-        from spectax.io.loader import load
-
-        path = Path(path)
-        if not (path / MANIFEST).is_file() and (SHIPPED / path / MANIFEST).is_file():
-            path = SHIPPED / path
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path / MANIFEST} is not a readable ensemble manifest: {e}") from None
-        known = {"mode", "weights", "alpha", "plausibility", "members", "note"}
-        if not isinstance(manifest, dict) or set(manifest) - known or not isinstance(manifest.get("members"), list):
-            raise ValueError(f"{path / MANIFEST} must be an object with 'members' (a list) and only the keys "
-                             f"{sorted(known)}")
-        loaded, members = {}, []
-        for i, member in enumerate(manifest["members"]):
-            if not isinstance(member, dict) or set(member) - {"model", "early_exit"} \
-                    or not isinstance(member.get("model"), str):
-                raise ValueError(f"member {i} of {path / MANIFEST} must be {{'model': str, 'early_exit': int}}, "
-                                 f"got {member!r}")
-            name = member["model"]
-            source = path / name if (path / name).exists() else name
-            if name not in loaded:
-                loaded[name] = load(source, dtype=dtype)
-            model = loaded[name]
-            members.append(early_exit(model, member["early_exit"]) if "early_exit" in member else model)
-        weights = manifest.get("weights")
-        return cls(tuple(members), weights=None if weights is None else tuple(weights),
-                   mode=manifest.get("mode", "mix"), alpha=manifest.get("alpha"),
-                   plausibility=manifest.get("plausibility", 0.1))
 
     @property
     def config(self) -> ModelConfig:
@@ -155,7 +108,7 @@ class Ensemble:
     def combine(self, logits_K: list[jax.Array]) -> jax.Array:
         """float32 [..., V]: log r (up to a constant) from each member's logits [..., V_k], V = member 0's V."""
         V = self.config.vocab_size
-        logp_K = [jax.nn.log_softmax(_to_vocab(l.astype(jnp.float32), V), axis=-1) for l in logits_K]
+        logp_K = [jax.nn.log_softmax(to_vocab(l.astype(jnp.float32), V), axis=-1) for l in logits_K]
         if self.mode == "mix":
             with np.errstate(divide="ignore"):
                 log_w = np.log(np.asarray(self.weights, np.float32))
@@ -184,31 +137,33 @@ class Ensemble:
                        lengths=jnp.zeros((batch,), jnp.int32))
 
     def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: AttnImpl = AttnImpl(),
-                logits_at_BK=None, write_cache: bool = True, features_at: tuple[int, ...] = ()):
-        """Every member's forward over the same tokens (see `Model.forward`); returns (log r [B, T or K, V],
-        member 0's hidden [B, T, D], the concatenated kv) and, with features_at, member 0's features."""
-        outs = [m.forward(jnp.minimum(tokens_BT, m.config.vocab_size - 1), positions_BT, layers, lengths_B, mask_TT,
-                          attn_impl, logits_at_BK, write_cache, features_at if i == 0 else ())
-                for i, (m, layers) in enumerate(zip(self.models, self._split(kv)))]
-        kv_out = None if kv is None else sum((tuple(out[2]) for out in outs), ())
-        return (self.combine([out[0] for out in outs]), outs[0][1], kv_out) + tuple(outs[0][3:])
+                logits_at_BK=None, write_cache: bool = True, features_at: tuple[int, ...] = ()) -> ForwardOut:
+        """Every member's forward over the same tokens (see `Model.forward`): log r as the logits, member 0's hidden
+        states and features, the members' caches concatenated."""
+        return self._joined([m.forward(jnp.minimum(tokens_BT, m.config.vocab_size - 1), positions_BT, layers,
+                                       lengths_B, mask_TT, attn_impl, logits_at_BK, write_cache,
+                                       features_at if i == 0 else ())
+                             for i, (m, layers) in enumerate(zip(self.models, self._split(kv)))])
 
     def prefill(self, prompt_BP, prompt_len_B, kv, chunk: int, attn_impl: AttnImpl = AttnImpl(),
-                features_at: tuple[int, ...] = ()):
-        """Every member's prefill (see `Model.prefill`); returns (kv, log r [B, V], member 0's hidden [B, D]) at each
-        row's last prompt token and, with features_at, member 0's features at every prompt slot."""
-        outs = [m.prefill(jnp.minimum(prompt_BP, m.config.vocab_size - 1), prompt_len_B, layers, chunk, attn_impl,
-                          features_at if i == 0 else ())
-                for i, (m, layers) in enumerate(zip(self.models, self._split(kv)))]
-        kv_out = sum((tuple(out[0]) for out in outs), ())
-        return (kv_out, self.combine([out[1] for out in outs]), outs[0][2]) + tuple(outs[0][3:])
+                features_at: tuple[int, ...] = ()) -> ForwardOut:
+        """Every member's prefill (see `Model.prefill`), joined as `forward` joins them."""
+        return self._joined([m.prefill(jnp.minimum(prompt_BP, m.config.vocab_size - 1), prompt_len_B, layers, chunk,
+                                       attn_impl, features_at if i == 0 else ())
+                             for i, (m, layers) in enumerate(zip(self.models, self._split(kv)))])
+
+    def _joined(self, outs: list[ForwardOut]) -> ForwardOut:
+        """One ForwardOut of the members': log r, member 0's hidden states and features, the caches concatenated."""
+        cat = lambda kvs: None if kvs[0] is None else sum((tuple(kv) for kv in kvs), ())   # noqa: E731
+        return ForwardOut(self.combine([o.logits_BTV for o in outs]), outs[0].hidden_BTE, cat([o.kv for o in outs]),
+                          cat([o.new_kv for o in outs]), outs[0].features_BTLE)
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward of every member without a cache: int32 [B, T] -> log r float32 [B, T, V]."""
         tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
         if tokens_BT.ndim != 2:
             raise ValueError(f"tokens must be [B, T], got shape {tokens_BT.shape}")
-        return _full_logits(self, tokens_BT)
+        return full_logits(self, tokens_BT)
 
 
 def early_exit(model: Model, num_layers: int) -> Model:

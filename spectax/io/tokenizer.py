@@ -280,11 +280,12 @@ def from_gguf(path) -> HFTokenizer:
     Hugging Face tokenizer.json and llama.cpp), BOS/EOS/PAD from `tokenizer.ggml.{bos,eos,padding}_token_id`,
     chat template from `tokenizer.chat_template`.
     """
-    from tokenizers import AddedToken, Tokenizer as _Backend, decoders, models
+    from tokenizers import AddedToken, decoders, models
+    from tokenizers import Tokenizer as _Backend
 
-    from spectax.io.gguf import _reader_and_name
+    from spectax.io.gguf import reader_and_name
 
-    reader, path = _reader_and_name(path)
+    reader, path = reader_and_name(path)
 
     def meta(key: str, default: Any = None) -> Any:
         field = reader.fields.get(key)

@@ -8,9 +8,10 @@ reports; everything else is templates over hand-written word lists and random nu
 and any prompt sharing an 8-word sequence with a Spec-Bench turn is dropped (`overlaps_spec_bench`).
 
 The output is deterministic for a seed and a Python version (docstrings change between Python releases), so the
-list used for training is written once to `spectax/train/data/prompts.jsonl`:
+list used for training is written once to `spectax/train/data/prompts.jsonl` (read back by
+`spectax.train.prompt_files`, the part of this that the installed package needs), from the repository root:
 
-    python -m spectax.train.prompts --out spectax/train/data/prompts.jsonl
+    python recipes/build_prompts.py --out spectax/train/data/prompts.jsonl
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-SPEC_BENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "spec_bench" / "question.jsonl"
-DEFAULT_OUT = Path(__file__).resolve().parent / "data" / "prompts.jsonl"
+from spectax.train.prompt_files import DEFAULT_OUT, write_prompts
+
+SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
 NGRAM = 8
 MAX_PASSAGE_WORDS = 170
 
@@ -818,7 +820,7 @@ BUILDERS: dict[str, Callable[[random.Random], Iterator[str]]] = {
 }
 
 # ---------------------------------------------------------------------------------------------------------------
-# Spec-Bench overlap, assembly, IO
+# Spec-Bench overlap, assembly
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -870,24 +872,6 @@ def training_prompts(seed: int = 0, spec_bench_path=SPEC_BENCH, counts: dict | N
         prompts += [{"category": category, "text": t} for t in _category_prompts(category, n, rng, banned)]
     random.Random(seed).shuffle(prompts)
     return prompts
-
-
-def split_prompts(prompts: Sequence[dict], eval_fraction: float = 0.05) -> tuple[list[dict], list[dict]]:
-    """(train, eval): the last `eval_fraction` of the (shuffled) prompt list is held out for evaluation."""
-    n_eval = max(1, round(len(prompts) * eval_fraction))
-    return list(prompts[:-n_eval]), list(prompts[-n_eval:])
-
-
-def write_prompts(prompts: Sequence[dict], path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts)
-
-
-def read_prompts(path=DEFAULT_OUT) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f]
 
 
 def main(argv=None) -> None:

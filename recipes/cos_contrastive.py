@@ -9,7 +9,7 @@ end with EOS, and the expert's mean log-probability of the tokens chosen (how fa
 model itself finds likely). It picks the setting with the fewest repeated 4-grams whose expert log-probability stays
 within `--max-drift` nats per token of plain greedy's, and writes the manifest, README and measurements to `--out`.
 
-    python tools/cos_contrastive.py      # writes spectax/checkpoints/smollm2-135m-instruct/cos-contrastive/
+    python recipes/cos_contrastive.py    # writes spectax/checkpoints/smollm2-135m-instruct/cos-contrastive/
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 import spectax
 from spectax import Ensemble
 from spectax.io import hub
-from spectax.ensemble import early_exit
-from spectax.tokenizer import from_gguf
-from spectax.train.prompts import read_prompts, split_prompts
+from spectax.io.tokenizer import from_gguf
+from spectax.models.ensemble import early_exit
+from spectax.train.prompt_files import read_prompts, split_prompts
 
 MODEL = "smollm2-135m-instruct"
 OUT = Path(__file__).resolve().parents[1] / "spectax" / "checkpoints" / MODEL / "cos-contrastive"
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = {"mode": "contrastive", "alpha": alpha, "plausibility": args.plausibility,
                 "members": [{"model": MODEL}, {"model": MODEL, "early_exit": L}],
-                "note": f"SmolLM2-135M-Instruct against its own first {L} of 30 layers (tools/cos_contrastive.py)"}
+                "note": f"SmolLM2-135M-Instruct against its own first {L} of 30 layers (recipes/cos_contrastive.py)"}
     (args.out / "ensemble.json").write_text(json.dumps(manifest, indent=1) + "\n")
     minutes = (time.time() - start) / 60
     machine = f"{platform.machine()} ({jax.default_backend()}, {jax.device_count()} device(s), JAX {jax.__version__})"
@@ -138,16 +138,16 @@ def main(argv=None) -> None:
          "results": {k: {m: x for m, x in v.items() if m != "outputs"} for k, v in results.items()}}, indent=1))
     (args.out / "README.md").write_text(f"""# Contrastive ensemble for SmolLM2-135M-Instruct (CoS)
 
-Load with `spectax.Ensemble.load("{MODEL}/cos-contrastive")` (this folder); decode with
+Load with `spectax.load("{MODEL}/cos-contrastive")` (this folder); decode with
 `spectax.decode(ensemble, prompts, drafter=spectax.drafters.CoS(ensemble))` (speculative, lossless w.r.t. r) or
 without the drafter (every member every token).
 
 - Members: the expert is SmolLM2-135M-Instruct (`spectax.load("{MODEL}")`); the amateur is its own first {L} of 30
-  layers read out through its final norm and tied LM head (`spectax.ensemble.early_exit(model, {L})`, no new weights,
+  layers read out through its final norm and tied LM head (`spectax.models.ensemble.early_exit(model, {L})`, no new weights,
   nothing trained). r is proportional to p_expert / p_amateur ** {alpha} on the tokens with p_expert >=
   {args.plausibility} * max p_expert (contrastive decoding, Li et al. 2023, with an early-exit amateur as in DoLa).
 - What it is for: {verdict}
-- Chosen by `python tools/cos_contrastive.py --prompts {args.prompts} --new {args.new} --layers {' '.join(map(str, args.layers))} --alphas {' '.join(map(str, args.alphas))}`
+- Chosen by `python recipes/cos_contrastive.py --prompts {args.prompts} --new {args.new} --layers {' '.join(map(str, args.layers))} --alphas {' '.join(map(str, args.alphas))}`
   on {args.prompts} held-out prompts of `spectax/train/data/prompts.jsonl` (spread over its held-out last 5%; no
   Spec-Bench prompt), greedy, at most {args.new} new tokens, chat template: the setting with the fewest repeated
   4-grams among those whose expert log-probability per chosen token stays within {args.max_drift} nats of plain
