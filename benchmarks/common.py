@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from spectax.api import bucket, prepare_prompt, row_keys
-from spectax.loop import LoopSpec, prefill, run
+from spectax.loop import Loop
 from spectax.models import Model
 from spectax.sampling import make_sampling
+from spectax.step_types import LoopSpec
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
 MODEL = "smollm2-135m-instruct"
@@ -36,7 +38,7 @@ def timed(fn) -> tuple[float, object]:
 
 
 class LoopProgram:
-    """The decode loop (spectax.loop.run, the while_loop decode() runs) for one drafter and prompt batch, from a
+    """The decode loop (spectax.loop.Loop.run, the while_loop decode() runs) for one drafter and prompt batch, from a
     prefilled state built once; calling it runs the loop and returns the final DecodeState.
 
     Prompts are right-padded to `prompt_bucket`; `cache_scale` multiplies the KV cache allocation; `temperature`
@@ -57,16 +59,19 @@ class LoopProgram:
         return _loop(self.model, self.drafter, self.state, np.int32(self.new), self.sp, spec=self.spec)
 
 
+def _loop_of(model, drafter, new, sp, spec) -> Loop:
+    return Loop(model=model, drafter=drafter, spec=spec, sampling=sp, max_new=new, eos_ids=jnp.full((1,), -1, jnp.int32))
+
+
 @jax.jit(static_argnames=("spec", "size"))
 def _start(model, drafter, prompt, lengths, new, sp, *, spec, size):
     cache = model.create_cache(prompt.shape[0], size)
-    return prefill(model, drafter, spec, prompt, lengths, new, np.int32(-1), np.int32(0), sp,
-                   row_keys(0, prompt.shape[0]), cache)
+    return _loop_of(model, drafter, new, sp, spec).prefill(prompt, lengths, row_keys(0, prompt.shape[0]), cache)
 
 
 @jax.jit(static_argnames=("spec",))
 def _loop(model, drafter, state, new, sp, *, spec):
-    return run(model, drafter, spec, state, new, np.int32(-1), sp)
+    return _loop_of(model, drafter, new, sp, spec).run(state)
 
 
 def machine() -> dict:

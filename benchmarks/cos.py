@@ -51,7 +51,7 @@ def run_variants(ensemble, variants: dict, prompts, new: int, bucket: int, tempe
         for name, p in programs.items():
             seconds, state = timed(p)
             st, r = state.stats, out[name]
-            tokens = np.asarray(state.tokens)
+            tokens = np.asarray(state.history.tokens_BW)
             reference = tokens if reference is None else reference
             r["seconds"].append(seconds)
             r["calls"] += int(np.asarray(st.row_calls).sum())

@@ -51,8 +51,8 @@ def forward_floor(model: Model, batch: int, context: int, T: int, steps: int):
     @jax.jit
     def run_floor(model, kv):
         def one(kv, _):
-            logits, _, kv = model.forward(jnp.ones((batch, T), jnp.int32), positions, kv, lengths, mask)
-            return kv, logits[0, 0, 0]
+            out = model.forward(jnp.ones((batch, T), jnp.int32), positions, kv, lengths, mask)
+            return out.kv, out.logits_BTV[0, 0, 0]
         return jax.lax.scan(one, kv, None, length=steps)[1]
 
     kv = KVCache.create(model.config, batch, size, model.dtype).layers

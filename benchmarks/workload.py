@@ -86,8 +86,8 @@ def run_variants(model, variants: dict, prompts, batch: int, new: int, bucket: i
                 seconds, state = timed(prog)
                 times[name].append(seconds)
                 if reference is None:
-                    reference = np.asarray(state.tokens)
-                elif not (np.asarray(state.tokens) == reference).all():
+                    reference = np.asarray(state.history.tokens_BW)
+                elif not (np.asarray(state.history.tokens_BW) == reference).all():
                     raise SystemExit(f"{name}: tokens differ from plain decoding")
                 results[name]["last"] = state
         for name in variants:

@@ -1,10 +1,10 @@
 """spectax: several tokens per target-model call, in one jitted JAX loop."""
 
 from spectax import drafters
-from spectax.api import DecodeResult, Decoder, decode
-from spectax.models.ensemble import Ensemble
+from spectax.api import Decoder, DecodeResult, decode
 from spectax.io import load, save
 from spectax.models import Model, ModelConfig
+from spectax.models.ensemble import Ensemble
 from spectax.sampling import Sampling
 from spectax.tree import DraftTree
 

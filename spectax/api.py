@@ -14,6 +14,7 @@ import numpy as np
 from flax import struct
 
 from pallas_kernels.tree_attention import AttnImpl
+from spectax.checks import is_int
 from spectax.drafters import NoDraft
 from spectax.loop import DecodeStats, Loop
 from spectax.models import Model
@@ -23,7 +24,6 @@ from spectax.sharding import Layout, ShardingRules
 from spectax.step_types import Drafter, LoopSpec
 from spectax.tree import DraftTree
 from spectax.verify.lossy import LOSSY_RULES, TopKMatch
-from spectax.checks import is_int
 
 MIN_BUCKET = 16
 INT32_MIN, INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
@@ -248,6 +248,7 @@ class Decoder:
         self.max_new_tokens, self.max_prompt_len = int(max_new_tokens), int(max_prompt_len)
         self.sampling, self.eos_ids, self.pad_id = sampling, eos_ids(eos_id, config.vocab_size), int(pad_id)
         self.cache_size, self.spec, self.drafter = int(cache_size), spec, drafter
+        self.cache_fill = float(_cache_fill)   # what unwritten cache slots hold (NaN in tests)
         self._model_def = jax.tree_util.tree_structure(model)
         self._drafter_def = jax.tree_util.tree_structure(drafter)
         self._key = (self._model_def, self._drafter_def, spec, self.max_prompt_len, self.cache_size, float(_cache_fill))
@@ -296,13 +297,13 @@ class Decoder:
         if not same_mode:
             raise ValueError(f"sampling {sampling} would switch this Decoder's mode ({self.spec.sampler}): greedy or "
                              f"not, and top-k / top-p filtering on or off, are fixed when the Decoder is built")
-        eos_E = jnp.asarray(eos if eos else (-1,), jnp.int32)
-        return _program(self, model, drafter, prompt_BP.astype(jnp.int32), prompt_len_B.astype(jnp.int32), keys_B,
-                        sampling.params(), jnp.asarray(max_new, jnp.int32), eos_E, jnp.int32(self.pad_id))
+        end_ids = jnp.asarray(eos if eos else (-1,), jnp.int32)
+        return decode_program(self, model, drafter, prompt_BP.astype(jnp.int32), prompt_len_B.astype(jnp.int32), keys_B,
+                        sampling.params(), jnp.asarray(max_new, jnp.int32), end_ids, jnp.int32(self.pad_id))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, eos_E, pad_id):
+def decode_program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids, pad_id):
     """The compiled decode: prefill, then the while_loop; one program per Decoder (its static key) and shapes."""
     spec = dec.spec
     B, P = prompt_BP.shape
@@ -310,8 +311,8 @@ def _program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, samp
     prompt_BP = jnp.pad(prompt_BP, ((0, 0), (0, width - P)))
     if spec.layout is not None:
         model, drafter = spec.constrain(model), spec.constrain(drafter)
-    loop = Loop(model=model, drafter=drafter, spec=spec, sampling=sampling, max_new=max_new, eos_E=eos_E)
-    cache = spec.constrain(model.create_cache(B, dec.cache_size, dec._key[-1]))
+    loop = Loop(model=model, drafter=drafter, spec=spec, sampling=sampling, max_new=max_new, eos_ids=end_ids)
+    cache = spec.constrain(model.create_cache(B, dec.cache_size, dec.cache_fill))
     state = spec.constrain(loop.prefill(prompt_BP, prompt_len_B, keys_B, cache))
     state = run(loop, state)
     return DecodeResult(tokens=loop.output(state, pad_id), lengths=state.n_out, stats=state.stats)
@@ -352,15 +353,16 @@ def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=No
     This is a validated wrapper of `Decoder` (one per shape bucket; compiled programs are shared by equal
     Decoders). Returns DecodeResult(tokens [B, max_new_tokens], lengths [B], stats).
     """
-    return _decode(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
+    return decode_with_poison(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
                    temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, eos_id=eos_id, pad_id=pad_id,
                    attn_impl=attn_impl, cache_size=cache_size, lossy=lossy, mesh=mesh, rules=rules,
                    poison_cache=False)
 
 
-def _decode(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
+def decode_with_poison(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
             pad_id, attn_impl, cache_size, lossy, mesh=None, rules=None, poison_cache) -> DecodeResult:
-    """decode() with a test knob: `poison_cache` fills every unwritten cache slot with NaN."""
+    """decode() with a test knob (public for the tests): `poison_cache` fills every unwritten cache slot with NaN, so a
+    read of a dead slot shows in the output."""
     if not isinstance(model, (Model, Ensemble)):
         raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble, got {type(model).__name__}")
     config = model.config

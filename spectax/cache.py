@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from spectax.sharding import CACHE_AXES, axes
-
-if TYPE_CHECKING:
-    from spectax.models.config import ModelConfig
 
 
 @struct.dataclass
@@ -28,8 +23,9 @@ class KVCache:
     lengths: jax.Array = axes("batch")
 
     @classmethod
-    def create(cls, config: ModelConfig, batch: int, size: int, dtype, fill: float = 0.0) -> "KVCache":
-        """An empty cache of `size` slots per row; `fill` (e.g. NaN in tests) is what dead slots hold."""
+    def create(cls, config, batch: int, size: int, dtype, fill: float = 0.0) -> "KVCache":
+        """An empty cache of `size` slots per row for a model of `config` (a ModelConfig: num_layers, num_kv_heads,
+        head_dim); `fill` (e.g. NaN in tests) is what dead slots hold."""
         shape = (batch, config.num_kv_heads, size, config.head_dim)
         layer = lambda: jnp.full(shape, fill, dtype)
         return cls(k=tuple(layer() for _ in range(config.num_layers)),
@@ -53,16 +49,16 @@ class KVCache:
         return self.replace(lengths=self.lengths + n_B.astype(jnp.int32))
 
 
-def write_block(cache_BKSD: jax.Array, new_BTKD: jax.Array, lengths_B: jax.Array) -> jax.Array:
+def write_block(cache_BGShd: jax.Array, new_BTGhd: jax.Array, lengths_B: jax.Array) -> jax.Array:
     """Writes T new entries per row at slots lengths[b] .. lengths[b] + T - 1 (uncommitted until `advance`).
 
     One scatter for the whole batch, in place inside the loop; slots past the end are dropped (callers keep
     lengths + T <= S for live rows).
     """
-    B, T = new_BTKD.shape[:2]
+    B, T = new_BTGhd.shape[:2]
     rows_BT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
     slots_BT = lengths_B[:, None] + jnp.arange(T)[None, :]
-    return cache_BKSD.at[rows_BT, :, slots_BT].set(new_BTKD.astype(cache_BKSD.dtype), mode="drop")
+    return cache_BGShd.at[rows_BT, :, slots_BT].set(new_BTGhd.astype(cache_BGShd.dtype), mode="drop")
 
 
 def commit_path(cache: KVCache, path_BD: jax.Array, n_accepted_B: jax.Array, active_B: jax.Array,

@@ -74,8 +74,8 @@ def _verify_forward(model: Model, tokens_BT, kv, lengths_B, *, tree: DraftTree):
     """The target call of one decode step (as spectax.loop.step makes it): root + N nodes at positions
     length + depth under the tree mask, writing their K/V in place. Returns (logits [B, T, V], kv)."""
     positions_BT = lengths_B[:, None] + jnp.asarray(tree.step_depth)[None, :]
-    logits, _, kv = model.forward(tokens_BT, positions_BT, kv, lengths_B, jnp.asarray(tree.step_mask))
-    return logits, kv
+    out = model.forward(tokens_BT, positions_BT, kv, lengths_B, jnp.asarray(tree.step_mask))
+    return out.logits_BTV, out.kv
 
 
 def verify_cost(model: Model, node_counts: Sequence[int] = NODE_COUNTS, batch: int = 1, context: int = 128,

@@ -103,7 +103,7 @@ class Loop:
     spec: LoopSpec
     sampling: SamplingParams
     max_new: jax.Array         # int32 [] output tokens per row at most (<= spec.out_size)
-    eos_E: jax.Array           # int32 [E] end tokens (-1: none)
+    eos_ids: jax.Array           # int32 [E] end tokens (-1: none)
 
     @property
     def tree(self) -> DraftTree:
@@ -121,7 +121,7 @@ class Loop:
         live_BP = jnp.arange(P)[None, :] < prompt_len_B[:, None]
         history = jnp.full((B, P + self.spec.out_size), -1, jnp.int32).at[:, :P].set(jnp.where(live_BP, prompt_BP, -1))
         state = DecodeState(
-            history=History(tokens_BH=history, length_B=prompt_len_B.astype(jnp.int32)),
+            history=History(tokens_BW=history, length_B=prompt_len_B.astype(jnp.int32)),
             prompt_len_B=prompt_len_B.astype(jnp.int32), n_out=jnp.zeros((B,), jnp.int32),
             done=jnp.zeros((B,), bool), cache=cache,
             drafter_state=self.drafter.init(self.model, prompt_BP, prompt_len_B, out.target_out(), cache.size,
@@ -159,7 +159,7 @@ class Loop:
     def output(self, s: DecodeState, pad_id) -> jax.Array:
         """int32 [B, out_size]: each row's output tokens, pad_id after its end."""
         j_BO = jnp.arange(self.spec.out_size)[None, :]
-        tokens = jnp.take_along_axis(s.history.tokens_BH, s.prompt_len_B[:, None] + j_BO, axis=1)
+        tokens = jnp.take_along_axis(s.history.tokens_BW, s.prompt_len_B[:, None] + j_BO, axis=1)
         return jnp.where(j_BO < s.n_out[:, None], tokens, pad_id)
 
     # ---------------------------------------------------------------------------------------------------- parts
@@ -199,7 +199,7 @@ class Loop:
             return out
         pad = lambda a: None if a is None else jnp.pad(a, [(0, 0), (0, width)] + [(0, 0)] * (a.ndim - 2))  # noqa
         return out.replace(logits_BTV=pad(out.logits_BTV), hidden_BTE=pad(out.hidden_BTE),
-                           features_BTLE=pad(out.features_BTLE),
+                           features_BTLpE=pad(out.features_BTLpE),
                            new_kv=jax.tree_util.tree_map(pad, out.new_kv))
 
     def _verify(self, logits_BTV, draft: Draft, keys_B) -> Verdict:
@@ -218,15 +218,15 @@ class Loop:
         Returns (history, n_out, done, the count written per row)."""
         B, C = new_BC.shape
         j = jnp.arange(C)[None, :]
-        eos_BC = (new_BC[..., None] == self.eos_E).any(-1) & (j < count_B[:, None])
+        eos_BC = (new_BC[..., None] == self.eos_ids).any(-1) & (j < count_B[:, None])
         count = jnp.where(eos_BC.any(-1), jnp.argmax(eos_BC, axis=-1) + 1, count_B)
         count = jnp.minimum(count, self.max_new - s.n_out)
         count = jnp.where(s.done, 0, count)
         keep = j < count[:, None]
-        H = s.history.tokens_BH.shape[1]
+        H = s.history.tokens_BW.shape[1]
         cols = jnp.where(keep, s.history.length_B[:, None] + j, H)                      # out of range: dropped
         rows = jnp.broadcast_to(jnp.arange(B)[:, None], (B, C))
-        history = History(tokens_BH=s.history.tokens_BH.at[rows, cols].set(new_BC, mode="drop"),
+        history = History(tokens_BW=s.history.tokens_BW.at[rows, cols].set(new_BC, mode="drop"),
                           length_B=s.history.length_B + count)
         n_out = s.n_out + count
         done = s.done | (eos_BC & keep).any(-1) | (n_out >= self.max_new)

@@ -87,6 +87,11 @@ def logical_axes(tree):
 _warned: set = set()
 
 
+def forget_warnings() -> None:
+    """Forgets which replications were warned about, so each is said again once (tests)."""
+    _warned.clear()
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardingRules:
     """Logical axis name -> mesh axis name (None: replicated). Hashable: part of the decode program's cache key."""
@@ -217,20 +222,20 @@ class Layout:
         return jax.tree_util.tree_map(jax.lax.with_sharding_constraint, tree,
                                       self.shardings(tree, self._declared(tree)))
 
-    def shard_attention(self, attend, q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask):
+    def shard_attention(self, attend, q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask):
         """Runs `attend` (a tree-attention kernel returning (out, k_cache, v_cache), pallas_kernels.tree_attention)
         under shard_map: each device attends its rows over its kv heads and their query heads (head h = k * G + g,
         so splitting H as K is split keeps each group whole). kv heads that do not divide the model axis are
         replicated, like the cache. The kernel needs no communication; the out-projection after it reduces over
         heads as XLA's attention path does."""
-        cache = self.spec(("batch", "kv_heads", None, None), k_cache_BKSD.shape)
+        cache = self.spec(("batch", "kv_heads", None, None), k_cache_BGShd.shape)
         rows, heads = cache[0], cache[1]
         per_token = PartitionSpec(rows, None, heads, None)                  # q [B, T, H, D], k/v new [B, T, K, D]
         mask_spec = PartitionSpec(rows, None, None) if np.ndim(mask) == 3 else PartitionSpec(None, None)
         return jax.shard_map(attend, mesh=self.mesh, in_specs=(per_token, per_token, per_token, cache, cache,
                                                                 PartitionSpec(rows), mask_spec),
                              out_specs=(per_token, cache, cache), check_vma=False)(
-            q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, jnp.asarray(mask))
+            q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, jnp.asarray(mask))
 
     def rows(self, x) -> jax.Array:
         """A per-row host array (prompt [B, ...], lengths [B], keys [B]) placed with its rows over the data axis."""

@@ -47,13 +47,13 @@ class History:
     """The loop's token history, read-only to drafters: each row's prompt, then its committed output, the newest
     committed token (the root, whose K/V are not in the cache yet) last."""
 
-    tokens_BH: jax.Array = axes("batch", None)   # int32 [B, H] -1 past length_B
+    tokens_BW: jax.Array = axes("batch", None)   # int32 [B, H] -1 past length_B
     length_B: jax.Array = axes("batch")          # int32 [B] tokens held, the root included
 
     @property
     def root_B(self) -> jax.Array:
         """int32 [B]: the newest committed token of each row."""
-        return jnp.take_along_axis(self.tokens_BH, (self.length_B - 1)[:, None], axis=1)[:, 0]
+        return jnp.take_along_axis(self.tokens_BW, (self.length_B - 1)[:, None], axis=1)[:, 0]
 
 
 @struct.dataclass
@@ -117,7 +117,7 @@ class TargetOut:
     hidden_BTE: jax.Array   # [B, T, E] final hidden states (after the final norm) at the same positions
     # [B, T, L', E] the residual stream after each of the drafter's target_layers (None when it asks for none), at
     # the same positions; at prefill, at every prompt slot: [B, P, L', E]
-    features_BTLE: jax.Array | None = None
+    features_BTLpE: jax.Array | None = None
 
 
 @runtime_checkable
@@ -125,7 +125,7 @@ class Drafter(Protocol):
     """The drafter contract. A drafter is a pytree (its models' params are leaves; its tree and settings static).
 
     tree: the static DraftTree it fills each step. target_layers (static): target layers whose outputs it reads
-    from TargetOut.features_BTLE (the target's forwards return them from the same pass; () for none).
+    from TargetOut.features_BTLpE (the target's forwards return them from the same pass; () for none).
     follows_any_path (static): update() reads only what was committed (the verdict, the new tokens, the step's
     TargetOut), never its own proposals, so it can follow a path another drafter proposed (`Combined` needs it).
 

@@ -16,6 +16,7 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+
 from spectax.checks import is_int
 
 MAX_KARY_NODES = 4096
@@ -140,12 +141,12 @@ class DraftTree:
         (0, the empty tree, when speculation cannot pay) and the tree has exactly n nodes (zero-gain root children
         pad it only when cost makes n nodes cheaper than the fewer that carry the same value).
         """
-        values, tables = _optimal_values(_acceptance_table(acceptance), budget, max_depth)
+        values, tables = optimal_values(acceptance_table(acceptance), budget, max_depth)
         if cost is None:
-            paths = _optimal_paths(tables, budget)
+            paths = optimal_paths(tables, budget)
         else:
             size = _best_size(values, _cost_table(cost, budget))
-            paths = _pad_root(_optimal_paths(tables, size), size)
+            paths = _pad_root(optimal_paths(tables, size), size)
         return cls.from_paths(paths) if paths else cls.none()
 
     def truncated(self, depth: int) -> "DraftTree":
@@ -265,7 +266,7 @@ class DraftTree:
 
         acceptance: float [R] or [Dp, R] (see `optimal`); a node of rank >= R contributes (and passes on) 0.
         """
-        table = _acceptance_table(acceptance)
+        table = acceptance_table(acceptance)
         Dp, R = table.shape
         gain = np.zeros(self.num_nodes)
         for i, (p, d, r) in enumerate(zip(self.parents, self.depth.tolist(), self.child_rank.tolist())):
@@ -281,7 +282,7 @@ class DraftTree:
         return (1.0 + self.expected_accepted(acceptance)) / float(_cost_table(cost, self.num_nodes)[self.num_nodes])
 
 
-def _acceptance_table(acceptance) -> np.ndarray:
+def acceptance_table(acceptance) -> np.ndarray:
     """Validates acceptance ([R] or [Dp, R]); returns float64 [Dp, R]."""
     try:
         a = np.array(acceptance, dtype=np.float64)
@@ -333,12 +334,12 @@ def _pad_root(paths: list[tuple[int, ...]], size: int) -> list[tuple[int, ...]]:
     return paths + [(r,) for r in range(first, first + size - len(paths))]
 
 
-def _optimal_values(table: np.ndarray, budget: int, max_depth: int) -> tuple[np.ndarray, list]:
+def optimal_values(table: np.ndarray, budget: int, max_depth: int) -> tuple[np.ndarray, list]:
     """The Sequoia DP on a validated float64 [Dp, R] table.
 
     Returns (values [budget + 1], tables): values[n] is the best expected accepted value of a tree with at most n
     nodes, which is also the best with exactly n (extra root children never lower the value); tables feed
-    `_optimal_paths`.
+    `optimal_paths`.
     F_d[n]: the best value below a node at depth d with at most n nodes under it (F_{max_depth} = 0).
     G_d[k, n]: the best for children of ranks 0..k-1 (all present) sharing at most n nodes,
       G_d[k, n] = max_{1 <= m <= n} G_d[k-1, n-m] + a_d[k-1] * (1 + F_{d+1}[m-1]),   G_d[0, n] = 0,
@@ -374,8 +375,8 @@ def _optimal_values(table: np.ndarray, budget: int, max_depth: int) -> tuple[np.
     return F, tables
 
 
-def _optimal_paths(tables: list, size: int) -> list[tuple[int, ...]]:
-    """Rank paths of a best tree with at most `size` nodes (0 <= size <= budget), from `_optimal_values`' tables."""
+def optimal_paths(tables: list, size: int) -> list[tuple[int, ...]]:
+    """Rank paths of a best tree with at most `size` nodes (0 <= size <= budget), from `optimal_values`' tables."""
     D = len(tables)
     paths: list[tuple[int, ...]] = []
 

@@ -30,7 +30,7 @@ def tiny_gpt2():
 def fresh_trace():
     """Clears decode()'s compiled programs before and after the test: a monkeypatched function is traced into a
     fresh program (whatever shapes earlier tests compiled), and no later test reuses that patched program."""
-    program = api._decode_program   # the jitted program itself, even while a test has it monkeypatched
+    program = api.decode_program   # the jitted program itself, even while a test has it monkeypatched
     program.clear_cache()
     yield
     program.clear_cache()

@@ -118,7 +118,7 @@ def test_training_forward_is_the_decoding_forward(tiny_llama, features, trained)
     table = jnp.asarray(block_mod.head_table(tiny_llama))[block.vocab_ids]
     rows = np.arange(3)
     anchors = train_block.anchors_for(data, rows, 5, np.random.default_rng(1))
-    tokens, feats = jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows])
+    tokens, feats = jnp.asarray(data.tokens_XW[rows]), jnp.asarray(data.features_XWLpE[rows])
     got = train_block.anchor_logits(block.config, block.params, embed, table, tokens, feats, jnp.asarray(anchors))
     W = tokens.shape[1]
     ctx = block_mod.fused_context(block.config, block.params, feats)
@@ -174,8 +174,8 @@ def test_training_loss_falls_and_block_learns(tiny_llama, features, trained):  #
     table = jnp.asarray(block_mod.head_table(tiny_llama))[DRAFT_VOCAB]
     rows = np.arange(16)
     anchors = train_block.anchors_for(data, rows, 8, np.random.default_rng(0))
-    labels = train_block.block_labels(data.tokens_EW[rows], data.length_E[rows], anchors, 4)
-    batch = (embed, table, jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows]),
+    labels = train_block.block_labels(data.tokens_XW[rows], data.length_X[rows], anchors, 4)
+    batch = (embed, table, jnp.asarray(data.tokens_XW[rows]), jnp.asarray(data.features_XWLpE[rows]),
              jnp.asarray(anchors), jnp.asarray(train_block.to_draft_index(labels, DRAFT_VOCAB, 97)))
     start = train_block.loss_fn(block_mod.init_params(trained.config, cfg.seed), trained.config, 3.0, *batch)
     end = train_block.loss_fn(trained.params, trained.config, 3.0, *batch)
@@ -232,7 +232,7 @@ BAD = [
 def test_bad_block_raises_before_tracing(tiny_llama, make, target_changes, word, monkeypatch):  # noqa: F811
     """A drafter made for another target (width, vocabulary, depth, feature layers) or with a tree it cannot fill
     is a ValueError before anything is traced."""
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match=word):
         target = _other_target(**target_changes) if target_changes else tiny_llama
         spectax.decode(target, PROMPTS, 8, drafter=make(Block.create(tiny_llama, block_size=4)))

@@ -16,14 +16,14 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_GPT2, TINY_LLAMA
-from test_speculative_sampling import LEVEL, SMALL, law_pvalue, sampled
 
 import spectax
+from conftest import TINY_GPT2, TINY_LLAMA
 from spectax import DraftTree, Ensemble, api
 from spectax.drafters import CoS
-from spectax.models.ensemble import early_exit
 from spectax.models import Model
+from spectax.models.ensemble import early_exit
+from test_speculative_sampling import LEVEL, SMALL, law_pvalue, sampled
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16]]
 NEW = 40
@@ -66,7 +66,7 @@ def test_ensemble_logits_are_the_hand_computed_combination(mix, contrastive):
 
 
 def _naive(ensemble):
-    out = api._decode(ensemble, PROMPTS, NEW, prompt_lengths=None, drafter=None, temperature=0.0, top_k=0,
+    out = api.decode_with_poison(ensemble, PROMPTS, NEW, prompt_lengths=None, drafter=None, temperature=0.0, top_k=0,
                       top_p=1.0, rng=0, eos_id=None, pad_id=0, attn_impl="auto", cache_size=None, lossy=None,
                       poison_cache=True)
     return np.asarray(out.tokens)
@@ -98,7 +98,7 @@ def test_greedy_cos_equals_naive_greedy(request, naive_greedy, mode, tree, propo
     ensemble = request.getfixturevalue(mode)
     drafter = CoS(ensemble, proposer=proposer, tree=tree)
     assert CoS(ensemble).index == len(ensemble.models) - 1     # the padded one-layer llama; the early exit
-    out = api._decode(ensemble, PROMPTS, NEW, prompt_lengths=None, drafter=drafter, temperature=0.0, top_k=0,
+    out = api.decode_with_poison(ensemble, PROMPTS, NEW, prompt_lengths=None, drafter=drafter, temperature=0.0, top_k=0,
                       top_p=1.0, rng=0, eos_id=None, pad_id=0, attn_impl="auto", cache_size=None, lossy=None,
                       poison_cache=True)
     np.testing.assert_array_equal(np.asarray(out.tokens), naive_greedy[mode])
@@ -137,10 +137,10 @@ def test_a_bonus_from_the_verifying_member_is_caught(small_members, monkeypatch,
     ensemble = _small("mix", small_members)
     combine = Ensemble.combine
 
-    def bonus_from_member_0(self, logits_K):
-        log_r = combine(self, logits_K)
+    def bonus_from_member_0(self, member_logits):
+        log_r = combine(self, member_logits)
         if log_r.ndim == 3 and log_r.shape[1] > 1:       # a verification pass: its last position is the bonus
-            log_r = log_r.at[:, -1].set(jax.nn.log_softmax(logits_K[0][:, -1], axis=-1))
+            log_r = log_r.at[:, -1].set(jax.nn.log_softmax(member_logits[0][:, -1], axis=-1))
         return log_r
 
     monkeypatch.setattr(Ensemble, "combine", bonus_from_member_0)

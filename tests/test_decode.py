@@ -7,7 +7,7 @@ import pytest
 
 import spectax
 import spectax.api as api
-from spectax.api import _decode
+from spectax.api import decode_with_poison
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3]]
 
@@ -26,7 +26,7 @@ def run(model, prompts, n, **kw):
     args = dict(prompt_lengths=None, drafter=None, temperature=0.0, top_k=0, top_p=1.0, rng=0, eos_id=None,
                 pad_id=0, attn_impl="auto", cache_size=None, lossy=None, poison_cache=False)
     args.update(kw)
-    return _decode(model, prompts, n, **args)
+    return decode_with_poison(model, prompts, n, **args)
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
@@ -140,7 +140,7 @@ BAD = [
 
 @pytest.mark.parametrize("kwargs,word", BAD)
 def test_bad_arguments_raise_before_tracing(tiny_llama, kwargs, word, monkeypatch):
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     kw = dict(max_new_tokens=4)
     kw.update(kwargs)
     with pytest.raises(ValueError, match=word):
@@ -152,7 +152,7 @@ def test_bad_arguments_raise_before_tracing(tiny_llama, kwargs, word, monkeypatc
     ([[-1]], "outside the vocabulary"), ([[1.5, 2]], "int"), (np.zeros((2,), np.int32), r"\[B, P\]"),
 ])
 def test_bad_prompts_raise(tiny_llama, prompt, word, monkeypatch):
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match=word):
         spectax.decode(tiny_llama, prompt, max_new_tokens=4)
 
@@ -161,19 +161,19 @@ def test_bad_prompts_raise(tiny_llama, prompt, word, monkeypatch):
                                             [1, [2]], "ab", np.int32(2), [0, 2], [-1, 2], [1, 4]])
 def test_bad_prompt_lengths_raise(tiny_llama, prompt_lengths, monkeypatch):
     """prompt_lengths: ints (not bools or floats), shape [B], each in [1, prompt width]."""
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match="prompt_lengths|empty prompt"):
         spectax.decode(tiny_llama, np.ones((2, 3), np.int32), max_new_tokens=4, prompt_lengths=prompt_lengths)
 
 
 def test_prompt_lengths_go_with_array_prompts_only(tiny_llama, monkeypatch):
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match="prompt_lengths"):
         spectax.decode(tiny_llama, [[1, 2], [3]], max_new_tokens=4, prompt_lengths=[2, 1])
 
 
 def test_prompt_longer_than_context(tiny_gpt2, monkeypatch):
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match="context"):
         spectax.decode(tiny_gpt2, [[1] * 300], max_new_tokens=4)
     with pytest.raises(ValueError, match="context"):
@@ -209,18 +209,13 @@ def test_the_loop_never_copies_the_kv_cache(tiny_llama, drafter):
     copy every layer's cache twice per step). The plain step and the lax.switch over n-gram depth cuts alike.
     Teeth: without reference.py's optimization_barrier the plain program holds 8 such copies and this fails."""
     from spectax.drafters import NGram, NoDraft
-    from spectax.loop import LoopSpec
-    from spectax.sampling import make_sampling
     from spectax.tree import DraftTree
 
     draft = NoDraft() if drafter == "plain" else NGram(max_n=2, tree=DraftTree.chain(3), depth_by_n=(1, 3))
-    sampler, sp = make_sampling(0.0, 0, 1.0)
-    spec = LoopSpec(sampler=sampler, out_size=16, vocab_size=tiny_llama.config.vocab_size)
     prompt = np.ones((2, 16), np.int32)
     size = 203  # a slot count no other array has
-    hlo = api._decode_program.lower(tiny_llama, draft, prompt, np.array([5, 9], np.int32), np.int32(8), np.int32(-1),
-                                    np.int32(0), sp, api.row_keys(0, 2), spec=spec, cache_size=size,
-                                    poison_cache=False).compile().as_text()
+    dec = spectax.Decoder(tiny_llama, draft, max_new_tokens=16, max_prompt_len=16, cache_size=size)
+    hlo = jax.jit(dec).lower(tiny_llama, prompt, np.array([5, 9], np.int32), api.row_keys(0, 2)).compile().as_text()
     c = tiny_llama.config
     cache_shape = f"f32[2,{c.num_kv_heads},{size},{c.head_dim}]"
     assert cache_shape in hlo, "the cache shape must appear in the program (else the check below proves nothing)"

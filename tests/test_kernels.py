@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from attention_oracle import dense_attention, random_tree_mask
-from pallas_kernels.tree_attention import (AttnImpl, BlockSizes, resolve_impl, tree_attention,
-                                           tree_attention_reference)
-from pallas_kernels.tree_attention.block_sizes import check_gpu_block, check_tpu_block
 import spectax
+from attention_oracle import dense_attention, random_tree_mask
+from pallas_kernels.tree_attention import AttnImpl, BlockSizes, resolve_impl, tree_attention, tree_attention_reference
+from pallas_kernels.tree_attention.block_sizes import check_gpu_block, check_tpu_block
 from spectax import DraftTree
 from spectax.drafters import DraftModel, Heads
 from spectax.models import Model, ModelConfig

@@ -8,9 +8,9 @@ import pytest
 import spectax
 import spectax.api as api
 import spectax.sampling as sampling
+from conftest import TINY_LLAMA
 from spectax import DraftTree
 from spectax.drafters import DraftModel
-from conftest import TINY_LLAMA
 from test_speculative import noisy_copy
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3], [40, 41], [5] * 20, [9, 8, 7, 6], [60] * 7]
@@ -83,6 +83,6 @@ BAD_RNG = [(-1, ">= 0|2\\*\\*64"), (2 ** 64, "2\\*\\*64"), (1.5, "rng"), (True, 
 
 @pytest.mark.parametrize("rng,word", BAD_RNG)
 def test_bad_rng_raises_before_tracing(flat, rng, word, monkeypatch):
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match=word):
         spectax.decode(flat, PROMPTS[:3], 4, rng=rng, temperature=1.0)

@@ -8,17 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import spectax
 import spectax.api as api
 import spectax.sharding as sharding
 from spectax import DraftTree
 from spectax.drafters import Combined, DraftModel, Heads, NGram, NoDraft
-from spectax.loop import LoopSpec, prefill
+from spectax.loop import Loop
 from spectax.models import Model, ModelConfig
 from spectax.sampling import make_sampling, top_k
 from spectax.sharding import Layout, ShardingRules, make_mesh
+from spectax.step_types import LoopSpec
 
 # heads and vocabulary divide every model axis here; kv heads (2) only 1 and 2: replicated at model 4 and 8
 TARGET = ModelConfig(arch="llama", vocab_size=96, hidden_size=32, num_layers=1, num_heads=8, num_kv_heads=2,
@@ -141,7 +143,7 @@ def test_param_shardings_and_per_device_bytes(target):
 def test_replication_is_said_once(target):
     import warnings
 
-    sharding._warned.clear()
+    sharding.forget_warnings()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
@@ -212,8 +214,9 @@ def test_cache_and_state_shardings(target, drafters):
     def run(model, drafter):
         def fn(model, drafter, prompt, lengths, keys):
             cache = spec.constrain(model.create_cache(B, S))
-            return spec.constrain(prefill(model, drafter, spec, prompt, lengths, np.int32(8), np.int32(-1),
-                                          np.int32(0), sp, keys, cache))
+            loop = Loop(model=model, drafter=drafter, spec=spec, sampling=sp, max_new=jnp.int32(8),
+                        eos_ids=jnp.full((1,), -1, jnp.int32))
+            return spec.constrain(loop.prefill(prompt, lengths, keys, cache))
         return jax.jit(fn)(layout.place(model), layout.place(drafter), layout.rows(prompt),
                            layout.rows(np.full(B, 3, np.int32)), layout.rows(api.row_keys(0, B)))
 
@@ -222,15 +225,16 @@ def test_cache_and_state_shardings(target, drafters):
 
     state = run(gpt2, NoDraft())
     assert all(has(k, "data", "model", None, None) for k in state.cache.k + state.cache.v)    # 4 kv heads: split
-    for x in (state.tokens, state.n_out, state.root, state.done, state.cache.lengths, state.stats.row_calls):
+    for x in (state.history.tokens_BW, state.n_out, state.history.length_B, state.done, state.cache.lengths,
+              state.stats.row_calls):
         assert has(x, "data", *(None,) * (x.ndim - 1))
     state = run(target, drafters["tree"])
     assert has(state.cache.k[0], "data", None, None, None)                     # 2 kv heads on 4: replicated
     draft_state = state.drafter_state
     assert has(draft_state.cache.v[0], "data", None, None, None) and has(draft_state.x0, "data")
     ngram_state, heads_state = run(target, combined).drafter_state
-    assert has(ngram_state.history_BH, "data", None) and has(ngram_state.n_B, "data")
-    assert has(heads_state.table_VpD, "model", None) and has(heads_state.logits_BHV, "data", None, "model")
+    assert ngram_state == ()                                                  # NGram reads the loop's history
+    assert has(heads_state.table_VpE, "model", None) and has(heads_state.logits_BDV, "data", None, "model")
     placed = layout.place(drafters["heads"])
     assert has(placed.params["w1"], None, None, "model") and has(placed.params["b1"], None, "model")
     for kind, w2 in (("blockwise", (None, "model", None)), ("cerberus", (None, None, "model"))):
@@ -245,14 +249,13 @@ def test_the_sharded_loop_holds_only_cache_shards():
     """The compiled (2, 4) program keeps each KV cache as per-device [B/2, K/4, S, hd] blocks: the full cache shape
     never appears (nothing gathers or replicates it) and no block is copied."""
     model = Model.random(GPT2, seed=1)
-    layout = Layout(make_mesh(2, 4))
-    sampler, sp = make_sampling(0.0, 0, 1.0)
-    spec = LoopSpec(sampler=sampler, out_size=16, vocab_size=GPT2.vocab_size, layout=layout)
+    mesh = make_mesh(2, 4)
+    layout = Layout(mesh)
     size = 203
-    hlo = api._decode_program.lower(layout.place(model), NoDraft(), layout.rows(np.ones((4, 16), np.int32)),
-                                    layout.rows(np.array([5, 9, 2, 16], np.int32)), np.int32(8), np.int32(-1),
-                                    np.int32(0), sp, layout.rows(api.row_keys(0, 4)), spec=spec, cache_size=size,
-                                    poison_cache=False).compile().as_text()
+    dec = spectax.Decoder(model, max_new_tokens=16, max_prompt_len=16, cache_size=size, mesh=mesh)
+    hlo = jax.jit(dec).lower(layout.place(model), layout.rows(np.ones((4, 16), np.int32)),
+                             layout.rows(np.array([5, 9, 2, 16], np.int32)),
+                             layout.rows(api.row_keys(0, 4))).compile().as_text()
     block, full = f"f32[2,1,{size},8]", f"f32[4,4,{size},8]"
     assert block in hlo and full not in hlo
     copies = [line for line in hlo.splitlines()
@@ -263,14 +266,14 @@ def test_the_sharded_loop_holds_only_cache_shards():
 def test_vocabulary_is_never_gathered(target, drafters):
     """With the vocabulary split over 8 devices, no collective in the greedy or sampled (unfiltered) tree program
     moves a full-vocabulary array: argmax, softmax, residuals, Gumbel top-k and categorical draws reduce per shard."""
-    layout = Layout(make_mesh(1, 8))
+    mesh = make_mesh(1, 8)
+    layout = Layout(mesh)
     for temperature in (0.0, 1.0):
-        sampler, sp = make_sampling(temperature, 0, 1.0)
-        spec = LoopSpec(sampler=sampler, out_size=16, vocab_size=TARGET.vocab_size, layout=layout)
-        hlo = api._decode_program.lower(layout.place(target), layout.place(drafters["chain"]),
-                                        layout.rows(np.ones((2, 16), np.int32)), layout.rows(np.array([3, 4])),
-                                        np.int32(8), np.int32(-1), np.int32(0), sp, layout.rows(api.row_keys(0, 2)),
-                                        spec=spec, cache_size=48, poison_cache=False).compile().as_text()
+        dec = spectax.Decoder(target, drafters["chain"], max_new_tokens=16, max_prompt_len=16, cache_size=48,
+                              sampling=spectax.Sampling(temperature), mesh=mesh)
+        hlo = jax.jit(dec).lower(layout.place(target), layout.rows(np.ones((2, 16), np.int32)),
+                                 layout.rows(np.array([3, 4])), layout.rows(api.row_keys(0, 2)),
+                                 layout.place(drafters["chain"])).compile().as_text()
         gathers = [line for line in hlo.splitlines() if " all-gather(" in line or " all-gather-start(" in line]
         assert not [g for g in gathers if f",{TARGET.vocab_size}]" in g.split("=")[1].split(" ")[1]], gathers
 
@@ -286,7 +289,7 @@ def test_top_k_in_blocks_equals_top_k():
 
 
 def test_one_compile_per_configuration(target):
-    program = api._decode_program
+    program = api.decode_program
     mesh = make_mesh(2, 4)
     spectax.decode(target, PROMPTS, NEW, mesh=mesh)
     before = program._cache_size()

@@ -13,13 +13,13 @@ import spectax
 import spectax.api as api
 import spectax.drafters.draft_model as draft_model_mod
 import spectax.loop as loop_mod
+from conftest import TINY_LLAMA
 from spectax import DraftTree
-from spectax.api import _decode
+from spectax.api import decode_with_poison
 from spectax.cache import commit_path
 from spectax.drafters import DraftModel, Replay
 from spectax.models import Model
 from spectax.verify import TopKMatch, Typical
-from conftest import TINY_LLAMA
 from test_sampling import np_warp
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3]]
@@ -37,7 +37,7 @@ def run(model, prompts, n, **kw):
     args = dict(prompt_lengths=None, drafter=None, temperature=0.0, top_k=0, top_p=1.0, rng=0, eos_id=None,
                 pad_id=0, attn_impl="auto", cache_size=None, lossy=None, poison_cache=False)
     args.update(kw)
-    return _decode(model, prompts, n, **args)
+    return decode_with_poison(model, prompts, n, **args)
 
 
 def noisy_copy(model, scale, seed):
@@ -160,7 +160,7 @@ def test_tightest_cache_decodes_exactly(tiny_llama, drafts, case, monkeypatch):
     tightest = 16 + 16 + tree.num_nodes + 1
     drafter = DraftModel(drafts[draft], tree=tree)
     with monkeypatch.context() as m:
-        m.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+        m.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
         with pytest.raises(ValueError, match="cache_size"):
             run(tiny_llama, prompts, 16, drafter=drafter, cache_size=tightest - 1)
     out = run(tiny_llama, prompts, 16, drafter=drafter, cache_size=tightest, poison_cache=True)
@@ -280,8 +280,11 @@ class Recording:
 
     @property
     def target_layers(self) -> tuple[int, ...]:
-        from spectax.drafters.base import target_layers
-        return target_layers(self.inner)
+        return self.inner.target_layers
+
+    @property
+    def follows_any_path(self) -> bool:
+        return self.inner.follows_any_path
 
     def check(self, target_config, batch=None):
         self.inner.check(target_config, batch)
@@ -381,7 +384,7 @@ BAD = [
 
 @pytest.mark.parametrize("make,word", BAD)
 def test_bad_speculative_input_raises_before_tracing(tiny_llama, tiny_gpt2, make, word, monkeypatch):
-    monkeypatch.setattr(api, "_decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
+    monkeypatch.setattr(api, "decode_program", lambda *a, **k: pytest.fail("traced despite bad input"))
     with pytest.raises(ValueError, match=word):
         spectax.decode(tiny_llama, PROMPTS, 8, **make(tiny_llama, tiny_gpt2))
 

@@ -81,10 +81,11 @@ def test_cached_hidden_states_equal_the_forward(tiny_llama, tmp_path):
     for e, seq in list(enumerate(distill.sequences(shard)))[:2]:
         p = int(shard["prompt_len"][e])
         cached = shard["hidden_ND"][shard["hidden_offsets"][e]:shard["hidden_offsets"][e + 1]]
-        _, hidden, _ = tiny_llama.forward(seq[None], np.arange(len(seq))[None], None, np.zeros(1, np.int32),
-                                          np.tril(np.ones((len(seq), len(seq)), bool)))
+        hidden_BTE = tiny_llama.forward(seq[None], np.arange(len(seq))[None], None, np.zeros(1, np.int32),
+                                        np.tril(np.ones((len(seq), len(seq)), bool))).hidden_BTE
         assert cached.shape == (len(seq) - p, tiny_llama.config.hidden_size)
-        np.testing.assert_allclose(cached.astype(np.float32), np.asarray(hidden[0, p - 1:-1]), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(cached.astype(np.float32), np.asarray(hidden_BTE[0, p - 1:-1]), rtol=2e-3,
+                                   atol=2e-3)
 
 
 def test_token_frequencies_count_response_tokens(tiny_llama, tmp_path):

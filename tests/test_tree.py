@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from spectax.tree import DraftTree, _acceptance_table, _optimal_paths, _optimal_values
+from spectax.tree import DraftTree, acceptance_table, optimal_paths, optimal_values
 
 
 def _ancestors(tree, i):
@@ -242,7 +242,7 @@ def test_bad_acceptance(acceptance, word):
 
 def test_acceptance_sum_tolerance():
     DraftTree.optimal([0.5, 0.5 + 5e-7], budget=3, max_depth=2)      # within 1e-6 of 1 is fine
-    np.testing.assert_array_equal(_acceptance_table([0.5, 0.25]), [[0.5, 0.25]])
+    np.testing.assert_array_equal(acceptance_table([0.5, 0.25]), [[0.5, 0.25]])
 
 
 @pytest.mark.parametrize("budget,max_depth,word", [(0, 2, "budget"), (1.0, 2, "budget"), (True, 2, "budget"),
@@ -290,8 +290,8 @@ def test_optimal_matches_brute_force(seed):
     for max_depth in (1, 2, 3):
         for budget in range(1, 7):
             best = _brute_force(acc, budget, max_depth)
-            values, tables = _optimal_values(_acceptance_table(acc), budget, max_depth)
-            value, paths = values[budget], _optimal_paths(tables, budget)
+            values, tables = optimal_values(acceptance_table(acc), budget, max_depth)
+            value, paths = values[budget], optimal_paths(tables, budget)
             tree = DraftTree.optimal(acc, budget, max_depth)
             assert value == pytest.approx(best, abs=1e-12)
             assert tree.expected_accepted(acc) == pytest.approx(value, abs=1e-12)
@@ -388,7 +388,7 @@ def test_optimal_values_are_the_best_per_exact_size():
     rng = np.random.default_rng(11)
     for acc in (_random_rows(rng, (3,)), _random_rows(rng, (2, 2)), [0.0, 0.7], [1.0, 0.0]):
         for max_depth in (1, 2, 3):
-            values, _ = _optimal_values(_acceptance_table(acc), 6, max_depth)
+            values, _ = optimal_values(acceptance_table(acc), 6, max_depth)
             exact = [max(_value(list(_forest_paths(f)), acc) for f in _forests(n, max_depth)) for n in range(7)]
             np.testing.assert_allclose(values, exact, rtol=0, atol=1e-12)
 

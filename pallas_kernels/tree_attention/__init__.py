@@ -17,7 +17,8 @@ import jax
 
 from pallas_kernels.tree_attention.block_sizes import BlockSizes
 from pallas_kernels.tree_attention.gpu import tree_attention_gpu
-from pallas_kernels.tree_attention.reference import tree_attention_reference, tree_attention_threaded as _xla_threaded
+from pallas_kernels.tree_attention.reference import tree_attention_reference
+from pallas_kernels.tree_attention.reference import tree_attention_threaded as _xla_threaded
 from pallas_kernels.tree_attention.tpu import tree_attention_tpu
 
 IMPLS = ("xla", "pallas_tpu", "pallas_gpu")
@@ -68,26 +69,26 @@ class AttnImpl:
         return dataclasses.replace(self, impl=resolve_impl(self.impl, self.interpret))
 
 
-def tree_attention(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *, impl="auto",
+def tree_attention(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT, *, impl="auto",
                    interpret=False, block_sizes: BlockSizes | None = None):
     """Attention of T new tokens over each row's cache prefix plus the new tokens; the implementation named by
     `impl` (see the module docstring; the contract is `reference.tree_attention_threaded`'s)."""
-    return tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT,
+    return tree_attention_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT,
                                    impl=impl, interpret=interpret, block_sizes=block_sizes)[0]
 
 
-def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
+def tree_attention_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT, *,
                             impl="auto", interpret=False, block_sizes: BlockSizes | None = None):
     """`tree_attention` that also returns the caches it read, (out, k_cache, v_cache): a caller that writes the step's
     K/V into the returned caches, not its arguments, keeps the cache in place (see reference.py)."""
     impl = resolve_impl(impl, interpret)
-    if impl == "xla" or k_cache_BKSD is None:
-        return _xla_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT,
+    if impl == "xla" or k_cache_BGShd is None:
+        return _xla_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT,
                              block_sizes=block_sizes)
     kernel = _KERNELS[impl][0]
-    out = kernel(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT,
+    out = kernel(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT,
                  block_sizes=block_sizes, interpret=interpret)
-    return out, k_cache_BKSD, v_cache_BKSD
+    return out, k_cache_BGShd, v_cache_BGShd
 
 
 __all__ = ["tree_attention", "tree_attention_threaded", "tree_attention_reference", "tree_attention_tpu",

@@ -6,13 +6,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def fold_queries(q_BTHD, num_kv_heads: int):
+def fold_queries(q_BTHhd, num_kv_heads: int):
     """[B, T, H, D] -> [B, K, M, D] with M = (H / K) * T, row m = g * T + t; ValueError unless K divides H."""
-    B, T, H, D = q_BTHD.shape
+    B, T, H, D = q_BTHhd.shape
     if H % num_kv_heads:
         raise ValueError(f"query heads {H} not a multiple of kv heads {num_kv_heads}")
     G = H // num_kv_heads
-    return q_BTHD.reshape(B, T, num_kv_heads, G, D).transpose(0, 2, 3, 1, 4).reshape(B, num_kv_heads, G * T, D)
+    return q_BTHhd.reshape(B, T, num_kv_heads, G, D).transpose(0, 2, 3, 1, 4).reshape(B, num_kv_heads, G * T, D)
 
 
 def fold_mask(mask_TT, batch: int, group: int):
@@ -22,24 +22,24 @@ def fold_mask(mask_TT, batch: int, group: int):
     return jnp.tile(mask_BTT, (1, group, 1))
 
 
-def padded_kernel_inputs(q_BTHD, k_new_BTKD, v_new_BTKD, mask_TT, rows: int, new: int):
+def padded_kernel_inputs(q_BTHhd, k_new_BTGhd, v_new_BTGhd, mask_TT, rows: int, new: int):
     """The kernels' operands: q folded to [B, K, rows, D], new K/V head-major [B, K, new, D] and the mask folded to
     int32 [B, rows, new], zero-padded from M = G * T rows and T new tokens. Padded rows see new token 0 only (a
     finite, discarded result); padded new tokens are seen by no row."""
-    B, T, H, _ = q_BTHD.shape
-    K = k_new_BTKD.shape[2]
+    B, T, H, _ = q_BTHhd.shape
+    K = k_new_BTGhd.shape[2]
     M = (H // K) * T
-    q_BKMD = jnp.pad(fold_queries(q_BTHD, K), ((0, 0), (0, 0), (0, rows - M), (0, 0)))
-    mask_BMT = jnp.pad(fold_mask(mask_TT, B, H // K), ((0, 0), (0, rows - M), (0, new - T)))
-    mask_BMT = mask_BMT.at[:, M:, 0].set(True).astype(jnp.int32)
+    q_BGQhd = jnp.pad(fold_queries(q_BTHhd, K), ((0, 0), (0, 0), (0, rows - M), (0, 0)))
+    mask_BQT = jnp.pad(fold_mask(mask_TT, B, H // K), ((0, 0), (0, rows - M), (0, new - T)))
+    mask_BQT = mask_BQT.at[:, M:, 0].set(True).astype(jnp.int32)
     pad_new = ((0, 0), (0, 0), (0, new - T), (0, 0))
-    k_new_BKTD = jnp.pad(k_new_BTKD.transpose(0, 2, 1, 3), pad_new)
-    v_new_BKTD = jnp.pad(v_new_BTKD.transpose(0, 2, 1, 3), pad_new)
-    return q_BKMD, k_new_BKTD, v_new_BKTD, mask_BMT
+    k_new_BGThd = jnp.pad(k_new_BTGhd.transpose(0, 2, 1, 3), pad_new)
+    v_new_BGThd = jnp.pad(v_new_BTGhd.transpose(0, 2, 1, 3), pad_new)
+    return q_BGQhd, k_new_BGThd, v_new_BGThd, mask_BQT
 
 
-def unfold_out(out_BKMD, num_new: int):
+def unfold_out(out_BGQhd, num_new: int):
     """[B, K, M, D] -> [B, T, H, D], the inverse of `fold_queries`."""
-    B, K, M, D = out_BKMD.shape
+    B, K, M, D = out_BGQhd.shape
     G = M // num_new
-    return out_BKMD.reshape(B, K, G, num_new, D).transpose(0, 3, 1, 2, 4).reshape(B, num_new, K * G, D)
+    return out_BGQhd.reshape(B, K, G, num_new, D).transpose(0, 3, 1, 2, 4).reshape(B, num_new, K * G, D)

@@ -81,13 +81,13 @@ def _kernel(lengths_ref, q_ref, k_ref, v_ref, k_new_ref, v_new_ref, mask_ref, ac
     l_ref[...] = l
 
 
-def tree_attention_gpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
+def tree_attention_gpu(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT, *,
                        block_sizes: BlockSizes | None = None, interpret: bool = False):
     """The Triton kernel behind `tree_attention_reference`'s signature and contract (k_cache not None).
 
     interpret=True runs it under Pallas' interpreter on any backend."""
-    B, T, H, D = q_BTHD.shape
-    K, S = k_cache_BKSD.shape[1], k_cache_BKSD.shape[2]
+    B, T, H, D = q_BTHhd.shape
+    K, S = k_cache_BGShd.shape[1], k_cache_BGShd.shape[2]
     G = H // K
     M = G * T
     bs = block_sizes or BlockSizes.default("gpu", T, D)
@@ -101,7 +101,7 @@ def tree_attention_gpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
     splits = bs.num_splits or max(1, min(pl.cdiv(S, block_kv), _TARGET_PROGRAMS // (B * K * tiles)))
     chunk = pl.cdiv(pl.cdiv(S, splits), block_kv) * block_kv            # slots per split, whole blocks
 
-    q_BKMD, k_new_BKTD, v_new_BKTD, mask_BMT = padded_kernel_inputs(q_BTHD, k_new_BTKD, v_new_BTKD, mask_TT, Mp, Tp)
+    q_BGQhd, k_new_BGThd, v_new_BGThd, mask_BQT = padded_kernel_inputs(q_BTHhd, k_new_BTGhd, v_new_BTGhd, mask_TT, Mp, Tp)
 
     row = lambda b, k, i, s: (b, k, 0, 0)
     kernel = functools.partial(_kernel, block_kv=block_kv, chunk=chunk, scale=D ** -0.5)
@@ -127,10 +127,10 @@ def tree_attention_gpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
                    jax.ShapeDtypeStruct((B, K, splits, Mp), jnp.float32)],
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
-    )(jnp.asarray(lengths_B, jnp.int32), q_BKMD, k_cache_BKSD, v_cache_BKSD, k_new_BKTD, v_new_BKTD, mask_BMT)
+    )(jnp.asarray(lengths_B, jnp.int32), q_BGQhd, k_cache_BGShd, v_cache_BGShd, k_new_BGThd, v_new_BGThd, mask_BQT)
 
     # log-sum-exp merge of the splits: split 0 always holds the new tokens, so every row's total weight is > 0
     m_max = m.max(axis=2, keepdims=True)                                 # [B, K, 1, Mp]
     w = jnp.exp(m - m_max)
-    out_BKMD = (w[..., None] * acc).sum(axis=2) / (w * l).sum(axis=2)[..., None]
-    return unfold_out(out_BKMD[:, :, :M].astype(q_BTHD.dtype), T)
+    out_BGQhd = (w[..., None] * acc).sum(axis=2) / (w * l).sum(axis=2)[..., None]
+    return unfold_out(out_BGQhd[:, :, :M].astype(q_BTHhd.dtype), T)

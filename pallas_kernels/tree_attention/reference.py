@@ -27,44 +27,44 @@ from pallas_kernels.tree_attention.folding import fold_mask, fold_queries, unfol
 NEG = -1e30  # finite "minus infinity": a fully masked block leaves the running max unchanged
 
 
-def scores(q_BKMD, k_BKSD, scale):
+def scores(q_BGQhd, k_BGShd, scale):
     """Scaled scores [B, K, M, S] in float32 (M = query heads per kv head x query tokens) of folded queries against
     a block of keys. The keys are the dot's left operand, contracted on their minor dim: XLA:CPU streams the block
     as stored."""
-    s_BKSM = lax.dot_general(k_BKSD, q_BKMD, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
-    return jnp.swapaxes(s_BKSM, 2, 3) * scale
+    s_BGSQ = lax.dot_general(k_BGShd, q_BGQhd, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
+    return jnp.swapaxes(s_BGSQ, 2, 3) * scale
 
 
-def online_update(carry, s_BKMS, v_BKSD, valid=None):
+def online_update(carry, s_BGQS, v_BGShd, valid=None):
     """Folds one block of scores into the running (max, denominator, accumulator); `valid` masks slots."""
-    m_BKM, l_BKM, acc_BKMD = carry
-    s = s_BKMS if valid is None else jnp.where(valid, s_BKMS, NEG)
-    m_new = jnp.maximum(m_BKM, s.max(axis=-1))
+    m_BGQ, l_BGQ, acc_BGQhd = carry
+    s = s_BGQS if valid is None else jnp.where(valid, s_BGQS, NEG)
+    m_new = jnp.maximum(m_BGQ, s.max(axis=-1))
     p = jnp.exp(s - m_new[..., None])
     if valid is not None:
         p = jnp.where(valid, p, 0.0)
-    alpha = jnp.exp(m_BKM - m_new)
-    l_new = alpha * l_BKM + p.sum(axis=-1)
-    pv = jnp.einsum("bkms,bksd->bkmd", p.astype(v_BKSD.dtype), v_BKSD, preferred_element_type=jnp.float32)
-    return m_new, l_new, alpha[..., None] * acc_BKMD + pv
+    alpha = jnp.exp(m_BGQ - m_new)
+    l_new = alpha * l_BGQ + p.sum(axis=-1)
+    pv = jnp.einsum("bkms,bksd->bkmd", p.astype(v_BGShd.dtype), v_BGShd, preferred_element_type=jnp.float32)
+    return m_new, l_new, alpha[..., None] * acc_BGQhd + pv
 
 
-def tree_attention_reference(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
+def tree_attention_reference(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT, *,
                              block_sizes: BlockSizes | None = None, interpret=False):
     """Attention of T new tokens over each row's cache prefix plus the new tokens: `tree_attention_threaded`'s
     output without the caches. The kernels' signature; `interpret` is accepted for that and must be False."""
     if interpret:
         raise ValueError("the jnp reference has nothing to interpret: interpret must be False")
-    return tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT,
+    return tree_attention_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT,
                                    block_sizes=block_sizes)[0]
 
 
-def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
+def tree_attention_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT, *,
                             block_sizes: BlockSizes | None = None):
     """Attention of T new tokens over each row's cache prefix plus the new tokens; returns (out, k_cache, v_cache).
 
-    q_BTHD: [B, T, H, D] queries (RoPE applied). k_new_BTKD / v_new_BTKD: [B, T, K, D] the new tokens' keys and
-    values (K = kv heads, H % K == 0: grouped-query attention). k_cache_BKSD / v_cache_BKSD: [B, K, S, D] (head-major:
+    q_BTHhd: [B, T, H, D] queries (RoPE applied). k_new_BTGhd / v_new_BTGhd: [B, T, K, D] the new tokens' keys and
+    values (K = kv heads, H % K == 0: grouped-query attention). k_cache_BGShd / v_cache_BGShd: [B, K, S, D] (head-major:
     each head's slots are contiguous, so the score and value products need no transposes) or None (no prefix, e.g. a
     cache-free full forward). lengths_B: int32 [B] committed prefix length per row.
     mask_TT: bool [T, T] or [B, T, T], mask[t, j] = query t sees new token j (must include j == t).
@@ -72,19 +72,19 @@ def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cach
     Returns (out [B, T, H, D] in q's dtype, softmax in float32; k_cache, v_cache: the caches' values as the block
     loops carried them, unchanged, to be written next instead of the arguments).
     """
-    B, T, H, D = q_BTHD.shape
-    K = k_new_BTKD.shape[2]
+    B, T, H, D = q_BTHhd.shape
+    K = k_new_BTGhd.shape[2]
     G = H // K
     M = G * T
     scale = D ** -0.5
     block_sizes = block_sizes or BlockSizes.default("cpu", T, D)
-    q_BKMD = fold_queries(q_BTHD, K)  # [B, K, M, D], m = g * T + t
+    q_BGQhd = fold_queries(q_BTHhd, K)  # [B, K, M, D], m = g * T + t
 
     carry = (jnp.full((B, K, M), NEG, jnp.float32), jnp.zeros((B, K, M), jnp.float32),
              jnp.zeros((B, K, M, D), jnp.float32))
 
-    if k_cache_BKSD is not None:
-        S = k_cache_BKSD.shape[2]
+    if k_cache_BGShd is not None:
+        S = k_cache_BGShd.shape[2]
         bs, es = min(block_sizes.block_kv, S), min(block_sizes.edge_block_kv, S)
         shortest, longest = jnp.min(lengths_B), jnp.max(lengths_B)
 
@@ -98,12 +98,12 @@ def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cach
                 kb = lax.dynamic_slice_in_dim(k_cache, start_c, size, axis=2)  # [B, K, size, D]
                 vb = lax.dynamic_slice_in_dim(v_cache, start_c, size, axis=2)
                 if not masked:
-                    state = online_update(state, scores(q_BKMD, kb, scale), vb)
+                    state = online_update(state, scores(q_BGQhd, kb, scale), vb)
                 else:
                     slots = start_c + jnp.arange(size)
                     valid_BS = (slots[None, :] >= start) & (slots[None, :] < lengths_B[:, None])
                     vb = jnp.where(valid_BS[:, None, :, None], vb, 0)  # 0 * NaN would poison the sum
-                    state = online_update(state, scores(q_BKMD, kb, scale), vb, valid_BS[:, None, None, :])
+                    state = online_update(state, scores(q_BGQhd, kb, scale), vb, valid_BS[:, None, None, :])
                 # the barrier keeps the caches real loop carries (JAX would hoist an unchanged carry into a
                 # closed-over constant, and XLA copies those before the in-place write that follows)
                 return lax.optimization_barrier((state, k_cache, v_cache))
@@ -113,14 +113,14 @@ def tree_attention_threaded(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cach
         big = shortest // bs
         small = (shortest - big * bs) // es
         edge_from = big * bs + small * es
-        carry = (carry, k_cache_BKSD, v_cache_BKSD)
+        carry = (carry, k_cache_BGShd, v_cache_BGShd)
         carry = blocks(carry, 0, big, bs, masked=False)
         carry = blocks(carry, big * bs, small, es, masked=False)
-        carry, k_cache_BKSD, v_cache_BKSD = blocks(carry, edge_from, (longest - edge_from + es - 1) // es, es,
+        carry, k_cache_BGShd, v_cache_BGShd = blocks(carry, edge_from, (longest - edge_from + es - 1) // es, es,
                                                    masked=True)
 
-    mask_B1MT = fold_mask(mask_TT, B, G)[:, None]
-    k_new_BKTD, v_new_BKTD = k_new_BTKD.transpose(0, 2, 1, 3), v_new_BTKD.transpose(0, 2, 1, 3)
-    m, l, acc = online_update(carry, scores(q_BKMD, k_new_BKTD, scale), v_new_BKTD, mask_B1MT)
-    out = unfold_out(acc / l[..., None], T).astype(q_BTHD.dtype)
-    return out, k_cache_BKSD, v_cache_BKSD
+    mask_B1QT = fold_mask(mask_TT, B, G)[:, None]
+    k_new_BGThd, v_new_BGThd = k_new_BTGhd.transpose(0, 2, 1, 3), v_new_BTGhd.transpose(0, 2, 1, 3)
+    m, l, acc = online_update(carry, scores(q_BGQhd, k_new_BGThd, scale), v_new_BGThd, mask_B1QT)
+    out = unfold_out(acc / l[..., None], T).astype(q_BTHhd.dtype)
+    return out, k_cache_BGShd, v_cache_BGShd

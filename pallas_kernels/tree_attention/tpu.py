@@ -82,28 +82,28 @@ def _kernel(lengths_ref, q_ref, k_ref, v_ref, k_new_ref, v_new_ref, mask_ref, o_
         o_ref[...] = (acc_sc[...] / l_sc[...][:, :1]).astype(o_ref.dtype)
 
 
-def tree_attention_tpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKSD, lengths_B, mask_TT, *,
+def tree_attention_tpu(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache_BGShd, lengths_B, mask_TT, *,
                        block_sizes: BlockSizes | None = None, interpret=False):
     """The Mosaic TPU kernel behind `tree_attention_reference`'s signature and contract (k_cache not None).
 
     interpret: False (compile for the TPU), True (Pallas' TPU interpreter on any backend, out-of-bounds reads
     raise) or a `pltpu.InterpretParams` (e.g. with detect_races=True).
     """
-    B, T, H, D = q_BTHD.shape
-    K, S = k_cache_BKSD.shape[1], k_cache_BKSD.shape[2]
+    B, T, H, D = q_BTHhd.shape
+    K, S = k_cache_BGShd.shape[1], k_cache_BGShd.shape[2]
     G = H // K
     M = G * T
     bs = block_sizes or BlockSizes.default("tpu", T, D)
-    sublanes = 8 * max(1, 4 // jnp.dtype(q_BTHD.dtype).itemsize)
+    sublanes = 8 * max(1, 4 // jnp.dtype(q_BTHhd.dtype).itemsize)
     block_q = min(bs.block_q, _round_up(M, sublanes))
     Mp = _round_up(M, block_q)
     block_kv = min(bs.block_kv, S)
-    check_tpu_block("q", (block_q, D), (Mp, D), q_BTHD.dtype)
-    check_tpu_block("k_cache", (block_kv, D), (S, D), k_cache_BKSD.dtype)
+    check_tpu_block("q", (block_q, D), (Mp, D), q_BTHhd.dtype)
+    check_tpu_block("k_cache", (block_kv, D), (S, D), k_cache_BGShd.dtype)
     num_blocks = pl.cdiv(S, block_kv)
 
     Tp = _round_up(T, _LANES)  # the new tokens' scores [block_q, Tp] fill whole lanes; padded tokens are seen by none
-    q_BKMD, k_new_BKTD, v_new_BKTD, mask_BMT = padded_kernel_inputs(q_BTHD, k_new_BTKD, v_new_BTKD, mask_TT, Mp, Tp)
+    q_BGQhd, k_new_BGThd, v_new_BGThd, mask_BQT = padded_kernel_inputs(q_BTHhd, k_new_BTGhd, v_new_BTGhd, mask_TT, Mp, Tp)
 
     def cache_index(b, k, i, j, lengths_ref):
         return b, k, fetched_block(j, lengths_ref[b], block_kv), 0
@@ -126,11 +126,11 @@ def tree_attention_tpu(q_BTHD, k_new_BTKD, v_new_BTKD, k_cache_BKSD, v_cache_BKS
     if interpret is True:
         interpret = pltpu.InterpretParams(out_of_bounds_reads="raise")
     kernel = functools.partial(_kernel, block_kv=block_kv, num_blocks=num_blocks, scale=D ** -0.5)
-    out_BKMD = pl.pallas_call(
+    out_BGQhd = pl.pallas_call(
         kernel,
         grid_spec=grid_spec,
-        out_shape=jax.ShapeDtypeStruct((B, K, Mp, D), q_BTHD.dtype),
+        out_shape=jax.ShapeDtypeStruct((B, K, Mp, D), q_BTHhd.dtype),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
         interpret=interpret,
-    )(jnp.asarray(lengths_B, jnp.int32), q_BKMD, k_cache_BKSD, v_cache_BKSD, k_new_BKTD, v_new_BKTD, mask_BMT)
-    return unfold_out(out_BKMD[:, :, :M], T)
+    )(jnp.asarray(lengths_B, jnp.int32), q_BGQhd, k_cache_BGShd, v_cache_BGShd, k_new_BGThd, v_new_BGThd, mask_BQT)
+    return unfold_out(out_BGQhd[:, :, :M], T)

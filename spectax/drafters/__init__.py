@@ -2,8 +2,8 @@
 
 from spectax.drafters.base import NoDraft
 from spectax.drafters.block import Block
-from spectax.drafters.cos import CoS
 from spectax.drafters.combined import Combined
+from spectax.drafters.cos import CoS
 from spectax.drafters.draft_model import DraftModel
 from spectax.drafters.heads import Heads
 from spectax.drafters.ngram import NGram

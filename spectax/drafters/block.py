@@ -40,8 +40,8 @@ from spectax.drafters.stored import load_drafter_parts, save_drafter
 from spectax.models.config import ModelConfig
 from spectax.models.llama import LlamaBlock
 from spectax.models.model import param_axes
-from spectax.sharding import Axes, axes
 from spectax.models.rope import apply_rope, inv_frequencies
+from spectax.sharding import Axes, axes
 from spectax.tree import DraftTree
 
 MANIFEST = "block.json"
@@ -127,18 +127,18 @@ def rms_norm(x, scale, eps):
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
 
 
-def fused_context(config: BlockConfig, params: dict, features_BTLD) -> jax.Array:
+def fused_context(config: BlockConfig, params: dict, features_BTLpE) -> jax.Array:
     """float32 [B, T, D]: c_t = RMSNorm([n(h_t^(l1)), ..., n(h_t^(lm))] W_fuse) from features [B, T, m, D], n an
     RMS normalisation per layer (the target's residual streams differ in scale by 10-100x between layers)."""
-    if features_BTLD is None:
+    if features_BTLpE is None:
         raise ValueError("the target's forward returned no layer features: a drafter that wraps a Block must forward "
                          "its target_layers")
-    B, T, m, D = features_BTLD.shape
-    normed = rms_norm(features_BTLD, 1.0, config.layer.norm_eps)
+    B, T, m, D = features_BTLpE.shape
+    normed = rms_norm(features_BTLpE, 1.0, config.layer.norm_eps)
     return rms_norm(normed.reshape(B, T, m * D) @ params["fuse"], params["fuse_norm"], config.layer.norm_eps)
 
 
-def context_kv(config: BlockConfig, params: dict, ctx_BTD, positions_BT) -> tuple:
+def context_kv(config: BlockConfig, params: dict, ctx_BTE, positions_BT) -> tuple:
     """Per draft layer (k [B, T, K, hd], v): the context entries of T committed tokens from their fused context
     (float32 [B, T, D], `fused_context`) at `positions_BT` (see the module docstring)."""
     c = config.layer
@@ -146,7 +146,7 @@ def context_kv(config: BlockConfig, params: dict, ctx_BTD, positions_BT) -> tupl
     out = []
     for i in range(c.num_layers):
         layer = params[f"layers_{i}"]
-        h = rms_norm(ctx_BTD, layer["attn_norm"]["scale"], c.norm_eps)
+        h = rms_norm(ctx_BTE, layer["attn_norm"]["scale"], c.norm_eps)
         kv_BTK2H = jnp.einsum("btd,dkjh->btkjh", h, layer["attn"]["qkv"]["kernel"][:, :, G:])   # its K and V only
         out.append((apply_rope(kv_BTK2H[:, :, :, 0], positions_BT, inv_frequencies(c)), kv_BTK2H[:, :, :, 1]))
     return tuple(out)
@@ -160,20 +160,20 @@ def block_inputs(params: dict, root_xD, last_ctx_xD) -> jax.Array:
     return jnp.concatenate([x, x + params["mask"]], axis=-2)
 
 
-def block_logits(config: BlockConfig, params: dict, embed_VD, table_VpD, root_B, last_ctx_BD, context, lengths_B,
+def block_logits(config: BlockConfig, params: dict, embed_VE, table_VpE, root_B, last_ctx_BE, context, lengths_B,
                  attn_impl: AttnImpl = AttnImpl()) -> jax.Array:
     """float32 [B, k, V']: the one draft forward. The block [root, mask x k] at positions lengths .. lengths + k
     attends to the context (per layer (k [B, K, S, hd], v), slots < lengths_B) and bidirectionally within itself;
-    last_ctx_BD: the fused context of each row's newest committed token (slot lengths - 1)."""
+    last_ctx_BE: the fused context of each row's newest committed token (slot lengths - 1)."""
     c, k = config.layer, config.block_size
-    x = block_inputs(params, embed_VD[root_B], last_ctx_BD)                                    # [B, 1 + k, D]
+    x = block_inputs(params, embed_VE[root_B], last_ctx_BE)                                    # [B, 1 + k, D]
     positions = lengths_B[:, None] + jnp.arange(1 + k, dtype=jnp.int32)[None]
     within = jnp.ones((1 + k, 1 + k), bool)
     for i in range(c.num_layers):
         x, _ = layer_module(config, attn_impl).apply({"params": params[f"layers_{i}"]}, x, positions, context[i],
                                                      lengths_B, within)
     h = rms_norm(x[:, 1:], params["final_norm"], c.norm_eps)
-    return jnp.einsum("bkd,vd->bkv", h, table_VpD.astype(jnp.float32))
+    return jnp.einsum("bkd,vd->bkv", h, table_VpE.astype(jnp.float32))
 
 
 def input_embedding(model) -> jax.Array:
@@ -215,7 +215,7 @@ class Block:
 
     @property
     def target_layers(self) -> tuple[int, ...]:
-        """The target layers whose outputs the loop hands over in TargetOut.features_BTLE."""
+        """The target layers whose outputs the loop hands over in TargetOut.features_BTLpE."""
         return self.config.target_layers
 
     # ------------------------------------------------------------------------------------------- drafter contract
@@ -235,10 +235,10 @@ class Block:
             raise ValueError(f"block weights do not match their config {self.config}")
 
     def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> BlockState:
-        """The context of every prompt token, from the prefill's features (out.features_BTLE: [B, P, m, D])."""
+        """The context of every prompt token, from the prefill's features (out.features_BTLpE: [B, P, m, D])."""
         B, P = prompt_BP.shape
         cache = KVCache.create(self.config.layer, B, cache_size, jnp.float32)
-        ctx = fused_context(self.config, self.params, out.features_BTLE)                          # [B, P, D]
+        ctx = fused_context(self.config, self.params, out.features_BTLpE)                          # [B, P, D]
         context = context_kv(self.config, self.params, ctx, jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P)))
         zero = jnp.zeros((B,), jnp.int32)
         cache = cache.with_layers(tuple((write_block(kc, k, zero), write_block(vc, v, zero))
@@ -259,7 +259,7 @@ class Block:
         s0 = state.cache.lengths
         B = s0.shape[0]
         steps_BC = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), jnp.maximum(verdict.path_BD, 0)], axis=1)
-        features = jnp.take_along_axis(out.features_BTLE, steps_BC[:, :, None, None], axis=1)     # [B, 1 + D, m, D]
+        features = jnp.take_along_axis(out.features_BTLpE, steps_BC[:, :, None, None], axis=1)     # [B, 1 + D, m, D]
         ctx = fused_context(self.config, self.params, features)
         positions = s0[:, None] + jnp.arange(steps_BC.shape[1], dtype=jnp.int32)[None]
         context = context_kv(self.config, self.params, ctx, positions)

@@ -16,10 +16,9 @@ drawn from a member's own distribution would not be lossless (tests/test_cos.py 
 
 from __future__ import annotations
 
-from flax import struct
-
 import jax
 import numpy as np
+from flax import struct
 
 from spectax.drafters.draft_model import DraftModel, DraftModelState
 from spectax.models.ensemble import Ensemble, num_params

@@ -9,12 +9,13 @@ from flax import struct
 from jax import lax
 
 from spectax.cache import KVCache, commit_path
-from spectax.step_types import Draft
 from spectax.models import Model
 from spectax.models.vocab import check_vocab_match, to_vocab
-from spectax.sharding import axes
 from spectax.sampling import fold_rows, gumbel_rows, top_k, warp
+from spectax.sharding import axes
+from spectax.step_types import Draft
 from spectax.tree import DraftTree
+
 
 @struct.dataclass
 class DraftModelState:
@@ -69,7 +70,7 @@ class DraftModel:
         mask_WW[1:, 1:] = tree.step_mask
         positions_BW = s0[:, None] + jnp.asarray(np.concatenate([[0], 1 + tree.step_depth]), jnp.int32)[None]
         parent_steps = np.unique(tree.parent + 1)                     # step positions with children
-        at_BP = jnp.broadcast_to(jnp.asarray(parent_steps + 1, jnp.int32), (B, parent_steps.size))
+        at_BI = jnp.broadcast_to(jnp.asarray(parent_steps + 1, jnp.int32), (B, parent_steps.size))
         from_parent_N = np.searchsorted(parent_steps, tree.parent + 1)
         rank_N, depth_N = jnp.asarray(tree.child_rank), jnp.asarray(tree.depth)
         sampled = not spec.sampler.greedy
@@ -78,7 +79,7 @@ class DraftModel:
             tokens_BN, q_BNV, kv = carry
             window = jnp.concatenate([state.x0[:, None], root_B[:, None], tokens_BN], axis=1)
             out = self.model.forward(jnp.minimum(window, config.vocab_size - 1), positions_BW, kv, s0,
-                                     jnp.asarray(mask_WW), spec.attn_impl, logits_at_BK=at_BP)
+                                     jnp.asarray(mask_WW), spec.attn_impl, logits_at_BI=at_BI)
             logits, kv = to_vocab(out.logits_BTV, V), out.kv                             # [B, P, V] at each parent
             if sampled:
                 logq = jax.nn.log_softmax(warp(logits, spec.sampler, sampling), axis=-1)

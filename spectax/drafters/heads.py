@@ -87,27 +87,27 @@ def init_params(config: HeadsConfig, seed: int = 0, scale: float = 0.0) -> dict:
     return params
 
 
-def head_states(config: HeadsConfig, params: dict, x_BD: jax.Array) -> jax.Array:
+def head_states(config: HeadsConfig, params: dict, x_BE: jax.Array) -> jax.Array:
     """[B, H, D]: every head's hidden state h_i from the target hidden state x (one pass, see module docstring)."""
-    x = x_BD.astype(jnp.float32)
+    x = x_BE.astype(jnp.float32)
     if config.kind == "blockwise":
         inner = jax.nn.relu(jnp.einsum("bd,hde->bhe", x, params["w1"]) + params["b1"])
         return x[:, None] + jnp.einsum("bhe,hed->bhd", inner, params["w2"])
     if config.kind == "medusa":
         return x[:, None] + jax.nn.silu(jnp.einsum("bd,hde->bhe", x, params["w1"]) + params["b1"])
-    pre_BHD = jnp.einsum("bd,hde->bhe", x, params["w1"]) + params["b1"]
+    pre_BDE = jnp.einsum("bd,hde->bhe", x, params["w1"]) + params["b1"]
 
-    def one(prev_BD, i):
-        h = x + jax.nn.silu(pre_BHD[:, i] + prev_BD @ params["w2"][i])
+    def one(prev_BE, i):
+        h = x + jax.nn.silu(pre_BDE[:, i] + prev_BE @ params["w2"][i])
         return h, h
 
     _, hs = lax.scan(one, jnp.zeros_like(x), jnp.arange(config.num_heads))
     return jnp.moveaxis(hs, 0, 1)
 
 
-def head_logits(config: HeadsConfig, params: dict, table_VpD: jax.Array, x_BD: jax.Array) -> jax.Array:
-    """float32 [B, H, V']: every head's logits over the draft vocabulary (table_VpD: the head rows E')."""
-    return jnp.einsum("bhd,vd->bhv", head_states(config, params, x_BD), table_VpD.astype(jnp.float32))
+def head_logits(config: HeadsConfig, params: dict, table_VpE: jax.Array, x_BE: jax.Array) -> jax.Array:
+    """float32 [B, H, V']: every head's logits over the draft vocabulary (table_VpE: the head rows E')."""
+    return jnp.einsum("bhd,vd->bhv", head_states(config, params, x_BE), table_VpE.astype(jnp.float32))
 
 
 def entropy(logits_xV: jax.Array) -> jax.Array:
@@ -119,7 +119,7 @@ def entropy(logits_xV: jax.Array) -> jax.Array:
 @struct.dataclass
 class HeadsState:
     table_VpE: jax.Array = axes("vocab", "embed")            # [V', E] the target's head rows at the draft vocabulary
-    logits_BHV: jax.Array = axes("batch", None, "vocab")     # float32 [B, H, V'] the heads' logits, next proposal
+    logits_BDV: jax.Array = axes("batch", None, "vocab")     # float32 [B, H, V'] the heads' logits, next proposal
     live_B: jax.Array | None = axes("batch")                 # bool [B] rows that speculate next step (the Cerberus
                                                              # gate); None: ungated
 
@@ -173,12 +173,12 @@ class Heads:
         """The first proposal, from the hidden state of each row's last prompt token (out: the prefill's
         TargetOut, T = 1)."""
         table = head_table(target)[self.vocab_ids]
-        return self._next(HeadsState(table_VpE=table, logits_BHV=None, live_B=None), out.logits_BTV[:, 0],
+        return self._next(HeadsState(table_VpE=table, logits_BDV=None, live_B=None), out.logits_BTV[:, 0],
                           out.hidden_BTE[:, 0], jnp.ones(prompt_BP.shape[:1], bool))
 
     def propose(self, state: HeadsState, history, keys_B, spec, sampling):
         """Fills node (depth d, rank r) with head d - 1's r-th candidate (per_depth); no target or head work here."""
-        return propose_per_depth(state.logits_BHV, self.vocab_ids, self.tree, keys_B, spec, sampling,
+        return propose_per_depth(state.logits_BDV, self.vocab_ids, self.tree, keys_B, spec, sampling,
                                  self._depths(state)), state
 
     def _depths(self, state: HeadsState):
@@ -195,9 +195,9 @@ class Heads:
     def _next(self, state: HeadsState, logits_BV, hidden_BE, active_B) -> HeadsState:
         logits = head_logits(self.config, self.params, state.table_VpE, hidden_BE)
         live = None if self.config.gate is None else entropy(logits_BV) <= self.config.gate
-        if state.logits_BHV is not None:
-            logits = jnp.where(active_B[:, None, None], logits, state.logits_BHV)
-        return state.replace(logits_BHV=logits, live_B=live)
+        if state.logits_BDV is not None:
+            logits = jnp.where(active_B[:, None, None], logits, state.logits_BDV)
+        return state.replace(logits_BDV=logits, live_B=live)
 
     # ------------------------------------------------------------------------------------------------ save / load
 

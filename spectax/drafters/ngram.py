@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
+from spectax.checks import is_int
 from spectax.step_types import Draft
 from spectax.tree import DraftTree
-from spectax.checks import is_int
-
 
 
 @struct.dataclass
@@ -80,7 +78,7 @@ class NGram:
 
     def propose(self, state: tuple, history, keys_B, spec, sampling):
         """Matches the end of each row's history (the root included) and fills the tree from the candidates' trie."""
-        cand_BMD, found_BM, n_best_B = self._candidates(history.tokens_BH, history.length_B)
+        cand_BMD, found_BM, n_best_B = self._candidates(history.tokens_BW, history.length_B)
         tokens_BN = self._fill(cand_BMD, found_BM)
         if self.depth_by_n is None:
             depth_B = jnp.where(n_best_B > 0, self.tree.max_depth, 0)
@@ -96,38 +94,38 @@ class NGram:
 
     # ------------------------------------------------------------------------------------------------- matching
 
-    def _candidates(self, history_BH, L_B):
+    def _candidates(self, history_BW, L_B):
         """The ranked candidates: (int32 [B, M, D] continuations, bool [B, M] found, int32 [B] longest match n or 0).
 
         M = (max_n - min_n + 1) * occurrences, ordered by n (longest first), then recency."""
-        B, H = history_BH.shape
+        B, H = history_BW.shape
         D, K = self.tree.max_depth, self.occurrences
-        t_H = jnp.arange(H)
-        padded = jnp.concatenate([jnp.full((B, self.max_n), -1, jnp.int32), history_BH], axis=1)
-        match_BH = (t_H[None, :] <= L_B[:, None] - 2)                    # an earlier end, with a token after it
+        t_W = jnp.arange(H)
+        padded = jnp.concatenate([jnp.full((B, self.max_n), -1, jnp.int32), history_BW], axis=1)
+        match_BW = (t_W[None, :] <= L_B[:, None] - 2)                    # an earlier end, with a token after it
         ends, found, n_found = [], [], []
         for m in range(self.max_n):                                      # suffix token m back from the root
-            suffix_B = jnp.take_along_axis(history_BH, jnp.maximum(L_B - 1 - m, 0)[:, None], axis=1)
-            shifted_BH = padded[:, self.max_n - m:self.max_n - m + H]    # history[t - m], -1 before the start
-            match_BH = match_BH & (shifted_BH == suffix_B) & (L_B[:, None] > m)
+            suffix_B = jnp.take_along_axis(history_BW, jnp.maximum(L_B - 1 - m, 0)[:, None], axis=1)
+            shifted_BW = padded[:, self.max_n - m:self.max_n - m + H]    # history[t - m], -1 before the start
+            match_BW = match_BW & (shifted_BW == suffix_B) & (L_B[:, None] > m)
             n = m + 1
             if n >= self.min_n:
-                score_BH = jnp.where(match_BH, t_H[None, :], -1)
+                score_BW = jnp.where(match_BW, t_W[None, :], -1)
                 latest = []                                              # the K latest ends of an n-token match
                 for _ in range(K):                                       # (K max-reductions: far cheaper than a
-                    latest.append(jnp.max(score_BH, axis=1))             # top_k over H on CPU)
-                    score_BH = jnp.where(score_BH >= latest[-1][:, None], -1, score_BH)
-                latest_BK = jnp.stack(latest, axis=1)
-                ends.append(latest_BK)
-                found.append(latest_BK >= 0)
-                n_found.append(jnp.where(latest_BK[:, 0] >= 0, n, 0))
+                    latest.append(jnp.max(score_BW, axis=1))             # top_k over H on CPU)
+                    score_BW = jnp.where(score_BW >= latest[-1][:, None], -1, score_BW)
+                latest_BM = jnp.stack(latest, axis=1)
+                ends.append(latest_BM)
+                found.append(latest_BM >= 0)
+                n_found.append(jnp.where(latest_BM[:, 0] >= 0, n, 0))
         end_BM = jnp.concatenate(ends[::-1], axis=1)                     # longest n first
         found_BM = jnp.concatenate(found[::-1], axis=1)
         n_best_B = jnp.max(jnp.stack(n_found, axis=1), axis=1)
         period_BM = jnp.maximum(L_B[:, None] - 1 - end_BM, 1)           # the copy repeats with this period
         i_D = jnp.arange(D)
         src_BMD = end_BM[..., None] + 1 + i_D[None, None, :] % period_BM[..., None]
-        cand_BMD = jnp.take_along_axis(history_BH[:, None, :], jnp.clip(src_BMD, 0, H - 1), axis=2)
+        cand_BMD = jnp.take_along_axis(history_BW[:, None, :], jnp.clip(src_BMD, 0, H - 1), axis=2)
         return cand_BMD, found_BM, n_best_B
 
     def _fill(self, cand_BMD, found_BM) -> jax.Array:

@@ -7,14 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectax.step_types import Draft
 from spectax.sampling import gumbel_rows, top_k, warp
+from spectax.step_types import Draft
 from spectax.tree import DraftTree
 
 
-def propose_per_depth(logits_BHV: jax.Array, vocab_ids: jax.Array, tree: DraftTree, keys_B, spec, sampling,
+def propose_per_depth(logits_BDV: jax.Array, vocab_ids: jax.Array, tree: DraftTree, keys_B, spec, sampling,
                       depth_B: jax.Array | None = None) -> Draft:
-    """Fills the tree from logits_BHV (float32 [B, H, V']: depth h + 1's logits over the draft vocabulary vocab_ids,
+    """Fills the tree from logits_BDV (float32 [B, H, V']: depth h + 1's logits over the draft vocabulary vocab_ids,
     int32 [V'] target ids; H >= tree.max_depth).
 
     Greedy: node (d, r) gets depth d's r-th best token. Sampling: depth d's K = max children draws without
@@ -26,14 +26,14 @@ def propose_per_depth(logits_BHV: jax.Array, vocab_ids: jax.Array, tree: DraftTr
     K = tree.max_children
     depth_N, rank_N = jnp.asarray(tree.depth - 1), jnp.asarray(tree.child_rank)
     if spec.sampler.greedy:
-        _, top_BHK = top_k(logits_BHV, K, spec.vocab_shards)
-        return Draft(tokens_BN=vocab_ids[top_BHK[:, depth_N, rank_N]], depth_B=depth_B)
-    logq_BHV = jax.nn.log_softmax(warp(logits_BHV, spec.sampler, sampling), axis=-1)
-    noisy_BHV = logq_BHV + gumbel_rows(keys_B, logq_BHV.shape[1:])
-    _, top_BHK = top_k(noisy_BHV, K, spec.vocab_shards)                              # draws without replacement
-    B, H = logits_BHV.shape[:2]
-    q_BHV = jnp.zeros((B, H, spec.vocab_size), jnp.float32).at[:, :, vocab_ids].set(jnp.exp(logq_BHV))
-    return Draft(tokens_BN=vocab_ids[top_BHK[:, depth_N, rank_N]], q_BNV=q_BHV[:, depth_N], without_replacement=True,
+        _, top_BDR = top_k(logits_BDV, K, spec.vocab_shards)
+        return Draft(tokens_BN=vocab_ids[top_BDR[:, depth_N, rank_N]], depth_B=depth_B)
+    logq_BDV = jax.nn.log_softmax(warp(logits_BDV, spec.sampler, sampling), axis=-1)
+    noisy_BDV = logq_BDV + gumbel_rows(keys_B, logq_BDV.shape[1:])
+    _, top_BDR = top_k(noisy_BDV, K, spec.vocab_shards)                              # draws without replacement
+    B, H = logits_BDV.shape[:2]
+    q_BDV = jnp.zeros((B, H, spec.vocab_size), jnp.float32).at[:, :, vocab_ids].set(jnp.exp(logq_BDV))
+    return Draft(tokens_BN=vocab_ids[top_BDR[:, depth_N, rank_N]], q_BNV=q_BDV[:, depth_N], without_replacement=True,
                  depth_B=depth_B)
 
 

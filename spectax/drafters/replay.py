@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from spectax.step_types import Draft
 from spectax.sampling import split_rows, uniform_rows
 from spectax.sharding import axes
+from spectax.step_types import Draft
 from spectax.tree import DraftTree
 
 
@@ -24,10 +24,10 @@ class ReplayState:
 
 @struct.dataclass
 class Replay:
-    """reference_BR: int32 [B, R] each row's expected new tokens (reference[:, 0] is the prefill's token).
+    """reference_BO: int32 [B, R] each row's expected new tokens (reference[:, 0] is the prefill's token).
     corrupt: float32 [] probability that a draft token is replaced by a different, random one."""
 
-    reference_BR: jax.Array = axes("batch", None)
+    reference_BO: jax.Array = axes("batch", None)
     corrupt: jax.Array = axes()
     tree: DraftTree = struct.field(pytree_node=False, default=DraftTree.chain(4))
     target_layers = ()
@@ -42,14 +42,14 @@ class Replay:
         if ref.min() < 0 or ref.max() > np.iinfo(np.int32).max:
             raise ValueError(f"reference token ids must be int32 ids >= 0, got [{ref.min()}, {ref.max()}]")
         _check_corrupt(corrupt)
-        return cls(reference_BR=jnp.asarray(ref, jnp.int32), corrupt=jnp.float32(corrupt), tree=tree)
+        return cls(reference_BO=jnp.asarray(ref, jnp.int32), corrupt=jnp.float32(corrupt), tree=tree)
 
     def check(self, target, batch: int | None = None) -> None:
         """ValueError unless the tree is a chain, the reference ids are in the target's vocabulary and the reference
         has one row per batch row (when `batch` is known)."""
         if not self.tree.is_chain:
             raise ValueError(f"Replay drafts chains only, got {self.tree!r}")
-        ref = np.asarray(self.reference_BR)
+        ref = np.asarray(self.reference_BO)
         if ((ref < 0) | (ref >= target.config.vocab_size)).any():
             raise ValueError(f"reference token ids must be in [0, {target.config.vocab_size})")
         if batch is not None and ref.shape[0] != batch:
@@ -63,8 +63,8 @@ class Replay:
         pos_B = state.pos_B
         N, V = self.tree.num_nodes, spec.vocab_size
         keys_B2 = split_rows(keys_B, 2)
-        idx = jnp.minimum(pos_B[:, None] + jnp.arange(N)[None, :], self.reference_BR.shape[1] - 1)
-        tokens = jnp.take_along_axis(self.reference_BR, idx, axis=1)
+        idx = jnp.minimum(pos_B[:, None] + jnp.arange(N)[None, :], self.reference_BO.shape[1] - 1)
+        tokens = jnp.take_along_axis(self.reference_BO, idx, axis=1)
         wrong = (tokens + jax.vmap(lambda k: jax.random.randint(k, (N,), 1, V))(keys_B2[:, 1])) % V
         bad = uniform_rows(keys_B2[:, 0], (N,)) < self.corrupt
         return Draft(tokens_BN=jnp.where(bad, wrong, tokens)), state

@@ -90,7 +90,7 @@ def _config_from_metadata(reader, path: str, tensors: dict) -> ModelConfig:
                          "Llama-3.1-style rope scaling), which the GGUF loader does not support")
     if "token_embd.weight" not in tensors:
         raise ValueError(f"GGUF file {path} lacks the tensor 'token_embd.weight'")
-    vocab = int(tensors["token_embd.weight"].shape[1])  # GGUF dims [D, V]
+    vocab = int(tensors["token_embd.weight"].shape[1])  # GGUF dims [E, V]
     meta_vocab = _field_value(reader, p + "vocab_size")
     if meta_vocab is not None and int(meta_vocab) != vocab:
         raise ValueError(f"GGUF file {path}: {p}vocab_size={meta_vocab} but token_embd.weight has {vocab} rows")
@@ -179,7 +179,7 @@ def load_gguf(path, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
     reader, path = reader_and_name(path)
     tensors = {t.name: t for t in reader.tensors}
     cfg = _config_from_metadata(reader, path, tensors)
-    D, H, Hkv, hd, F, V = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+    E, H, G, hd, F, V = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                            cfg.intermediate_size, cfg.vocab_size)
 
     def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -196,33 +196,33 @@ def load_gguf(path, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
         return np.ascontiguousarray(w.T).astype(dtype, copy=False)
 
     params: dict[str, Any] = {
-        "embed": {"embedding": get("token_embd.weight", (V, D)).astype(dtype, copy=False)},  # [V, D]
-        "final_norm": {"scale": get("output_norm.weight", (D,)).astype(dtype, copy=False)},  # [D]
+        "embed": {"embedding": get("token_embd.weight", (V, E)).astype(dtype, copy=False)},  # [V, E]
+        "final_norm": {"scale": get("output_norm.weight", (E,)).astype(dtype, copy=False)},  # [E]
     }
     if not cfg.tie_embeddings:
-        params["lm_head"] = {"kernel": kernel(get("output.weight", (V, D)))}  # [D, V]
+        params["lm_head"] = {"kernel": kernel(get("output.weight", (V, E)))}  # [E, V]
     for i in range(cfg.num_layers):
         b = f"blk.{i}."
-        q = unpermute_qk(get(b + "attn_q.weight", (H * hd, D)), H)  # [H*hd, D]
-        k = unpermute_qk(get(b + "attn_k.weight", (Hkv * hd, D)), Hkv)  # [Hkv*hd, D]
+        q = unpermute_qk(get(b + "attn_q.weight", (H * hd, E)), H)  # [H*hd, E]
+        k = unpermute_qk(get(b + "attn_k.weight", (G * hd, E)), G)  # [G*hd, E]
         attn = {
-            "q": {"kernel": kernel(q)},  # [D, H*hd]
-            "k": {"kernel": kernel(k)},  # [D, Hkv*hd]
-            "v": {"kernel": kernel(get(b + "attn_v.weight", (Hkv * hd, D)))},  # [D, Hkv*hd]
-            "o": {"kernel": kernel(get(b + "attn_output.weight", (D, H * hd)))},  # [H*hd, D]
+            "q": {"kernel": kernel(q)},  # [E, H*hd]
+            "k": {"kernel": kernel(k)},  # [E, G*hd]
+            "v": {"kernel": kernel(get(b + "attn_v.weight", (G * hd, E)))},  # [E, G*hd]
+            "o": {"kernel": kernel(get(b + "attn_output.weight", (E, H * hd)))},  # [H*hd, E]
         }
         if cfg.qkv_bias:
             attn["q"]["bias"] = unpermute_qk(get(b + "attn_q.bias", (H * hd,)), H).astype(dtype, copy=False)
-            attn["k"]["bias"] = unpermute_qk(get(b + "attn_k.bias", (Hkv * hd,)), Hkv).astype(dtype, copy=False)
-            attn["v"]["bias"] = get(b + "attn_v.bias", (Hkv * hd,)).astype(dtype, copy=False)
+            attn["k"]["bias"] = unpermute_qk(get(b + "attn_k.bias", (G * hd,)), G).astype(dtype, copy=False)
+            attn["v"]["bias"] = get(b + "attn_v.bias", (G * hd,)).astype(dtype, copy=False)
         params[f"layers_{i}"] = {
-            "attn_norm": {"scale": get(b + "attn_norm.weight", (D,)).astype(dtype, copy=False)},
+            "attn_norm": {"scale": get(b + "attn_norm.weight", (E,)).astype(dtype, copy=False)},
             "attn": attn,
-            "mlp_norm": {"scale": get(b + "ffn_norm.weight", (D,)).astype(dtype, copy=False)},
+            "mlp_norm": {"scale": get(b + "ffn_norm.weight", (E,)).astype(dtype, copy=False)},
             "mlp": {
-                "gate": {"kernel": kernel(get(b + "ffn_gate.weight", (F, D)))},  # [D, F]
-                "up": {"kernel": kernel(get(b + "ffn_up.weight", (F, D)))},  # [D, F]
-                "down": {"kernel": kernel(get(b + "ffn_down.weight", (D, F)))},  # [F, D]
+                "gate": {"kernel": kernel(get(b + "ffn_gate.weight", (F, E)))},  # [E, F]
+                "up": {"kernel": kernel(get(b + "ffn_up.weight", (F, E)))},  # [E, F]
+                "down": {"kernel": kernel(get(b + "ffn_down.weight", (E, F)))},  # [F, E]
             },
         }
     return cfg, params

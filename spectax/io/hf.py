@@ -7,24 +7,24 @@ Params layout (nested dicts of numpy arrays; torch Linear weights [out, in] beco
 
 llama arch::
 
-    {'embed': {'embedding': [V, D]},
-     'layers_{i}': {'attn_norm': {'scale': [D]},
-                    'attn': {'q': {'kernel': [D, H*hd], 'bias': [H*hd] (qkv_bias only)},
-                             'k': {'kernel': [D, Hkv*hd], 'bias': ...}, 'v': {'kernel': [D, Hkv*hd], 'bias': ...},
-                             'o': {'kernel': [H*hd, D]}},
-                    'mlp_norm': {'scale': [D]},
-                    'mlp': {'gate': {'kernel': [D, F]}, 'up': {'kernel': [D, F]}, 'down': {'kernel': [F, D]}}},
-     'final_norm': {'scale': [D]},
-     'lm_head': {'kernel': [D, V]}}          # absent when config.tie_embeddings
+    {'embed': {'embedding': [V, E]},
+     'layers_{i}': {'attn_norm': {'scale': [E]},
+                    'attn': {'q': {'kernel': [E, H*hd], 'bias': [H*hd] (qkv_bias only)},
+                             'k': {'kernel': [E, G*hd], 'bias': ...}, 'v': {'kernel': [E, G*hd], 'bias': ...},
+                             'o': {'kernel': [H*hd, E]}},
+                    'mlp_norm': {'scale': [E]},
+                    'mlp': {'gate': {'kernel': [E, F]}, 'up': {'kernel': [E, F]}, 'down': {'kernel': [F, E]}}},
+     'final_norm': {'scale': [E]},
+     'lm_head': {'kernel': [E, V]}}          # absent when config.tie_embeddings
 
 gpt2 arch (HF Conv1D weights are already [in, out])::
 
-    {'wte': {'embedding': [V, D]}, 'wpe': {'embedding': [P, D]},
-     'layers_{i}': {'ln_1': {'scale': [D], 'bias': [D]},
-                    'attn': {'qkv': {'kernel': [D, 3D], 'bias': [3D]}, 'o': {'kernel': [D, D], 'bias': [D]}},
-                    'ln_2': {'scale': [D], 'bias': [D]},
-                    'mlp': {'fc': {'kernel': [D, F], 'bias': [F]}, 'proj': {'kernel': [F, D], 'bias': [D]}}},
-     'ln_f': {'scale': [D], 'bias': [D]}}
+    {'wte': {'embedding': [V, E]}, 'wpe': {'embedding': [max_position, E]},
+     'layers_{i}': {'ln_1': {'scale': [E], 'bias': [E]},
+                    'attn': {'qkv': {'kernel': [E, 3E], 'bias': [3E]}, 'o': {'kernel': [E, E], 'bias': [E]}},
+                    'ln_2': {'scale': [E], 'bias': [E]},
+                    'mlp': {'fc': {'kernel': [E, F], 'bias': [F]}, 'proj': {'kernel': [F, E], 'bias': [E]}}},
+     'ln_f': {'scale': [E], 'bias': [E]}}
 
 q/k rows keep transformers' layout, so RoPE is the split-halves (rotate_half) convention.
 """
@@ -232,7 +232,7 @@ class _SafetensorsSource:
 
 
 def _llama_params(src: _SafetensorsSource, cfg: ModelConfig, dtype: np.dtype) -> dict:
-    D, H, Hkv, hd, F, V = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+    E, H, G, hd, F, V = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                            cfg.intermediate_size, cfg.vocab_size)
     p = "model." if "model.embed_tokens.weight" in src else ""
 
@@ -243,52 +243,52 @@ def _llama_params(src: _SafetensorsSource, cfg: ModelConfig, dtype: np.dtype) ->
         return np.ascontiguousarray(np.asarray(src.get(name, (out_dim, in_dim)), dtype=dtype).T)
 
     params: dict[str, Any] = {
-        "embed": {"embedding": np.asarray(src.get(p + "embed_tokens.weight", (V, D)), dtype=dtype)},  # [V, D]
-        "final_norm": {"scale": vec(p + "norm.weight", D)},  # [D]
+        "embed": {"embedding": np.asarray(src.get(p + "embed_tokens.weight", (V, E)), dtype=dtype)},  # [V, E]
+        "final_norm": {"scale": vec(p + "norm.weight", E)},  # [E]
     }
     if not cfg.tie_embeddings:
-        params["lm_head"] = {"kernel": kernel("lm_head.weight", V, D)}  # [D, V]
+        params["lm_head"] = {"kernel": kernel("lm_head.weight", V, E)}  # [E, V]
     for i in range(cfg.num_layers):
         b = f"{p}layers.{i}."
         attn = {
-            "q": {"kernel": kernel(b + "self_attn.q_proj.weight", H * hd, D)},  # [D, H*hd]
-            "k": {"kernel": kernel(b + "self_attn.k_proj.weight", Hkv * hd, D)},  # [D, Hkv*hd]
-            "v": {"kernel": kernel(b + "self_attn.v_proj.weight", Hkv * hd, D)},  # [D, Hkv*hd]
-            "o": {"kernel": kernel(b + "self_attn.o_proj.weight", D, H * hd)},  # [H*hd, D]
+            "q": {"kernel": kernel(b + "self_attn.q_proj.weight", H * hd, E)},  # [E, H*hd]
+            "k": {"kernel": kernel(b + "self_attn.k_proj.weight", G * hd, E)},  # [E, G*hd]
+            "v": {"kernel": kernel(b + "self_attn.v_proj.weight", G * hd, E)},  # [E, G*hd]
+            "o": {"kernel": kernel(b + "self_attn.o_proj.weight", E, H * hd)},  # [H*hd, E]
         }
         if cfg.qkv_bias:
             attn["q"]["bias"] = vec(b + "self_attn.q_proj.bias", H * hd)
-            attn["k"]["bias"] = vec(b + "self_attn.k_proj.bias", Hkv * hd)
-            attn["v"]["bias"] = vec(b + "self_attn.v_proj.bias", Hkv * hd)
+            attn["k"]["bias"] = vec(b + "self_attn.k_proj.bias", G * hd)
+            attn["v"]["bias"] = vec(b + "self_attn.v_proj.bias", G * hd)
         if b + "self_attn.o_proj.bias" in src:
             raise ValueError(f"{src.where} has {b}self_attn.o_proj.bias; spectax's llama layout has no "
                              "o-projection bias")
         params[f"layers_{i}"] = {
-            "attn_norm": {"scale": vec(b + "input_layernorm.weight", D)},
+            "attn_norm": {"scale": vec(b + "input_layernorm.weight", E)},
             "attn": attn,
-            "mlp_norm": {"scale": vec(b + "post_attention_layernorm.weight", D)},
+            "mlp_norm": {"scale": vec(b + "post_attention_layernorm.weight", E)},
             "mlp": {
-                "gate": {"kernel": kernel(b + "mlp.gate_proj.weight", F, D)},  # [D, F]
-                "up": {"kernel": kernel(b + "mlp.up_proj.weight", F, D)},  # [D, F]
-                "down": {"kernel": kernel(b + "mlp.down_proj.weight", D, F)},  # [F, D]
+                "gate": {"kernel": kernel(b + "mlp.gate_proj.weight", F, E)},  # [E, F]
+                "up": {"kernel": kernel(b + "mlp.up_proj.weight", F, E)},  # [E, F]
+                "down": {"kernel": kernel(b + "mlp.down_proj.weight", E, F)},  # [F, E]
             },
         }
     return params
 
 
 def _gpt2_params(src: _SafetensorsSource, cfg: ModelConfig, dtype: np.dtype) -> dict:
-    D, F, V, P = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.max_position
+    E, F, V, n_pos = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.max_position
     p = "transformer." if "transformer.wte.weight" in src else ""
 
     def get(name: str, *shape: int) -> np.ndarray:  # Conv1D weights are stored [in, out] already
         return np.asarray(src.get(p + name, shape), dtype=dtype)
 
     def norm(name: str) -> dict:
-        return {"scale": get(name + ".weight", D), "bias": get(name + ".bias", D)}
+        return {"scale": get(name + ".weight", E), "bias": get(name + ".bias", E)}
 
     params: dict[str, Any] = {
-        "wte": {"embedding": get("wte.weight", V, D)},  # [V, D]
-        "wpe": {"embedding": get("wpe.weight", P, D)},  # [P, D]
+        "wte": {"embedding": get("wte.weight", V, E)},  # [V, E]
+        "wpe": {"embedding": get("wpe.weight", n_pos, E)},  # [max_position, E]
         "ln_f": norm("ln_f"),
     }
     for i in range(cfg.num_layers):
@@ -296,13 +296,13 @@ def _gpt2_params(src: _SafetensorsSource, cfg: ModelConfig, dtype: np.dtype) -> 
         params[f"layers_{i}"] = {
             "ln_1": norm(b + "ln_1"),
             "attn": {
-                "qkv": {"kernel": get(b + "attn.c_attn.weight", D, 3 * D), "bias": get(b + "attn.c_attn.bias", 3 * D)},
-                "o": {"kernel": get(b + "attn.c_proj.weight", D, D), "bias": get(b + "attn.c_proj.bias", D)},
+                "qkv": {"kernel": get(b + "attn.c_attn.weight", E, 3 * E), "bias": get(b + "attn.c_attn.bias", 3 * E)},
+                "o": {"kernel": get(b + "attn.c_proj.weight", E, E), "bias": get(b + "attn.c_proj.bias", E)},
             },
             "ln_2": norm(b + "ln_2"),
             "mlp": {
-                "fc": {"kernel": get(b + "mlp.c_fc.weight", D, F), "bias": get(b + "mlp.c_fc.bias", F)},
-                "proj": {"kernel": get(b + "mlp.c_proj.weight", F, D), "bias": get(b + "mlp.c_proj.bias", D)},
+                "fc": {"kernel": get(b + "mlp.c_fc.weight", E, F), "bias": get(b + "mlp.c_fc.bias", F)},
+                "proj": {"kernel": get(b + "mlp.c_proj.weight", F, E), "bias": get(b + "mlp.c_proj.bias", E)},
             },
         }
     return params

@@ -25,13 +25,11 @@ import numpy as np
 from flax import struct
 
 from pallas_kernels.tree_attention import AttnImpl
-
 from spectax.cache import KVCache
-from spectax.models.config import ModelConfig
-from spectax.models.model import Model
-from spectax.models.model import ForwardOut, full_logits
-from spectax.models.vocab import check_vocab_match, to_vocab
 from spectax.checks import is_real
+from spectax.models.config import ModelConfig
+from spectax.models.model import ForwardOut, Model, full_logits
+from spectax.models.vocab import check_vocab_match, to_vocab
 
 MODES = ("mix", "contrastive")
 
@@ -105,15 +103,15 @@ class Ensemble:
     def dtype(self):
         return self.models[0].dtype
 
-    def combine(self, logits_K: list[jax.Array]) -> jax.Array:
+    def combine(self, member_logits: list[jax.Array]) -> jax.Array:
         """float32 [..., V]: log r (up to a constant) from each member's logits [..., V_k], V = member 0's V."""
         V = self.config.vocab_size
-        logp_K = [jax.nn.log_softmax(to_vocab(l.astype(jnp.float32), V), axis=-1) for l in logits_K]
+        member_logp = [jax.nn.log_softmax(to_vocab(l.astype(jnp.float32), V), axis=-1) for l in member_logits]
         if self.mode == "mix":
             with np.errstate(divide="ignore"):
                 log_w = np.log(np.asarray(self.weights, np.float32))
-            return jax.nn.logsumexp(jnp.stack([lp + w for lp, w in zip(logp_K, log_w)]), axis=0)
-        expert, amateur = logp_K
+            return jax.nn.logsumexp(jnp.stack([lp + w for lp, w in zip(member_logp, log_w)]), axis=0)
+        expert, amateur = member_logp
         # tokens the amateur has no row for (padding) get its lowest log-probability, not -inf (which would be +inf)
         amateur = jnp.where(jnp.isfinite(amateur), amateur,
                             jnp.min(jnp.where(jnp.isfinite(amateur), amateur, 0.0), axis=-1, keepdims=True))
@@ -137,11 +135,11 @@ class Ensemble:
                        lengths=jnp.zeros((batch,), jnp.int32))
 
     def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: AttnImpl = AttnImpl(),
-                logits_at_BK=None, write_cache: bool = True, features_at: tuple[int, ...] = ()) -> ForwardOut:
+                logits_at_BI=None, write_cache: bool = True, features_at: tuple[int, ...] = ()) -> ForwardOut:
         """Every member's forward over the same tokens (see `Model.forward`): log r as the logits, member 0's hidden
         states and features, the members' caches concatenated."""
         return self._joined([m.forward(jnp.minimum(tokens_BT, m.config.vocab_size - 1), positions_BT, layers,
-                                       lengths_B, mask_TT, attn_impl, logits_at_BK, write_cache,
+                                       lengths_B, mask_TT, attn_impl, logits_at_BI, write_cache,
                                        features_at if i == 0 else ())
                              for i, (m, layers) in enumerate(zip(self.models, self._split(kv)))])
 
@@ -156,7 +154,7 @@ class Ensemble:
         """One ForwardOut of the members': log r, member 0's hidden states and features, the caches concatenated."""
         cat = lambda kvs: None if kvs[0] is None else sum((tuple(kv) for kv in kvs), ())   # noqa: E731
         return ForwardOut(self.combine([o.logits_BTV for o in outs]), outs[0].hidden_BTE, cat([o.kv for o in outs]),
-                          cat([o.new_kv for o in outs]), outs[0].features_BTLE)
+                          cat([o.new_kv for o in outs]), outs[0].features_BTLpE)
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward of every member without a cache: int32 [B, T] -> log r float32 [B, T, V]."""

@@ -19,12 +19,12 @@ class _GPT2Attention(nn.Module):
     write_cache: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD, layer_kv, lengths_B, mask_TT):
+    def __call__(self, x_BTE, layer_kv, lengths_B, mask_TT):
         c = self.config
-        B, T, D = x_BTD.shape
+        B, T, D = x_BTE.shape
         # [B, T, 3, H, hd]: q, k, v with the heads as their own axis (sharding heads splits the kernel cleanly)
         qkv = nn.DenseGeneral((3, c.num_heads, c.head_dim), dtype=self.dtype, param_dtype=self.dtype,
-                              name="qkv")(x_BTD)
+                              name="qkv")(x_BTE)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl,
                                           self.write_cache)
@@ -54,9 +54,9 @@ class _GPT2MLP(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x_BTD):
+    def __call__(self, x_BTE):
         dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.dtype, name=name)
-        h = jax.nn.gelu(dense(self.config.intermediate_size, "fc")(x_BTD), approximate=True)  # gelu_new
+        h = jax.nn.gelu(dense(self.config.intermediate_size, "fc")(x_BTE), approximate=True)  # gelu_new
         return dense(self.config.hidden_size, "proj")(h)
 
 
@@ -67,13 +67,13 @@ class _GPT2Block(nn.Module):
     write_cache: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD, layer_kv, lengths_B, mask_TT):
+    def __call__(self, x_BTE, layer_kv, lengths_B, mask_TT):
         norm = lambda name: nn.LayerNorm(epsilon=self.config.norm_eps, dtype=self.dtype, param_dtype=self.dtype,
                                          name=name)
         h, layer_kv = _GPT2Attention(self.config, self.dtype, self.attn_impl, self.write_cache, name="attn")(
-            norm("ln_1")(x_BTD), layer_kv, lengths_B, mask_TT)
-        x_BTD = x_BTD + h
-        return x_BTD + _GPT2MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(x_BTD)), layer_kv
+            norm("ln_1")(x_BTE), layer_kv, lengths_B, mask_TT)
+        x_BTE = x_BTE + h
+        return x_BTE + _GPT2MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(x_BTE)), layer_kv
 
 
 class GPT2Decoder(nn.Module):
@@ -86,7 +86,7 @@ class GPT2Decoder(nn.Module):
     features_at: tuple[int, ...] = ()   # layers whose outputs (the residual stream after them) are returned too
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):
+    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BI=None):
         c = self.config
         wte = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="wte")
         wpe = nn.Embed(c.max_position, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="wpe")
@@ -98,6 +98,6 @@ class GPT2Decoder(nn.Module):
             new_kv.append(layer_kv)
             features += [x] * (i in self.features_at)
         hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)
-        head_in = head_inputs(hidden, logits_at_BK)
+        head_in = head_inputs(hidden, logits_at_BI)
         return (tied_logits(wte.embedding, head_in).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv)),
                 jnp.stack(features, axis=2) if features else None)

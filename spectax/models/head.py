@@ -6,18 +6,18 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def head_inputs(hidden_BTD, logits_at_BK=None):
-    """The hidden states the LM head needs: all T, or only the K positions per row in logits_at_BK [B, K]."""
-    if logits_at_BK is None:
-        return hidden_BTD
-    return jnp.take_along_axis(hidden_BTD, logits_at_BK[..., None], axis=1)
+def head_inputs(hidden_BTE, logits_at_BI=None):
+    """The hidden states the LM head needs: all T, or only the K positions per row in logits_at_BI [B, K]."""
+    if logits_at_BI is None:
+        return hidden_BTE
+    return jnp.take_along_axis(hidden_BTE, logits_at_BI[..., None], axis=1)
 
 
-def tied_logits(embedding_VD, hidden_BTD):
+def tied_logits(embedding_VE, hidden_BTE):
     """hidden [B, T, D] x embedding [V, D] -> [B, T, V].
 
     The table is the dot's left operand, contracted on its minor dim: XLA:CPU then streams it as stored instead of
     materialising a [D, V] transpose (a full copy of the table) every step.
     """
-    out_VBT = lax.dot_general(embedding_VD, hidden_BTD.astype(embedding_VD.dtype), (((1,), (2,)), ((), ())))
+    out_VBT = lax.dot_general(embedding_VE, hidden_BTE.astype(embedding_VE.dtype), (((1,), (2,)), ((), ())))
     return jnp.moveaxis(out_VBT, 0, -1)

@@ -21,13 +21,13 @@ class LlamaAttention(nn.Module):
     write_cache: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, layer_kv, lengths_B, mask_TT):
+    def __call__(self, x_BTE, positions_BT, layer_kv, lengths_B, mask_TT):
         c = self.config
-        B, T, _ = x_BTD.shape
+        B, T, _ = x_BTE.shape
         K, G = c.num_kv_heads, c.num_heads // c.num_kv_heads
         # one product for q|k|v, grouped by kv head: [B, T, K, G + 2, hd] = kv head k's G query heads, its k, its v
         qkv = nn.DenseGeneral((K, G + 2, c.head_dim), use_bias=c.qkv_bias, dtype=self.dtype, param_dtype=self.dtype,
-                              name="qkv")(x_BTD)
+                              name="qkv")(x_BTE)
         qk = apply_rope(qkv[:, :, :, :G + 1], positions_BT, inv_frequencies(c))         # q and k rotate alike
         q = qk[:, :, :, :G].reshape(B, T, c.num_heads, c.head_dim)                     # head k * G + g
         out, layer_kv = cached_attention(q, qk[:, :, :, G], qkv[:, :, :, G + 1], layer_kv, lengths_B, mask_TT,
@@ -42,10 +42,10 @@ class LlamaMLP(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x_BTD):
+    def __call__(self, x_BTE):
         c = self.config
         gate_up = nn.DenseGeneral((2, c.intermediate_size), use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
-                                  name="gate_up")(x_BTD)                                 # [B, T, 2, F]: one product
+                                  name="gate_up")(x_BTE)                                 # [B, T, 2, F]: one product
         h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
         return nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name="down")(h)
 
@@ -90,14 +90,14 @@ class LlamaBlock(nn.Module):
     write_cache: bool = True
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, layer_kv, lengths_B, mask_TT):
+    def __call__(self, x_BTE, positions_BT, layer_kv, lengths_B, mask_TT):
         c = self.config
         norm = lambda name: nn.RMSNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name=name)
         h, layer_kv = LlamaAttention(c, self.dtype, self.attn_impl, self.write_cache, name="attn")(
-            norm("attn_norm")(x_BTD), positions_BT, layer_kv, lengths_B, mask_TT)
-        x_BTD = x_BTD + h
-        x_BTD = x_BTD + LlamaMLP(c, self.dtype, name="mlp")(norm("mlp_norm")(x_BTD))
-        return x_BTD, layer_kv
+            norm("attn_norm")(x_BTE), positions_BT, layer_kv, lengths_B, mask_TT)
+        x_BTE = x_BTE + h
+        x_BTE = x_BTE + LlamaMLP(c, self.dtype, name="mlp")(norm("mlp_norm")(x_BTE))
+        return x_BTE, layer_kv
 
 
 class LlamaDecoder(nn.Module):
@@ -112,7 +112,7 @@ class LlamaDecoder(nn.Module):
     features_at: tuple[int, ...] = ()   # layers whose outputs (the residual stream after them) are returned too
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BK=None):
+    def __call__(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, logits_at_BI=None):
         c = self.config
         norm = lambda name: nn.RMSNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name=name)
         embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.dtype, name="embed")
@@ -124,7 +124,7 @@ class LlamaDecoder(nn.Module):
             new_kv.append(layer_kv)
             features += [x] * (i in self.features_at)
         hidden = norm("final_norm")(x)
-        head_in = head_inputs(hidden, logits_at_BK)
+        head_in = head_inputs(hidden, logits_at_BI)
         if c.tie_embeddings:
             logits = tied_logits(embed.embedding, head_in)
         else:

@@ -62,7 +62,7 @@ def param_axes(arch: str, params: Any) -> Any:
 class ForwardOut:
     """What one target forward (or a prefill) computed.
 
-    forward: logits [B, T, V] float32 (or [B, K, V] at logits_at_BK), hidden [B, T, E] after the final norm.
+    forward: logits [B, T, V] float32 (or [B, K, V] at logits_at_BI), hidden [B, T, E] after the final norm.
     prefill: both at each row's last prompt token only, T = 1. kv: per layer (k [B, G, S, hd], v) caches, with the
     new K/V written in (write_cache=True) or only read (False: then new_kv holds per layer (k [B, T, G, hd], v),
     the step's new K/V, for the caller to write; else None). features [B, T, L', E] (prefill: [B, P, L', E] at every
@@ -73,11 +73,11 @@ class ForwardOut:
     hidden_BTE: jax.Array
     kv: Any
     new_kv: Any = None
-    features_BTLE: jax.Array | None = None
+    features_BTLpE: jax.Array | None = None
 
     def target_out(self) -> TargetOut:
         """What a drafter may read of this forward."""
-        return TargetOut(self.logits_BTV, self.hidden_BTE, self.features_BTLE)
+        return TargetOut(self.logits_BTV, self.hidden_BTE, self.features_BTLpE)
 
 
 def decoder_module(config: ModelConfig, dtype, attn_impl: AttnImpl = AttnImpl(), write_cache: bool = True,
@@ -162,20 +162,20 @@ class Model:
         return KVCache.create(self.config, batch, size, self.dtype, fill)
 
     def forward(self, tokens_BT, positions_BT, kv, lengths_B, mask_TT, attn_impl: AttnImpl = AttnImpl(),
-                logits_at_BK=None, write_cache: bool = True, features_at: tuple[int, ...] = ()) -> ForwardOut:
+                logits_at_BI=None, write_cache: bool = True, features_at: tuple[int, ...] = ()) -> ForwardOut:
         """One forward over T new tokens per row; returns a `ForwardOut`.
 
         tokens_BT, positions_BT: int32 [B, T]. kv: tuple of per-layer (k [B, G, S, hd], v) or None (no cache).
         lengths_B: int32 [B] committed cache length per row (new K/V are written from there). mask_TT: bool [T, T]
-        or [B, T, T] visibility among the new tokens. logits_at_BK: optional int32 [B, K] token indices: compute the
+        or [B, T, T] visibility among the new tokens. logits_at_BI: optional int32 [B, K] token indices: compute the
         LM head only there (prefill needs one position per row). write_cache=False: the cache is only read and the
         step's new K/V come back in ForwardOut.new_kv (cache.write_block writes them). features_at: layer indices
-        (increasing) whose outputs come back in ForwardOut.features_BTLE, from the same pass (what a Block reads).
+        (increasing) whose outputs come back in ForwardOut.features_BTLpE, from the same pass (what a Block reads).
         """
         features_at = check_features_at(self.config, features_at)
         module = decoder_module(self.config, self.dtype, attn_impl, write_cache, features_at)
         logits, hidden, kv, features = module.apply({"params": self.params}, tokens_BT, positions_BT, kv, lengths_B,
-                                                    mask_TT, logits_at_BK)
+                                                    mask_TT, logits_at_BI)
         new_kv = None
         if kv is not None and not write_cache:
             kv, new_kv = tuple((k, v) for k, v, _, _ in kv), tuple((k, v) for _, _, k, v in kv)
@@ -200,19 +200,19 @@ class Model:
         features_at = check_features_at(self.config, features_at)
 
         def one_chunk(c, carry):
-            kv, logits_BV, hidden_BE, features_BPLE = carry
+            kv, logits_BV, hidden_BE, features_BPLpE = carry
             start = c * C
             tokens = lax.dynamic_slice_in_dim(prompt_BP, start, C, axis=1)
             positions = jnp.broadcast_to(start + jnp.arange(C, dtype=jnp.int32), (B, C))
             at = jnp.clip(last_B - start, 0, C - 1)[:, None]
             out = self.forward(tokens, positions, kv, jnp.full((B,), start, jnp.int32), causal, attn_impl,
-                               logits_at_BK=at, features_at=features_at)
+                               logits_at_BI=at, features_at=features_at)
             if features_at:
-                features_BPLE = lax.dynamic_update_slice_in_dim(features_BPLE, out.features_BTLE, start, axis=1)
+                features_BPLpE = lax.dynamic_update_slice_in_dim(features_BPLpE, out.features_BTLpE, start, axis=1)
             mine = ((last_B >= start) & (last_B < start + C))[:, None]
             last_hidden = jnp.take_along_axis(out.hidden_BTE, at[..., None], axis=1)[:, 0]
             return (out.kv, jnp.where(mine, out.logits_BTV[:, 0], logits_BV), jnp.where(mine, last_hidden, hidden_BE),
-                    features_BPLE)
+                    features_BPLpE)
 
         E = self.config.hidden_size
         init = (kv, jnp.zeros((B, self.config.vocab_size), jnp.float32), jnp.zeros((B, E), self.dtype),

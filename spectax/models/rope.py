@@ -47,14 +47,14 @@ def inv_frequencies(config: ModelConfig) -> np.ndarray:
     return inv
 
 
-def apply_rope(x_BTHD, positions_BT, inv_freq):
+def apply_rope(x_BTHhd, positions_BT, inv_freq):
     """Rotates x [B, T, ..., D] (any head axes between T and D) by the angles positions * inv_freq (float32 math,
     result in x's dtype)."""
     angles_BTF = positions_BT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
-    heads = (None,) * (x_BTHD.ndim - 3)
+    heads = (None,) * (x_BTHhd.ndim - 3)
     cos = jnp.cos(angles_BTF)[(slice(None), slice(None), *heads)]
     sin = jnp.sin(angles_BTF)[(slice(None), slice(None), *heads)]
-    x = x_BTHD.astype(jnp.float32)
+    x = x_BTHhd.astype(jnp.float32)
     x1, x2 = jnp.split(x, 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BTHD.dtype)
+    return out.astype(x_BTHhd.dtype)

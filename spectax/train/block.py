@@ -60,12 +60,13 @@ class TrainConfig(FitConfig):
 
 @dataclasses.dataclass
 class BlockData:
-    """Sequences padded to one width W: tokens_EW int32, features_EWmD float16, length_E, prompt_len_E."""
+    """X sequences padded to one width W: tokens_XW int32, features_XWLpE float16 (the L' target layers' outputs,
+    width E), length_X, prompt_len_X."""
 
-    tokens_EW: np.ndarray
-    features_EWmD: np.ndarray
-    length_E: np.ndarray
-    prompt_len_E: np.ndarray
+    tokens_XW: np.ndarray
+    features_XWLpE: np.ndarray
+    length_X: np.ndarray
+    prompt_len_X: np.ndarray
     layers: tuple[int, ...]
 
 
@@ -85,65 +86,65 @@ def load_data(data_dirs, split: str, layers: tuple[int, ...], width_multiple: in
         raise ValueError(f"no feature shards for layers {layers} in {dirs} "
                          f"(run `python -m spectax.train.distill features`)")
     W = -(-max(map(len, seqs)) // width_multiple) * width_multiple
-    m, D = feats[0].shape[1:]
-    tokens, features = np.zeros((len(seqs), W), np.int32), np.zeros((len(seqs), W, m, D), np.float16)
+    Lp, E = feats[0].shape[1:]
+    tokens, features = np.zeros((len(seqs), W), np.int32), np.zeros((len(seqs), W, Lp, E), np.float16)
     for e, (s, f) in enumerate(zip(seqs, feats)):
         tokens[e, :len(s)], features[e, :len(s)] = s, f
-    return BlockData(tokens_EW=tokens, features_EWmD=features, length_E=np.array([len(s) for s in seqs]),
-                     prompt_len_E=np.asarray(prompt_len), layers=tuple(layers))
+    return BlockData(tokens_XW=tokens, features_XWLpE=features, length_X=np.array([len(s) for s in seqs]),
+                     prompt_len_X=np.asarray(prompt_len), layers=tuple(layers))
 
 
 def anchors_for(data: BlockData, rows: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """int32 [len(rows), count]: root positions p in [prompt_len, length - 2] of each row (drawn uniformly)."""
-    lo, hi = data.prompt_len_E[rows], data.length_E[rows] - 2
+    lo, hi = data.prompt_len_X[rows], data.length_X[rows] - 2
     return (lo[:, None] + np.floor(rng.random((len(rows), count)) * np.maximum(hi - lo + 1, 1)[:, None])
             ).astype(np.int32)
 
 
-def block_labels(tokens_EW: np.ndarray, length_E: np.ndarray, anchors_EA: np.ndarray, k: int) -> np.ndarray:
-    """int32 [E, A, k]: tokens p + 1 .. p + k after each anchor p, -1 past the sequence's end."""
-    idx = anchors_EA[..., None] + 1 + np.arange(k)
-    rows = np.arange(len(tokens_EW))[:, None, None]
-    return np.where(idx < length_E[:, None, None], tokens_EW[rows, np.minimum(idx, tokens_EW.shape[1] - 1)], -1)
+def block_labels(tokens_XW: np.ndarray, length_X: np.ndarray, anchors_XA: np.ndarray, depth: int) -> np.ndarray:
+    """int32 [X, A, D] (D = depth): tokens p + 1 .. p + D after each anchor p, -1 past the sequence's end."""
+    idx = anchors_XA[..., None] + 1 + np.arange(depth)
+    rows = np.arange(len(tokens_XW))[:, None, None]
+    return np.where(idx < length_X[:, None, None], tokens_XW[rows, np.minimum(idx, tokens_XW.shape[1] - 1)], -1)
 
 
-def anchor_logits(config: BlockConfig, params, embed_VD, table_VpD, tokens_EW, features_EWmD, anchors_EA):
-    """float32 [E, A, k, V']: the block forward at A anchors of each of E sequences, in one differentiable pass:
+def anchor_logits(config: BlockConfig, params, embed_VE, table_VpE, tokens_XW, features_XWLpE, anchors_XA):
+    """float32 [X, A, D, V']: the block forward at A anchors of each of X sequences, in one differentiable pass:
     the decoder's computation (`block_logits` over a context cache) with the context as extra rows of the same
     layer call. Each layer sees [context c_0..c_W-1 ; every anchor's block]; context rows attend only to themselves
     (their keys and values are exactly the cached context entries, their outputs are dropped), and the rows of
     anchor p's block attend to context rows < p and to their own block."""
-    c, k = config.layer, config.block_size
-    E, W = tokens_EW.shape
-    A = anchors_EA.shape[1]
-    ctx = fused_context(config, params, features_EWmD)                                        # [E, W, D]
-    roots = jnp.take_along_axis(tokens_EW, anchors_EA, axis=1)                                # [E, A]
-    last = jnp.take_along_axis(ctx, (anchors_EA - 1)[:, :, None], axis=1)                     # [E, A, D]
-    x = block_inputs(params, embed_VD[roots], last).reshape(E, A * (1 + k), c.hidden_size)
-    block_pos = (anchors_EA[:, :, None] + jnp.arange(1 + k, dtype=jnp.int32)).reshape(E, A * (1 + k))
-    positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(W, dtype=jnp.int32), (E, W)), block_pos], axis=1)
-    anchor_of = jnp.repeat(jnp.arange(A), 1 + k)                                              # [A (1 + k)]
-    sees_ctx = jnp.arange(W)[None, None, :] < jnp.repeat(anchors_EA, 1 + k, axis=1)[:, :, None]
-    sees_block = jnp.broadcast_to(anchor_of[:, None] == anchor_of[None, :], (E,) + (A * (1 + k),) * 2)
+    c, D = config.layer, config.block_size
+    X, W = tokens_XW.shape
+    A = anchors_XA.shape[1]
+    ctx = fused_context(config, params, features_XWLpE)                                        # [X, W, E]
+    roots = jnp.take_along_axis(tokens_XW, anchors_XA, axis=1)                                # [X, A]
+    last = jnp.take_along_axis(ctx, (anchors_XA - 1)[:, :, None], axis=1)                     # [X, A, E]
+    x = block_inputs(params, embed_VE[roots], last).reshape(X, A * (1 + D), c.hidden_size)
+    block_pos = (anchors_XA[:, :, None] + jnp.arange(1 + D, dtype=jnp.int32)).reshape(X, A * (1 + D))
+    positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(W, dtype=jnp.int32), (X, W)), block_pos], axis=1)
+    anchor_of = jnp.repeat(jnp.arange(A), 1 + D)                                              # [A (1 + D)]
+    sees_ctx = jnp.arange(W)[None, None, :] < jnp.repeat(anchors_XA, 1 + D, axis=1)[:, :, None]
+    sees_block = jnp.broadcast_to(anchor_of[:, None] == anchor_of[None, :], (X,) + (A * (1 + D),) * 2)
     mask = jnp.concatenate([
-        jnp.concatenate([jnp.broadcast_to(jnp.eye(W, dtype=bool), (E, W, W)),
-                         jnp.zeros((E, W, A * (1 + k)), bool)], axis=2),
-        jnp.concatenate([sees_ctx, sees_block], axis=2)], axis=1)                             # [E, T, T]
-    zero = jnp.zeros((E,), jnp.int32)
+        jnp.concatenate([jnp.broadcast_to(jnp.eye(W, dtype=bool), (X, W, W)),
+                         jnp.zeros((X, W, A * (1 + D)), bool)], axis=2),
+        jnp.concatenate([sees_ctx, sees_block], axis=2)], axis=1)                             # [X, T, T]
+    zero = jnp.zeros((X,), jnp.int32)
     for i in range(c.num_layers):
         out, _ = layer_module(config).apply({"params": params[f"layers_{i}"]}, jnp.concatenate([ctx, x], axis=1),
                                             positions, None, zero, mask)
         x = out[:, W:]
-    h = rms_norm(x.reshape(E, A, 1 + k, c.hidden_size)[:, :, 1:], params["final_norm"], c.norm_eps)
-    return jnp.einsum("eakd,vd->eakv", h, table_VpD.astype(jnp.float32))
+    h = rms_norm(x.reshape(X, A, 1 + D, c.hidden_size)[:, :, 1:], params["final_norm"], c.norm_eps)
+    return jnp.einsum("xade,ve->xadv", h, table_VpE.astype(jnp.float32))
 
 
-def loss_fn(params, config: BlockConfig, decay: float, embed_VD, table_VpD, tokens_EW, features_EWmD, anchors_EA,
-            target_EAk):
+def loss_fn(params, config: BlockConfig, decay: float, embed_VE, table_VpE, tokens_XW, features_XWLpE, anchors_XA,
+            target_XAD):
     """Position-weighted mean cross-entropy over the unmasked labels (target: draft-vocabulary indices, -1 masked)."""
-    logits = anchor_logits(config, params, embed_VD, table_VpD, tokens_EW, features_EWmD, anchors_EA)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(target_EAk, 0))
-    w = jnp.where(target_EAk >= 0, jnp.exp(-jnp.arange(config.block_size) / decay), 0.0)
+    logits = anchor_logits(config, params, embed_VE, table_VpE, tokens_XW, features_XWLpE, anchors_XA)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(target_XAD, 0))
+    w = jnp.where(target_XAD >= 0, jnp.exp(-jnp.arange(config.block_size) / decay), 0.0)
     return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-9)
 
 
@@ -158,11 +159,11 @@ def train(target, data: BlockData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt
     table = jnp.asarray(head_table(target), jnp.float32)[jnp.asarray(vocab_ids)]
 
     def batch(step):
-        rows = batch_rows(len(data.length_E), cfg, step)
+        rows = batch_rows(len(data.length_X), cfg, step)
         anchors = anchors_for(data, rows, cfg.anchors, np.random.default_rng((cfg.seed, step, 1)))
-        labels = block_labels(data.tokens_EW[rows], data.length_E[rows], anchors, cfg.block_size)
-        W = min(-(-int(data.length_E[rows].max()) // 128) * 128, data.tokens_EW.shape[1])   # a few shapes, less padding
-        return (embed, table, jnp.asarray(data.tokens_EW[rows, :W]), jnp.asarray(data.features_EWmD[rows, :W]),
+        labels = block_labels(data.tokens_XW[rows], data.length_X[rows], anchors, cfg.block_size)
+        W = min(-(-int(data.length_X[rows].max()) // 128) * 128, data.tokens_XW.shape[1])   # a few shapes, less padding
+        return (embed, table, jnp.asarray(data.tokens_XW[rows, :W]), jnp.asarray(data.features_XWLpE[rows, :W]),
                 jnp.asarray(anchors), jnp.asarray(to_draft_index(labels, vocab_ids, target.config.vocab_size)))
 
     params = fit(init_params(config, cfg.seed), lambda p, *b: loss_fn(p, config, cfg.decay, *b), batch, cfg,
@@ -173,31 +174,31 @@ def train(target, data: BlockData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt
 
 def evaluate(block: Block, target, data: BlockData, top: int = 5, anchors: int = 16, seed: int = 1,
              batch: int = 8) -> np.ndarray:
-    """float [k, top]: per block position, the fraction of held-out anchors whose label (the target's own token,
+    """float [D, M] (M = top): per block position, the fraction of held-out anchors whose label (the target's own token,
     full vocabulary) is among the drafter's top-j candidates, j = 1..top (labels outside V' count as misses)."""
     embed = jnp.asarray(input_embedding(target), jnp.float32)
     table = jnp.asarray(head_table(target), jnp.float32)[block.vocab_ids]
-    k = block.config.block_size
+    D = block.config.block_size
     topk = jax.jit(lambda *a: jax.lax.top_k(anchor_logits(block.config, block.params, embed, table, *a), top)[1])
     rng = np.random.default_rng(seed)
-    hits, counts, ids = np.zeros((k, top)), np.zeros(k), np.asarray(block.vocab_ids)
-    for i in range(0, len(data.length_E), batch):
-        rows = np.arange(i, min(i + batch, len(data.length_E)))
+    hits, counts, ids = np.zeros((D, top)), np.zeros(D), np.asarray(block.vocab_ids)
+    for i in range(0, len(data.length_X), batch):
+        rows = np.arange(i, min(i + batch, len(data.length_X)))
         rows = np.concatenate([rows, np.full(batch - len(rows), rows[0])])      # one compiled shape
-        real = np.arange(batch) < min(batch, len(data.length_E) - i)
+        real = np.arange(batch) < min(batch, len(data.length_X) - i)
         a = anchors_for(data, rows, anchors, rng)
-        labels = block_labels(data.tokens_EW[rows], data.length_E[rows], a, k)                   # [E, A, k]
-        cand = ids[np.asarray(topk(jnp.asarray(data.tokens_EW[rows]), jnp.asarray(data.features_EWmD[rows]),
-                                   jnp.asarray(a)))]                                          # [E, A, k, top]
+        labels = block_labels(data.tokens_XW[rows], data.length_X[rows], a, D)                   # [X, A, D]
+        cand = ids[np.asarray(topk(jnp.asarray(data.tokens_XW[rows]), jnp.asarray(data.features_XWLpE[rows]),
+                                   jnp.asarray(a)))]                                          # [X, A, D, M]
         h, c = cli_common.top_k_hits(cand, labels, (labels >= 0) & real[:, None, None], axis=(0, 1))
         hits, counts = hits + h, counts + c
     return hits / np.maximum(counts, 1)[:, None]
 
 
-def write_readme(path: Path, cfg: TrainConfig, command: str, data_note: str, seconds: float, acc_kK: np.ndarray,
+def write_readme(path: Path, cfg: TrainConfig, command: str, data_note: str, seconds: float, acc_DM: np.ndarray,
                  coverage: float, n_train: int) -> None:
     """The shipped checkpoint's README: command, data, time, machine, per-position accuracy."""
-    table = cli_common.accuracy_table("position", [f"{j + 1} (token p+{j + 1})" for j in range(len(acc_kK))], acc_kK)
+    table = cli_common.accuracy_table("position", [f"{j + 1} (token p+{j + 1})" for j in range(len(acc_DM))], acc_DM)
     path.write_text(f"""# Block drafter for SmolLM2-135M-Instruct
 
 Load with `spectax.drafters.Block.load(path)`; decode with `spectax.decode(model, prompts, drafter=block)`.
@@ -228,10 +229,10 @@ def main(argv=None) -> None:
     data = load_data(dirs, "train", cfg.target_layers)
     held_out = load_data(dirs[:1], "eval", cfg.target_layers)
     vocab_ids = draft_vocabulary(sum(token_frequencies(d / "train") for d in dirs), cfg.draft_vocab)
-    response = np.concatenate([t[p:n] for t, p, n in zip(held_out.tokens_EW, held_out.prompt_len_E,
-                                                          held_out.length_E)])
+    response = np.concatenate([t[p:n] for t, p, n in zip(held_out.tokens_XW, held_out.prompt_len_X,
+                                                          held_out.length_X)])
     coverage = float(np.isin(response, vocab_ids).mean())
-    print(f"{len(data.length_E)} training sequences, {len(held_out.length_E)} held out; draft vocabulary "
+    print(f"{len(data.length_X)} training sequences, {len(held_out.length_X)} held out; draft vocabulary "
           f"{cfg.draft_vocab} covers {coverage:.1%} of held-out tokens", flush=True)
     cli_common.train_evaluate_save(
         prog, argv, args,
@@ -239,4 +240,4 @@ def main(argv=None) -> None:
         evaluate=lambda block: evaluate(block, target, held_out),
         row_name=lambda j: f"position {j + 1}",
         write_readme=lambda path, command, seconds, acc: write_readme(path, cfg, command, args.data_note, seconds,
-                                                                      acc, coverage, len(data.length_E)))
+                                                                      acc, coverage, len(data.length_X)))

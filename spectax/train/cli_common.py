@@ -56,7 +56,7 @@ def parse_and_load(argv: Sequence[str] | None, prog: str, description: str, data
 
 def train_evaluate_save(prog: str, argv: Sequence[str] | None, args: argparse.Namespace, train: Callable,
                         evaluate: Callable, row_name: Callable[[int], str], write_readme: Callable) -> Path:
-    """Runs train(ckpt_dir, stop_at) -> drafter (timed), prints evaluate(drafter) (float [rows, top]: top-k accuracy,
+    """Runs train(ckpt_dir, stop_at) -> drafter (timed), prints evaluate(drafter) (float [rows, M]: top-m accuracy,
     one line per row, named by row_name), saves the drafter to --out and calls
     write_readme(path, command, seconds, accuracy) for its README. Returns where it was saved."""
     t0 = time.perf_counter()
@@ -73,8 +73,8 @@ def train_evaluate_save(prog: str, argv: Sequence[str] | None, args: argparse.Na
 
 
 def top_k_hits(cand: np.ndarray, labels: np.ndarray, valid: np.ndarray, axis) -> tuple[np.ndarray, np.ndarray]:
-    """(hits [..., top], counts [...]) summed over `axis`: per slot, how many valid labels are among the first k
-    candidates, k = 1..top, and how many labels are valid. cand: [..., top]; labels, valid: [...]."""
+    """(hits [..., M], counts [...]) summed over `axis`: per slot, how many valid labels are among its first m
+    candidates, m = 1..M, and how many labels are valid. cand: [..., M] best first; labels, valid: [...]."""
     first_hit = np.cumsum(cand == labels[..., None], axis=-1) > 0
     return (first_hit & valid[..., None]).sum(axis), valid.sum(axis)
 
@@ -86,7 +86,7 @@ def machine_note() -> str:
 
 
 def accuracy_table(first_column: str, row_names: Sequence[str], acc: np.ndarray) -> str:
-    """A markdown table: one row per name, its top-1 .. top-k accuracies (acc: float [rows, k])."""
+    """A markdown table: one row per name, its top-1 .. top-M accuracies (acc: float [rows, M])."""
     header = f"| {first_column} | " + " | ".join(f"top-{k + 1}" for k in range(acc.shape[1])) + " |"
     rows = [f"| {name} | " + " | ".join(f"{a:.3f}" for a in row) + " |" for name, row in zip(row_names, acc)]
     return "\n".join([header, "|---" * (acc.shape[1] + 1) + "|", *rows])

@@ -7,14 +7,15 @@ A data directory (`generate` CLI) holds two splits, each a folder of shards:
     DIR/hidden/{train,eval}/...     final hidden states on the response positions (`hidden` CLI)
     DIR/features-L1-L2../{train,eval}/... chosen layers' outputs at every position (`features` CLI; Block drafters)
 
-A generation shard holds E examples (prompt + response, the response cut after its EOS):
-    tokens int32 [sum L_e] (all examples concatenated), offsets int64 [E + 1] (example e is
-    tokens[offsets[e]:offsets[e + 1]]), prompt_len int32 [E], prompt_index int32 [E] (row in the split's prompt
-    list), category str [E], vocab_size int64 [].
-A hidden shard adds, for example e with prompt length P and total length L, the target's final hidden state
-(after the final norm) at the L - P positions t = P - 1 .. L - 2, i.e. the positions whose next token is a response
-token: hidden_ND float16 [sum (L_e - P_e), D], hidden_offsets int64 [E + 1]. Row hidden_offsets[e] + j is position
-t = P_e - 1 + j of example e; the label "token t + 1 + i" for a head i is tokens[offsets[e] + t + 1 + i].
+A generation shard holds X examples (prompt + response, the response cut after its EOS):
+    tokens int32 [sum n_e] (all examples concatenated), offsets int64 [X + 1] (example e is
+    tokens[offsets[e]:offsets[e + 1]]), prompt_len int32 [X], prompt_index int32 [X] (row in the split's prompt
+    list), category str [X], vocab_size int64 [].
+A hidden shard adds, for example e with prompt length p_e and total length n_e, the target's final hidden state
+(after the final norm) at the n_e - p_e positions t = p_e - 1 .. n_e - 2, i.e. the positions whose next token is a
+response token: hidden_ND float16 [sum (n_e - p_e), E] (an on-disk key older than the README's shape letters: rows
+x width), hidden_offsets int64 [X + 1]. Row hidden_offsets[e] + j is position t = p_e - 1 + j of example e; the
+label "token t + 1 + i" for a head i is tokens[offsets[e] + t + 1 + i].
 
 Shards are written to a temporary name and then renamed, so a shard either exists whole or not at all; a rerun
 skips the shards that exist, so an interrupted run resumes where it stopped.
@@ -96,7 +97,7 @@ def examples_once(directories) -> Iterator[tuple[Path, dict[str, np.ndarray], in
 
 
 def pack_examples(sequences: Sequence[np.ndarray], prompt_len: Sequence[int], **columns) -> dict[str, np.ndarray]:
-    """Concatenates E token sequences into tokens int32 [sum L] + offsets int64 [E + 1] (+ per-example columns)."""
+    """Concatenates X token sequences into tokens int32 [sum n_e] + offsets int64 [X + 1] (+ per-example columns)."""
     offsets = np.zeros(len(sequences) + 1, np.int64)
     offsets[1:] = np.cumsum([len(s) for s in sequences])
     arrays = {"tokens": np.concatenate(sequences).astype(np.int32), "offsets": offsets,
@@ -106,7 +107,7 @@ def pack_examples(sequences: Sequence[np.ndarray], prompt_len: Sequence[int], **
 
 
 def sequences(shard: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The shard's examples as a list of int32 token arrays [L_e] (prompt + response)."""
+    """The shard's examples as a list of int32 token arrays [n_e] (prompt + response)."""
     o = shard["offsets"]
     return [shard["tokens"][o[e]:o[e + 1]] for e in range(len(o) - 1)]
 
@@ -125,8 +126,8 @@ def greedy_responses(model: Model, prompts: Sequence[Sequence[int]], max_new_tok
     """
     rows = list(prompts) + [prompts[0]] * (batch - len(prompts))
     out = decode(model, rows, max_new_tokens, eos_id=eos_id)
-    tokens_BN, lengths_B = np.asarray(out.tokens), np.asarray(out.lengths)
-    return [tokens_BN[i, :lengths_B[i]] for i in range(len(prompts))]
+    tokens_BO, lengths_B = np.asarray(out.tokens), np.asarray(out.lengths)
+    return [tokens_BO[i, :lengths_B[i]] for i in range(len(prompts))]
 
 
 def _check_meta(out_dir: Path, meta: dict) -> None:
@@ -205,16 +206,16 @@ def generate(model: Model, tok, prompts: Sequence[dict], out_dir, max_new_tokens
 
 @jax.jit
 def final_hidden(model: Model, tokens_BT):
-    """Causal forward without a cache: int32 [B, T] -> float16 hidden [B, T, D] after the final norm.
+    """Causal forward without a cache: int32 [B, T] -> float16 hidden [B, T, E] after the final norm.
 
-    The LM head runs on one dummy position per row (logits_at_BK), so the [B, T, V] logits never exist.
+    The LM head runs on one dummy position per row (logits_at_BI), so the [B, T, V] logits never exist.
     """
     B, T = tokens_BT.shape
     positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     mask_TT = jnp.tril(jnp.ones((T, T), bool))
-    _, hidden_BTD, _ = model.forward(tokens_BT, positions_BT, None, jnp.zeros((B,), jnp.int32), mask_TT,
-                                     logits_at_BK=jnp.zeros((B, 1), jnp.int32))
-    return hidden_BTD.astype(jnp.float16)
+    out = model.forward(tokens_BT, positions_BT, None, jnp.zeros((B,), jnp.int32), mask_TT,
+                        logits_at_BI=jnp.zeros((B, 1), jnp.int32))
+    return out.hidden_BTE.astype(jnp.float16)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -224,7 +225,7 @@ def _round_up(n: int, multiple: int) -> int:
 def per_example(shard: dict[str, np.ndarray], forward, batch: int = 8,
                 length_multiple: int = LENGTH_MULTIPLE) -> list[np.ndarray]:
     """forward(int32 [batch, T]) -> [batch, T, ...] run over a generation shard's examples; returns per example its
-    rows [L_e, ...]. Examples are batched in length order, right-padded to a multiple of `length_multiple` tokens
+    rows [n_e, ...]. Examples are batched in length order, right-padded to a multiple of `length_multiple` tokens
     (causal, so the padding never reaches a real position), and every batch is filled up to `batch` rows."""
     seqs = sequences(shard)
     order = np.argsort([len(s) for s in seqs], kind="stable")
@@ -241,7 +242,7 @@ def per_example(shard: dict[str, np.ndarray], forward, batch: int = 8,
 
 
 def response_hidden(model: Model, shard: dict[str, np.ndarray], batch: int = 8) -> dict[str, np.ndarray]:
-    """hidden_ND float16 [sum (L_e - P_e), D] and hidden_offsets int64 [E + 1] for a generation shard."""
+    """hidden_ND float16 [sum (n_e - p_e), E] and hidden_offsets int64 [X + 1] for a generation shard."""
     rows = per_example(shard, lambda t: final_hidden(model, t), batch)
     prompt_len = shard["prompt_len"]
     hidden_offsets = np.zeros(len(rows) + 1, np.int64)
@@ -271,18 +272,18 @@ def cache_hidden(model: Model, shards_dir, out_dir, batch: int = 8) -> list[Path
 
 @functools.partial(jax.jit, static_argnums=2)
 def layer_features(model: Model, tokens_BT, layers: tuple[int, ...]):
-    """Causal forward without a cache: int32 [B, T] -> float16 [B, T, L', D], the residual stream after each of
+    """Causal forward without a cache: int32 [B, T] -> float16 [B, T, L', E], the residual stream after each of
     `layers` (what a Block drafter reads); the LM head runs on one dummy position per row."""
     B, T = tokens_BT.shape
     positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     mask_TT = jnp.tril(jnp.ones((T, T), bool))
-    *_, features = model.forward(tokens_BT, positions_BT, None, jnp.zeros((B,), jnp.int32), mask_TT,
-                                 logits_at_BK=jnp.zeros((B, 1), jnp.int32), features_at=layers)
-    return features.astype(jnp.float16)
+    out = model.forward(tokens_BT, positions_BT, None, jnp.zeros((B,), jnp.int32), mask_TT,
+                        logits_at_BI=jnp.zeros((B, 1), jnp.int32), features_at=layers)
+    return out.features_BTLpE.astype(jnp.float16)
 
 
 def cache_features(model: Model, shards_dir, out_dir, layers: tuple[int, ...], batch: int = 8) -> list[Path]:
-    """Each generation shard of shards_dir plus features_NLD float16 [sum L_e, L', D], the outputs of `layers` at
+    """Each generation shard of shards_dir plus features_NLD float16 [sum n_e, L', E], the outputs of `layers` at
     every position (in the shard's token order), and layers int32 [L']."""
     def compute(shard):
         rows = per_example(shard, lambda t: layer_features(model, t, layers), batch)

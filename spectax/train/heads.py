@@ -43,10 +43,11 @@ class TrainConfig(FitConfig):
 
 @dataclasses.dataclass
 class HeadsData:
-    """Training rows: hidden_ND float16 [N, D] and labels_NH int32 [N, H] (token ids, -1 past the answer's end)."""
+    """Training rows: hidden_XE float16 [X, E] and labels_XD int32 [X, D] (head d - 1's label, the token at depth d;
+    -1 past the answer's end)."""
 
-    hidden_ND: np.ndarray
-    labels_NH: np.ndarray
+    hidden_XE: np.ndarray
+    labels_XD: np.ndarray
 
 
 def load_data(hidden_dirs, num_heads: int) -> HeadsData:
@@ -57,12 +58,12 @@ def load_data(hidden_dirs, num_heads: int) -> HeadsData:
         seq = shard["tokens"][shard["offsets"][e]:shard["offsets"][e + 1]]
         rows = slice(shard["hidden_offsets"][e], shard["hidden_offsets"][e + 1])
         t = shard["prompt_len"][e] - 1 + np.arange(rows.stop - rows.start)              # positions of the rows
-        idx = t[:, None] + 2 + np.arange(num_heads)[None, :]                            # [n, H] label positions
+        idx = t[:, None] + 2 + np.arange(num_heads)[None, :]                            # [n, D] label positions
         labels.append(np.where(idx < len(seq), seq[np.minimum(idx, len(seq) - 1)], -1).astype(np.int32))
         hidden.append(shard["hidden_ND"][rows])
     if not hidden:
         raise ValueError(f"no hidden-state shards in {hidden_dirs} (run `python -m spectax.train.distill hidden`)")
-    return HeadsData(hidden_ND=np.concatenate(hidden), labels_NH=np.concatenate(labels))
+    return HeadsData(hidden_XE=np.concatenate(hidden), labels_XD=np.concatenate(labels))
 
 
 def draft_vocabulary(freqs_V: np.ndarray, size: int) -> np.ndarray:
@@ -73,18 +74,19 @@ def draft_vocabulary(freqs_V: np.ndarray, size: int) -> np.ndarray:
     return np.sort(order[:size]).astype(np.int32)
 
 
-def to_draft_index(labels_NH: np.ndarray, vocab_ids: np.ndarray, vocab_size: int) -> np.ndarray:
-    """int32 [N, H]: each label's index in the draft vocabulary, -1 where masked (past the end, or not in V')."""
+def to_draft_index(labels: np.ndarray, vocab_ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """int32, the shape of `labels` (token ids, -1 masked): each label's index in the draft vocabulary V', -1 where
+    masked (past the end, or not in V')."""
     index_V = np.full(vocab_size, -1, np.int32)
     index_V[vocab_ids] = np.arange(vocab_ids.size, dtype=np.int32)
-    return np.where(labels_NH >= 0, index_V[np.maximum(labels_NH, 0)], -1)
+    return np.where(labels >= 0, index_V[np.maximum(labels, 0)], -1)
 
 
-def loss_fn(params, config: HeadsConfig, table_VpD, x_BD, target_BH):
-    """Mean cross-entropy over the unmasked (row, head) pairs; target_BH: draft-vocabulary indices, -1 masked."""
-    logits = head_logits(config, params, table_VpD, x_BD)                              # [B, H, V']
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(target_BH, 0))
-    valid = target_BH >= 0
+def loss_fn(params, config: HeadsConfig, table_VpE, x_BE, target_BD):
+    """Mean cross-entropy over the unmasked (row, head) pairs; target_BD: draft-vocabulary indices, -1 masked."""
+    logits = head_logits(config, params, table_VpE, x_BE)                              # [B, D, V']
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(target_BD, 0))
+    valid = target_BD >= 0
     return jnp.sum(jnp.where(valid, ce, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
@@ -96,14 +98,14 @@ def train(target, data: HeadsData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt
     Returns the trained Heads (a chain of num_heads; pick a tree with heads.replace(tree=...))."""
     c = target.config
     config = HeadsConfig(kind=cfg.kind, num_heads=cfg.num_heads, hidden_size=c.hidden_size, vocab_size=c.vocab_size)
-    if data.labels_NH.shape[1] != cfg.num_heads:
-        raise ValueError(f"data has labels for {data.labels_NH.shape[1]} heads, config asks for {cfg.num_heads}")
+    if data.labels_XD.shape[1] != cfg.num_heads:
+        raise ValueError(f"data has labels for {data.labels_XD.shape[1]} heads, config asks for {cfg.num_heads}")
     table = jnp.asarray(head_table(target))[jnp.asarray(vocab_ids)]
-    target_NH = to_draft_index(data.labels_NH, vocab_ids, c.vocab_size)
+    target_XD = to_draft_index(data.labels_XD, vocab_ids, c.vocab_size)
 
     def batch(step):
-        rows = batch_rows(len(target_NH), cfg, step)
-        return table, jnp.asarray(data.hidden_ND[rows], jnp.float32), jnp.asarray(target_NH[rows])
+        rows = batch_rows(len(target_XD), cfg, step)
+        return table, jnp.asarray(data.hidden_XE[rows], jnp.float32), jnp.asarray(target_XD[rows])
 
     params = fit(init_params(config, cfg.seed), lambda p, *b: loss_fn(p, config, *b), batch, cfg, ckpt_dir,
                  f"train {cfg.kind}", log, progress, stop_at)
@@ -112,25 +114,25 @@ def train(target, data: HeadsData, vocab_ids: np.ndarray, cfg: TrainConfig, ckpt
 
 
 def evaluate(heads: Heads, target, data: HeadsData, top: int = 5, batch: int = 1024) -> np.ndarray:
-    """float [H, top]: per head, the fraction of held-out positions whose label (a full-vocabulary token id) is among
-    the head's top-k candidates, k = 1..top (labels outside the draft vocabulary count as misses)."""
+    """float [D, M] (M = top): per head (depth), the fraction of held-out positions whose label (a full-vocabulary
+    token id) is among the head's top-m candidates, m = 1..top (labels outside the draft vocabulary count as misses)."""
     table = jnp.asarray(head_table(target))[heads.vocab_ids]
     topk = jax.jit(lambda x: jax.lax.top_k(head_logits(heads.config, heads.params, table, x), top)[1])
     hits = np.zeros((heads.config.num_heads, top))
     counts = np.zeros(heads.config.num_heads)
     ids = np.asarray(heads.vocab_ids)
-    for i in range(0, len(data.hidden_ND), batch):
-        cand = ids[np.asarray(topk(jnp.asarray(data.hidden_ND[i:i + batch], jnp.float32)))]   # [b, H, top]
-        labels = data.labels_NH[i:i + batch]
+    for i in range(0, len(data.hidden_XE), batch):
+        cand = ids[np.asarray(topk(jnp.asarray(data.hidden_XE[i:i + batch], jnp.float32)))]   # [b, D, M]
+        labels = data.labels_XD[i:i + batch]
         h, c = cli_common.top_k_hits(cand, labels, labels >= 0, axis=0)
         hits, counts = hits + h, counts + c
     return hits / np.maximum(counts, 1)[:, None]
 
 
-def write_readme(path: Path, cfg: TrainConfig, command: str, data_note: str, seconds: float, acc_HK: np.ndarray,
+def write_readme(path: Path, cfg: TrainConfig, command: str, data_note: str, seconds: float, acc_DM: np.ndarray,
                  coverage: float) -> None:
     """The shipped checkpoint's README: command, data, time, machine, per-head accuracy."""
-    table = cli_common.accuracy_table("head", [f"{h} (token t+{h + 2})" for h in range(len(acc_HK))], acc_HK)
+    table = cli_common.accuracy_table("head", [f"{h} (token t+{h + 2})" for h in range(len(acc_DM))], acc_DM)
     path.write_text(f"""# {cfg.kind} heads for SmolLM2-135M-Instruct
 
 Load with `spectax.drafters.Heads.load(path)`; decode with `spectax.decode(model, prompts, drafter=heads)`.
@@ -157,9 +159,9 @@ def main(argv=None) -> None:
     data = load_data([d / "hidden" / "train" for d in dirs], cfg.num_heads)
     held_out = load_data([dirs[0] / "hidden" / "eval"], cfg.num_heads)
     vocab_ids = draft_vocabulary(sum(token_frequencies(d / "train") for d in dirs), cfg.draft_vocab)
-    eval_tokens = held_out.labels_NH[:, 0][held_out.labels_NH[:, 0] >= 0]
+    eval_tokens = held_out.labels_XD[:, 0][held_out.labels_XD[:, 0] >= 0]
     coverage = float(np.isin(eval_tokens, vocab_ids).mean())
-    print(f"{len(data.hidden_ND)} training positions, {len(held_out.hidden_ND)} held out; draft vocabulary "
+    print(f"{len(data.hidden_XE)} training positions, {len(held_out.hidden_XE)} held out; draft vocabulary "
           f"{cfg.draft_vocab} covers {coverage:.1%} of held-out tokens", flush=True)
     cli_common.train_evaluate_save(
         prog, argv, args,
@@ -179,19 +181,19 @@ def choose_gate(heads: Heads, target, data: HeadsData, cost, depth: int, batch: 
     table = full[heads.vocab_ids]
 
     @jax.jit
-    def score(x_BD):
-        logp = jax.nn.log_softmax(x_BD @ full.T, axis=-1)
+    def score(x_BE):
+        logp = jax.nn.log_softmax(x_BE @ full.T, axis=-1)
         ent = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-        top1 = heads.vocab_ids[jnp.argmax(head_logits(heads.config, heads.params, table, x_BD), axis=-1)]
+        top1 = heads.vocab_ids[jnp.argmax(head_logits(heads.config, heads.params, table, x_BE), axis=-1)]
         return ent, top1
 
     ents, tops = [], []
-    for i in range(0, len(data.hidden_ND), batch):
-        e, t = score(jnp.asarray(data.hidden_ND[i:i + batch], jnp.float32))
+    for i in range(0, len(data.hidden_XE), batch):
+        e, t = score(jnp.asarray(data.hidden_XE[i:i + batch], jnp.float32))
         ents.append(np.asarray(e))
         tops.append(np.asarray(t))
     ent, top = np.concatenate(ents), np.concatenate(tops)
-    right = (top[:, :depth] == data.labels_NH[:, :depth]) & (data.labels_NH[:, :depth] >= 0)
+    right = (top[:, :depth] == data.labels_XD[:, :depth]) & (data.labels_XD[:, :depth] >= 0)
     tokens = 1 + np.cumprod(right, axis=1).sum(1)
     order = np.argsort(ent)
     n, c = len(ent), float(cost[depth])

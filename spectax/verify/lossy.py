@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectax.step_types import Draft
 from spectax.sampling import Sampler, SamplingParams, sample
+from spectax.step_types import Draft
 from spectax.tree import DraftTree
 from spectax.verify.residual import at, target_probs
 from spectax.verify.verdict import Verdict, deepest_accepted, path_from_best

@@ -12,8 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from spectax.step_types import Draft
 from spectax.sampling import Sampler, SamplingParams, split_rows, uniform_rows
+from spectax.step_types import Draft
 from spectax.tree import DraftTree
 from spectax.verify.residual import accepts, at, draw, residual, target_probs, without
 from spectax.verify.verdict import Verdict, walk
@@ -25,22 +25,22 @@ def verify_multi_draft(logits_BTV, draft: Draft, tree: DraftTree, keys_B, sample
     each sibling was drawn (see the module docstring); `draft.q_BNV` is None for deterministic drafts.
     keys_B: key [B], one per row."""
     B, T, V = logits_BTV.shape
-    keys_BK = split_rows(keys_B, tree.max_children + 1)
+    keys_BR = split_rows(keys_B, tree.max_children + 1)
     r_BTV = target_probs(logits_BTV, sampler, params)     # residual below every step position, all in parallel
     q_BNV = draft.probs(V, tree)
     cont_N = draft.continues(tree)                        # static: node n continues its previous sibling's draws
-    children_TK = tree.children                           # numpy [T, K] step indices, -1 padded
+    children_TR = tree.children                           # numpy [T, K] step indices, -1 padded
     accepted_BT = jnp.full((B, T), -1, jnp.int32)
     q_cur_BTV = None                                      # the law of each step position's next draw w/o replacement
-    for k in range(children_TK.shape[1]):
-        child_T = children_TK[:, k]
+    for k in range(children_TR.shape[1]):
+        child_T = children_TR[:, k]
         node_T = jnp.maximum(child_T - 1, 0)
         x_BT = draft.tokens_BN[:, node_T]
         q_BTV = q_BNV[:, node_T]
         cont_T = cont_N[np.maximum(child_T - 1, 0)] & (child_T >= 0)
         if cont_T.any():
             q_BTV = jnp.where(jnp.asarray(cont_T)[None, :, None], q_cur_BTV, q_BTV)
-        u_BT = uniform_rows(keys_BK[:, k], (T,))
+        u_BT = uniform_rows(keys_BR[:, k], (T,))
         q_x = at(q_BTV, x_BT)
         # a token its q could not have produced (a filler when fewer tokens are allowed than siblings) is no draw
         trial_BT = (accepted_BT < 0) & jnp.asarray(child_T >= 0)[None, :] & (q_x > 0)
@@ -52,4 +52,4 @@ def verify_multi_draft(logits_BTV, draft: Draft, tree: DraftTree, keys_B, sample
             q_cur_BTV = jnp.where(rejected, without(q_BTV, x_BT), q_BTV)
     path_BD, n_accepted, last_B = walk(accepted_BT, tree)
     r_last_BV = jnp.take_along_axis(r_BTV, last_B[:, None, None], axis=1)[:, 0]
-    return Verdict(path_BD=path_BD, n_accepted=n_accepted, next_root=draw(r_last_BV, keys_BK[:, -1]))
+    return Verdict(path_BD=path_BD, n_accepted=n_accepted, next_root=draw(r_last_BV, keys_BR[:, -1]))

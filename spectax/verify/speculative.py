@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from spectax.step_types import Draft
 from spectax.sampling import Sampler, SamplingParams, split_rows, uniform_rows
+from spectax.step_types import Draft
 from spectax.tree import DraftTree
 from spectax.verify.residual import accepts, at, draw, residual, target_probs
 from spectax.verify.verdict import Verdict
@@ -27,8 +27,8 @@ def verify_speculative(logits_BTV, draft: Draft, tree: DraftTree, keys_B, sample
     keys_B2 = split_rows(keys_B, 2)
     p_BTV = target_probs(logits_BTV, sampler, params)
     q_BDV = draft.probs(V, tree)                                               # node d's token was drawn from q_d
-    x_BD = draft.tokens_BN
-    ok_BD = accepts(uniform_rows(keys_B2[:, 0], (D,)), at(p_BTV[:, :D], x_BD), at(q_BDV, x_BD)) & draft.live(tree)
+    x_BE = draft.tokens_BN
+    ok_BD = accepts(uniform_rows(keys_B2[:, 0], (D,)), at(p_BTV[:, :D], x_BE), at(q_BDV, x_BE)) & draft.live(tree)
     n_accepted = jnp.sum(jnp.cumprod(ok_BD, axis=1), axis=1).astype(jnp.int32)
     p_at = jnp.take_along_axis(p_BTV, n_accepted[:, None, None], axis=1)[:, 0]          # [B, V]
     if D:
