@@ -17,8 +17,7 @@ from pallas_kernels.tree_attention import AttnImpl
 from spectax.checks import is_int
 from spectax.drafters import NoDraft
 from spectax.loop import DecodeStats, Loop
-from spectax.models import Model
-from spectax.models.ensemble import Ensemble
+from spectax.models import Model, Target
 from spectax.sampling import Sampling
 from spectax.sharding import Layout, ShardingRules
 from spectax.step_types import Drafter, LoopSpec
@@ -202,7 +201,9 @@ class Decoder:
     int [B] seeds. drafter: one with the structure the Decoder was built with (a training loop passes updated
     params), None for the one given at construction. sampling: another `Sampling` with the same greedy-ness and
     top_k: its temperature / top_p values (traced is fine) replace the Decoder's. Every argument may be traced: the
-    call composes with jax.jit, jax.vmap (say over seeds or temperatures), lax.scan and shard_map. A row stops after
+    call composes with jax.jit, jax.vmap (say over seeds or temperatures), lax.scan and shard_map (with
+    check_vma=False: the loop's state is created replicated inside the call and varies per shard as it runs; or let
+    the Decoder shard itself with mesh=). A row stops after
     any of the `eos_id` tokens (an int or a sequence; kept in the output). The other settings are `decode()`'s.
     """
 
@@ -210,8 +211,8 @@ class Decoder:
                  sampling: Sampling = Sampling(), eos_id=None, pad_id: int = 0, cache_size: int | None = None,
                  attn_impl: str | AttnImpl = "auto", lossy=None, mesh=None, rules=None, _cache_fill: float = 0.0,
                  _positions_checked: bool = False):
-        if not isinstance(model, (Model, Ensemble)):
-            raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble, got "
+        if not isinstance(model, Target):
+            raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble (a Target), got "
                              f"{type(model).__name__}")
         config = model.config
         drafter = NoDraft() if drafter is None else drafter
@@ -363,8 +364,9 @@ def decode_with_poison(model, prompt, max_new_tokens, *, prompt_lengths, drafter
             pad_id, attn_impl, cache_size, lossy, mesh=None, rules=None, poison_cache) -> DecodeResult:
     """decode() with a test knob (public for the tests): `poison_cache` fills every unwritten cache slot with NaN, so a
     read of a dead slot shows in the output."""
-    if not isinstance(model, (Model, Ensemble)):
-        raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble, got {type(model).__name__}")
+    if not isinstance(model, Target):
+        raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble (a Target), got "
+                         f"{type(model).__name__}")
     config = model.config
     tokens, lengths = prepare_prompt(prompt, prompt_lengths, config.vocab_size)
     drafter = NoDraft() if drafter is None else drafter

@@ -21,6 +21,7 @@ import numpy as np
 from spectax.cache import KVCache
 from spectax.checks import is_int
 from spectax.models import Model
+from spectax.step_types import History
 from spectax.tree import DraftTree
 
 NODE_COUNTS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -158,7 +159,7 @@ def ngram_acceptance(model: Model, prompts: Sequence[Sequence[int]], max_new_tok
 
     max_n, max_depth = _check_int("max_n", max_n, 1), _check_int("max_depth", max_depth, 1)
     probe = NGram(max_n=max_n, tree=DraftTree.chain(max_depth), depth_by_n=tuple(range(1, max_n + 1)))
-    propose = jax.jit(lambda s, r: probe.propose(s, r, None, None, None)[0])   # depth_B = the match length n
+    propose = jax.jit(lambda h: probe.propose((), h, None, None, None)[0])   # depth_B = the match length n
     ns, accepted = [], []
     for p in prompts:
         p = list(p)
@@ -167,9 +168,7 @@ def ngram_acceptance(model: Model, prompts: Sequence[Sequence[int]], max_new_tok
         hist = np.full((B, len(p) + B), -1, np.int32)
         for i in range(B):
             hist[i, :len(p) + i] = p + out[:i]
-        state = probe.init(None, jnp.asarray(hist), jnp.asarray(len(p) + np.arange(B), jnp.int32), None,
-                           hist.shape[1], None)
-        draft = propose(state, jnp.asarray(out[:B], jnp.int32))
+        draft = propose(History.after(hist, len(p) + np.arange(B), np.asarray(out[:B], np.int32)))
         tokens = np.asarray(draft.tokens_BN)
         for i in range(B):
             truth = np.asarray(out[i + 1:i + 1 + max_depth])

@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_ids(tok, config) -> tuple[int, ...]:
+    """Every token that ends a generation: the tokenizer's EOS and all of the checkpoint's end tokens
+    (`ModelConfig.eos_ids`: its EOS list and the chat template's end-of-turn token)."""
+    return tuple(dict.fromkeys(([tok.eos_id] if tok.eos_id is not None else []) + list(config.eos_ids)))
+
+
 def pick_tokenizer(model_arg: str, tokenizer_arg: str | None):
     """The tokenizer for `--model model_arg` (and the optional `--tokenizer`); ValueError when there is none."""
     from spectax.io import hub
@@ -119,7 +125,7 @@ def _generate(args: argparse.Namespace) -> int:
         ids = tok.encode_chat(messages + [{"role": "user", "content": text}])
     if not ids:
         raise ValueError("the prompt is empty")
-    eos = tok.eos_id if tok.eos_id is not None else model.config.eos_id
+    eos = stop_ids(tok, model.config)
 
     drafter = None if args.drafter is None else pick_drafter(args.model, args.drafter)
 
@@ -171,7 +177,8 @@ def _demo(args: argparse.Namespace) -> int:
     runs = {}
     for name, drafter in (("plain", None), (f"{args.drafter} drafter", drafted)):
         run = lambda: jax.block_until_ready(spectax.decode(model, [ids], args.max_new_tokens,  # noqa: E731
-                                                           eos_id=tok.eos_id, drafter=drafter))
+                                                           eos_id=stop_ids(tok, model.config),
+                                                           drafter=drafter))
         run()                                   # warm-up: compiles; the timed run below compiles nothing
         start = time.perf_counter()
         out = run()
@@ -182,7 +189,8 @@ def _demo(args: argparse.Namespace) -> int:
         new = [int(t) for t in out.tokens[0, :n]]
         print(f"--- {name}: {n} tokens in {seconds:.2f} s, {n / seconds:.1f} tokens/s, speedup "
               f"{base / seconds:.2f}x, tau {out.stats.tau:.2f} tokens per target call")
-        print(tok.decode(new[:-1] if new and new[-1] == tok.eos_id else new, skip_special_tokens=True))
+        print(tok.decode(new[:-1] if new and new[-1] in stop_ids(tok, model.config) else new,
+                         skip_special_tokens=True))
     (a, _), (b, _) = runs.values()
     same = bool((a.tokens == b.tokens).all())
     print(f"--- greedy outputs identical: {same} (compile excluded by a warm-up run of each; CPU timings are noisy)")

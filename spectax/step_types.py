@@ -50,6 +50,17 @@ class History:
     tokens_BW: jax.Array = axes("batch", None)   # int32 [B, H] -1 past length_B
     length_B: jax.Array = axes("batch")          # int32 [B] tokens held, the root included
 
+    @classmethod
+    def after(cls, tokens_BW, length_B, root_B) -> "History":
+        """What a drafter sees at a step whose root is root_B: each row's first length_B[b] tokens of tokens_BW
+        (the rest ignored), then its root (to drive a drafter outside the loop)."""
+        tokens_BW, length_B = jnp.asarray(tokens_BW, jnp.int32), jnp.asarray(length_B, jnp.int32)
+        B, W = tokens_BW.shape
+        padded = jnp.where(jnp.arange(W)[None, :] < length_B[:, None], tokens_BW, -1)
+        padded = jnp.concatenate([padded, jnp.full((B, 1), -1, jnp.int32)], axis=1)
+        return cls(tokens_BW=padded.at[jnp.arange(B), length_B].set(jnp.asarray(root_B, jnp.int32)),
+                   length_B=length_B + 1)
+
     @property
     def root_B(self) -> jax.Array:
         """int32 [B]: the newest committed token of each row."""

@@ -96,12 +96,14 @@ def test_features_come_from_the_same_forward(tiny_llama):  # noqa: F811
     from spectax.models.ensemble import early_exit
     tokens = jnp.asarray([[3, 9, 27, 5, 1]])
     pos, mask, zero = jnp.arange(5)[None], jnp.tril(jnp.ones((5, 5), bool)), jnp.zeros((1,), jnp.int32)
-    logits, hidden, _, feats = tiny_llama.forward(tokens, pos, None, zero, mask, features_at=(0, 1))
-    plain_logits, plain_hidden, _ = tiny_llama.forward(tokens, pos, None, zero, mask)
-    np.testing.assert_array_equal(logits, plain_logits)
+    out = tiny_llama.forward(tokens, pos, None, zero, mask, features_at=(0, 1))
+    logits, feats = out.logits_BTV, out.features_BTLpE
+    plain = tiny_llama.forward(tokens, pos, None, zero, mask)
+    np.testing.assert_array_equal(logits, plain.logits_BTV)
+    assert plain.features_BTLpE is None
     cut = early_exit(tiny_llama, 1)
     embed = cut.params["embed"]["embedding"]
-    x1 = cut.forward(tokens, pos, None, zero, mask, features_at=(0,))[3][:, :, 0]
+    x1 = cut.forward(tokens, pos, None, zero, mask, features_at=(0,)).features_BTLpE[:, :, 0]
     np.testing.assert_allclose(feats[:, :, 0], x1, rtol=1e-6, atol=1e-6)
     assert not np.allclose(feats[:, :, 0], embed[tokens]) and feats.shape == (1, 5, 2, MARKOV.hidden_size)
     with pytest.raises(ValueError, match="feature layers"):

@@ -9,6 +9,7 @@ import spectax
 from spectax import DraftTree
 from spectax.drafters import Combined, DraftModel, Heads, NGram
 from spectax.models import Model
+from spectax.step_types import History
 from test_heads import ForwardLog
 
 NEW = 40
@@ -122,21 +123,21 @@ def test_tree_siblings_hold_distinct_matches():
     a missing sibling repeats the first; deeper nodes follow the candidate they agree with."""
     drafter = NGram(max_n=2, min_n=1, tree=DraftTree.from_paths([(0,), (1,), (2,), (0, 0), (1, 0)]), occurrences=2)
     history = [5, 1, 7, 2, 5, 1, 8, 3, 1, 9, 4, 5]     # then the root 1: "5 1" matched twice, "1" three times
-    state = drafter.init(None, np.array([history]), np.array([len(history)]), None, 32, None)
-    draft, _ = drafter.propose(state, np.array([1]), None, None, None)
+    draft, _ = drafter.propose((), History.after(np.array([history]), np.array([len(history)]), np.array([1])),
+                               None, None, None)
     # candidates: n=2 "5 1" -> ends 5 (then 8 3), 1 (then 7 2); n=1 "1" -> ends 8 (then 9 4), 5 (8 3)
     assert np.asarray(draft.tokens_BN[0]).tolist() == [8, 7, 9, 3, 2]
     assert int(draft.depth_B[0]) == 2
-    state = drafter.init(None, np.array([[6, 2, 4]]), np.array([3]), None, 32, None)
-    draft, _ = drafter.propose(state, np.array([9]), None, None, None)
+    draft, _ = drafter.propose((), History.after(np.array([[6, 2, 4]]), np.array([3]), np.array([9])), None, None,
+                               None)
     assert int(draft.depth_B[0]) == 0, "no earlier 9: no match, no speculation"
 
 
 def test_periodic_continuation():
     """A match that runs into the present continues with the text's period."""
     drafter = NGram(max_n=3, tree=DraftTree.chain(5))
-    state = drafter.init(None, np.array([[4, 6, 4, 6]]), np.array([4]), None, 16, None)
-    draft, _ = drafter.propose(state, np.array([4]), None, None, None)     # history 4 6 4 6 4
+    history = History.after(np.array([[4, 6, 4, 6]]), np.array([4]), np.array([4]))    # 4 6 4 6, root 4
+    draft, _ = drafter.propose((), history, None, None, None)
     assert np.asarray(draft.tokens_BN[0]).tolist() == [6, 4, 6, 4, 6]
 
 

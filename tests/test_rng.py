@@ -2,6 +2,7 @@
 batch size or the other rows; and `rng` takes an int, a jax key, or int [B] per-row seeds (bad values: ValueError)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -10,7 +11,9 @@ import spectax.api as api
 import spectax.sampling as sampling
 from conftest import TINY_LLAMA
 from spectax import DraftTree
-from spectax.drafters import DraftModel
+from spectax.drafters import Block, Combined, CoS, DraftModel, Heads, NGram
+from spectax.loop import Loop
+from spectax.sampling import fold_rows
 from test_speculative import noisy_copy
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3], [40, 41], [5] * 20, [9, 8, 7, 6], [60] * 7]
@@ -27,8 +30,21 @@ def flat():
 
 def drafters(model):
     draft = noisy_copy(model, 0.3, 2)
+    ngram_tree = NGram(max_n=3, tree=DraftTree.kary((2, 2)), occurrences=2)
+    heads = Heads.create(model, kind="medusa", num_heads=2, tree=DraftTree.kary((2, 2)), seed=1)
     return {"plain": None, "chain": DraftModel(draft, tree=DraftTree.chain(3)),
-            "tree": DraftModel(draft, tree=DraftTree.kary((2, 2)))}
+            "tree": DraftModel(draft, tree=DraftTree.kary((2, 2))),
+            "ngram-chain": NGram(max_n=3, tree=DraftTree.chain(3), depth_by_n=(1, 2, 3)),
+            "ngram-tree": ngram_tree,
+            "cerberus-gated": Heads.create(model, kind="cerberus", num_heads=2, tree=DraftTree.kary((2, 2)),
+                                           gate=GATE, seed=2),
+            "heads": heads,
+            "block": Block.create(model, block_size=3, tree=DraftTree.kary((2, 1, 1)), target_layers=(0, 1)),
+            "combined": Combined((ngram_tree, Heads.create(model, kind="cerberus", num_heads=2,
+                                                            tree=DraftTree.kary((2, 1)), gate=GATE, seed=3)))}
+
+
+GATE = 4.15   # nats: the flat model's entropies straddle it, so the Cerberus gate opens for some steps, not all
 
 
 def decode_rows(model, rows, drafter, **kw):
@@ -36,17 +52,48 @@ def decode_rows(model, rows, drafter, **kw):
     return np.asarray(out.tokens), out.stats
 
 
-@pytest.mark.parametrize("kind", ["plain", "chain", "tree"])
+KINDS = ["plain", "chain", "tree", "ngram-chain", "ngram-tree", "cerberus-gated", "heads", "block", "combined"]
+
+
+def rows_agree(model, drafter, **sampling_kw) -> bool:
+    """Whether every row decodes alike alone, in the batch of 8 and at other positions of a batch of 4."""
+    full, _ = decode_rows(model, np.arange(8), drafter, **sampling_kw)
+    alone = [decode_rows(model, np.array([r]), drafter, **sampling_kw)[0][0] for r in (3, 5)]   # other buckets
+    perm = np.array([6, 0, 3, 2])                                            # other positions, batch of 4
+    part, _ = decode_rows(model, perm, drafter, **sampling_kw)
+    return bool((alone[0] == full[3]).all() and (alone[1] == full[5]).all() and (part == full[perm]).all())
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_row_depends_only_on_its_prompt_and_seed(flat, kind):
     drafter = drafters(flat)[kind]
-    full, st = decode_rows(flat, np.arange(8), drafter, **SAMPLING)
-    alone, _ = decode_rows(flat, np.array([5]), drafter, **SAMPLING)         # alone, a different prompt bucket
-    np.testing.assert_array_equal(alone[0], full[5])
-    perm = np.array([6, 0, 3, 2])                                            # other positions, batch of 4
-    part, _ = decode_rows(flat, perm, drafter, **SAMPLING)
-    np.testing.assert_array_equal(part, full[perm])
+    assert rows_agree(flat, drafter, **SAMPLING)
     if drafter is not None:
-        assert 1.0 < st.tau, "the draft must be partly accepted, so rows really accept different amounts"
+        _, st = decode_rows(flat, np.arange(8), drafter, **SAMPLING)
+        if kind != "ngram-chain":   # (its sampled chains are rarely accepted on this flat model; it truncates)
+            assert 1.0 < st.tau, "the draft must be partly accepted, so rows really accept different amounts"
+        speculated, calls = int(np.sum(st.speculated)), int(np.sum(st.row_calls))
+        if kind in ("ngram-chain", "ngram-tree", "cerberus-gated", "combined"):
+            assert 0 < speculated < calls, "rows must offer different depths, so the loop truncates the tree"
+
+
+def test_a_row_of_an_ensemble_depends_only_on_its_prompt_and_seed(flat):
+    ensemble = spectax.Ensemble((flat, noisy_copy(flat, 0.3, 4)), weights=(0.7, 0.3))
+    assert rows_agree(ensemble, CoS(ensemble, tree=DraftTree.kary((2, 1))), **SAMPLING)
+
+
+def test_truncation_dependent_draws_are_caught(flat, monkeypatch, fresh_trace):
+    """Teeth: draws that depend on the depth the batch's forward was cut to (the bug of verifying each truncation
+    with its own draw shapes) make a row depend on its neighbours, and the check above sees it."""
+    verify = Loop._verify
+
+    def cut_dependent(self, logits_BTV, draft, keys_B):
+        if draft.depth_B is not None:
+            keys_B = fold_rows(keys_B, jnp.max(draft.depth_B))
+        return verify(self, logits_BTV, draft, keys_B)
+
+    monkeypatch.setattr(Loop, "_verify", cut_dependent)
+    assert not rows_agree(flat, drafters(flat)["ngram-tree"], temperature=1.0)
 
 
 def test_greedy_rows_are_the_same_with_or_without_a_tree(flat):

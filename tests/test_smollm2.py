@@ -107,7 +107,7 @@ def test_shipped_drafters_reproduce_the_goldens(model, golden, kind):
     from spectax.io.hub import load_drafter, shipped_drafter
 
     drafter = load_drafter(shipped_drafter(NAME, kind))
-    drafter.check(model.config)
+    drafter.check(model)
     second = golden["second_prompt"]
     with jax.default_matmul_precision("highest"):
         out = spectax.decode(model, [golden["prompt_ids"], second["prompt_ids"]], max_new_tokens=32,

@@ -286,8 +286,8 @@ class Recording:
     def follows_any_path(self) -> bool:
         return self.inner.follows_any_path
 
-    def check(self, target_config, batch=None):
-        self.inner.check(target_config, batch)
+    def check(self, target, batch=None):
+        self.inner.check(target, batch)
 
     def init(self, *args):
         return self.inner.init(*args)
@@ -423,12 +423,12 @@ def test_bad_replay_corrupt_is_rejected(corrupt):
         Replay.create(np.ones((2, 4), np.int32), corrupt, DraftTree.chain(2))
 
 
-def test_replay_checks_its_reference_against_the_batch():
+def test_replay_checks_its_reference_against_the_batch(tiny_llama):
     drafter = Replay.create(np.ones((2, 4), np.int32), np.float32(0.5), DraftTree.chain(2))   # numpy floats work
-    drafter.check(TINY_LLAMA)                       # batch unknown: nothing to compare
-    drafter.check(TINY_LLAMA, batch=2)
+    drafter.check(tiny_llama)                       # batch unknown: nothing to compare
+    drafter.check(tiny_llama, batch=2)
     with pytest.raises(ValueError, match="2 rows for a batch of 3"):
-        drafter.check(TINY_LLAMA, batch=3)
+        drafter.check(tiny_llama, batch=3)
 
 
 def test_replay_drafts_control_acceptance(tiny_llama, plain):

@@ -117,15 +117,17 @@ class IndependentDraws:
     logits_NV: jax.Array
     tree: DraftTree = struct.field(pytree_node=False)
     record_unfiltered: bool = struct.field(pytree_node=False, default=False)
+    target_layers = ()
+    follows_any_path = True
 
-    def check(self, target_config, batch=None):
+    def check(self, target, batch=None):
         pass
 
     def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec):
         return ()
 
-    def propose(self, state, root_B, keys_B, spec, sampling):
-        B, (N, V) = root_B.shape[0], self.logits_NV.shape
+    def propose(self, state, history, keys_B, spec, sampling):
+        B, (N, V) = history.length_B.shape[0], self.logits_NV.shape
         logits = jnp.broadcast_to(self.logits_NV, (B, N, V))
         logq = jax.nn.log_softmax(warp(logits, spec.sampler, sampling), -1)
         tokens = categorical_rows(keys_B, logq)

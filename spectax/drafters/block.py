@@ -229,7 +229,7 @@ class Block:
         if mine != theirs:
             raise ValueError(f"this block drafter was made for a target with (hidden size, heads, kv heads, head dim, "
                              f"vocabulary, layers) = {mine}; the target has {theirs}")
-        check_per_depth(self.tree, self.vocab_ids, c.vocab_size, self.config.block_size, "block positions")
+        check_per_depth(self.tree, self.vocab_ids, c.vocab_size, self.config.block_size, "positions in the block")
         expected = jax.tree_util.tree_map(np.shape, jax.eval_shape(lambda: init_params(self.config)))
         if jax.tree_util.tree_map(np.shape, self.params) != expected:
             raise ValueError(f"block weights do not match their config {self.config}")

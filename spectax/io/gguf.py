@@ -132,7 +132,21 @@ def _config_from_metadata(reader, path: str, tensors: dict) -> ModelConfig:
         tie_embeddings="output.weight" not in tensors,
         bos_id=None if bos is None else int(bos),
         eos_id=None if eos is None else int(eos),
+        eos_ids=end_of_turn_ids(reader),
     )
+
+
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")   # chat templates' ends
+
+
+def end_of_turn_ids(reader) -> tuple[int, ...]:
+    """The ids that end a generation besides the EOS: `tokenizer.ggml.eot_token_id` and the chat templates'
+    end-of-turn tokens present in the vocabulary (ChatML's <|im_end|>, Llama 3's <|eot_id|>, ...)."""
+    ids = [_field_value(reader, "tokenizer.ggml.eot_token_id")]
+    tokens = _field_value(reader, "tokenizer.ggml.tokens") or []
+    where = {t: i for i, t in enumerate(tokens) if t in END_OF_TURN}
+    ids += [where[t] for t in END_OF_TURN if t in where]
+    return tuple(int(i) for i in ids if i is not None)
 
 
 def read_gguf_config(source) -> ModelConfig:

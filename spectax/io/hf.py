@@ -67,6 +67,12 @@ def _first_id(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _all_ids(value: Any) -> tuple[int, ...]:
+    """Every id of an int, a list of ints or None."""
+    values = value if isinstance(value, (list, tuple)) else () if value is None else (value,)
+    return tuple(int(v) for v in values)
+
+
 def _need(cfg: dict, key: str, path: Path) -> Any:
     if cfg.get(key) is None:
         raise ValueError(f"{path}: config.json lacks {key!r}")
@@ -133,6 +139,7 @@ def _llama_config(cfg: dict, model_type: str, path: Path) -> ModelConfig:
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         bos_id=_first_id(cfg.get("bos_token_id")),
         eos_id=_first_id(cfg.get("eos_token_id")),
+        eos_ids=_all_ids(cfg.get("eos_token_id")),
     )
 
 
@@ -164,6 +171,7 @@ def _gpt2_config(cfg: dict, path: Path) -> ModelConfig:
         tie_embeddings=True,
         bos_id=_first_id(cfg.get("bos_token_id")),
         eos_id=_first_id(cfg.get("eos_token_id")),
+        eos_ids=_all_ids(cfg.get("eos_token_id")),
     )
 
 

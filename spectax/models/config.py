@@ -15,7 +15,8 @@ class ModelConfig:
 
     `arch` selects the block: "llama" (RMSNorm, RoPE, GQA, SwiGLU; also Mistral, Qwen2, SmolLM2) or
     "gpt2" (LayerNorm, learned positions, gelu_new). `rope_scaling` is a sorted tuple of (key, value)
-    pairs so the config stays hashable.
+    pairs so the config stays hashable. `eos_ids`: every token that ends a generation (the checkpoint's EOS list,
+    the chat template's end-of-turn token), `eos_id` (the main one) first; decode with `eos_id=config.eos_ids`.
     """
 
     arch: str
@@ -34,8 +35,11 @@ class ModelConfig:
     tie_embeddings: bool = False
     bos_id: int | None = None
     eos_id: int | None = None
+    eos_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
+        ends = ((self.eos_id,) if self.eos_id is not None else ()) + tuple(self.eos_ids)
+        object.__setattr__(self, "eos_ids", tuple(dict.fromkeys(int(i) for i in ends)))
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}; spectax supports {ARCHITECTURES}")
         if self.num_heads % self.num_kv_heads:
@@ -55,6 +59,7 @@ class ModelConfig:
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
         d = json.loads(text)
+        d["eos_ids"] = tuple(d.get("eos_ids", ()))
         if d.get("rope_scaling") is not None:
             d["rope_scaling"] = tuple((k, v) for k, v in d["rope_scaling"])
         return cls(**d)

@@ -15,6 +15,7 @@ size; the ensemble's vocabulary is member 0's (extra rows of the others dropped,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -103,6 +104,12 @@ class Ensemble:
     def dtype(self):
         return self.models[0].dtype
 
+    def logical_axes(self) -> "Ensemble":
+        """The ensemble with each member's params replaced by their logical axes (how a mesh places them)."""
+        described = copy.copy(self)                 # no __post_init__: the members now hold Axes
+        object.__setattr__(described, "models", tuple(m.logical_axes() for m in self.models))
+        return described
+
     def combine(self, member_logits: list[jax.Array]) -> jax.Array:
         """float32 [..., V]: log r (up to a constant) from each member's logits [..., V_k], V = member 0's V."""
         V = self.config.vocab_size
@@ -158,9 +165,6 @@ class Ensemble:
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward of every member without a cache: int32 [B, T] -> log r float32 [B, T, V]."""
-        tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
-        if tokens_BT.ndim != 2:
-            raise ValueError(f"tokens must be [B, T], got shape {tokens_BT.shape}")
         return full_logits(self, tokens_BT)
 
 

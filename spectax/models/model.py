@@ -222,15 +222,20 @@ class Model:
 
     def logits(self, tokens_BT) -> jax.Array:
         """Full causal forward without a cache: int32 [B, T] -> float32 logits [B, T, V]."""
-        tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
-        if tokens_BT.ndim != 2:
-            raise ValueError(f"tokens must be [B, T], got shape {tokens_BT.shape}")
         return full_logits(self, tokens_BT)
 
 
+def full_logits(target, tokens_BT) -> jax.Array:
+    """The full causal forward of any target (a Model or an Ensemble: anything with `forward`), no cache:
+    int [B, T] -> float32 logits [B, T, V]; ValueError for tokens of another rank."""
+    tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
+    if tokens_BT.ndim != 2:
+        raise ValueError(f"tokens must be [B, T], got shape {tokens_BT.shape}")
+    return _causal_logits(target, tokens_BT)
+
+
 @jax.jit
-def full_logits(model, tokens_BT):
-    """The full causal forward of any target (a Model or an Ensemble: anything with `forward`), no cache."""
+def _causal_logits(model, tokens_BT):
     B, T = tokens_BT.shape
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     mask = jnp.tril(jnp.ones((T, T), bool))
