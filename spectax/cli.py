@@ -141,7 +141,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     n = int(out.lengths[0])
     new = [int(t) for t in out.tokens[0, :n]]
-    answer = new[:-1] if new and eos is not None and new[-1] == eos else new
+    answer = new[:-1] if new and new[-1] in eos else new
     print(tok.decode(answer, skip_special_tokens=True))
     print(f"[spectax] {n} tokens in {seconds:.2f} s: {n / seconds:.1f} tokens/s (prefill {len(ids)} prompt tokens "
           f"+ decode; compile excluded by a warm-up run of the same shapes)"

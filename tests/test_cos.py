@@ -182,6 +182,13 @@ def test_bad_input(tiny_llama, tiny_gpt2):
             spectax.decode(ensemble, [[1, 2]], 4, drafter=CoS(ensemble, proposer=proposer))
     with pytest.raises(ValueError, match="context"):      # the smallest member context (gpt2's 256) bounds decoding
         spectax.decode(ensemble, [[1] * 250], 10)
+    # CoS verifies against its own ensemble: decoding any other target with it is refused before tracing
+    others = [tiny_llama, Ensemble([tiny_llama, tiny_gpt2], weights=(0.3, 0.7)),
+              Ensemble([tiny_llama, Model.random(TINY_GPT2, seed=9)])]
+    for target in others:
+        with pytest.raises(ValueError, match="its own ensemble"):
+            spectax.decode(target, [[1, 2]], 4, drafter=CoS(ensemble))
+    spectax.decode(Ensemble([tiny_llama, tiny_gpt2]), [[1, 2]], 4, drafter=CoS(ensemble))   # an equal ensemble: fine
 
 
 def test_load_manifest(tmp_path, tiny_llama):

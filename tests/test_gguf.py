@@ -1,6 +1,8 @@
 """GGUF loading: a tiny llama GGUF written llama.cpp-style loads back to exactly the params it was made from."""
 
 
+import dataclasses
+
 import gguf
 import numpy as np
 import pytest
@@ -37,6 +39,19 @@ def q8_roundtrip(w_out_in: np.ndarray) -> np.ndarray:
     return gguf.dequantize(q, gguf.GGMLQuantizationType.Q8_0).reshape(w_out_in.shape)
 
 
+def with_chat_ends(cfg):
+    """The config a GGUF reads back as: the end-of-turn tokens of its vocabulary join the EOS in eos_ids (the
+    writer's vocabulary holds <|endoftext|> at 0; its EOS, <|im_end|>, comes first)."""
+    return dataclasses.replace(cfg, eos_ids=cfg.eos_ids + (0,))
+
+
+def test_every_end_token_is_read(tmp_path):
+    cfg = tiny_config()
+    path = write_llama_gguf(tmp_path / "tiny.gguf", cfg, random_llama_params(cfg), q8_0=())
+    ends = read_gguf_config(path).eos_ids
+    assert cfg.eos_id is not None and ends == (cfg.eos_id, 0)
+
+
 @pytest.mark.parametrize("tied,qkv_bias", [(False, False), (True, False), (False, True)])
 def test_roundtrip_is_exact(tmp_path, tied, qkv_bias):
     cfg = tiny_config(tie_embeddings=tied, qkv_bias=qkv_bias)
@@ -45,8 +60,8 @@ def test_roundtrip_is_exact(tmp_path, tied, qkv_bias):
     path = write_llama_gguf(tmp_path / "tiny.gguf", cfg, params, q8_0=q8)
 
     loaded_cfg, loaded = load_gguf(path)
-    assert loaded_cfg == cfg
-    assert read_gguf_config(path) == cfg
+    assert loaded_cfg == with_chat_ends(cfg)
+    assert read_gguf_config(path) == with_chat_ends(cfg)
     assert ("lm_head" in loaded) == (not tied)
 
     want = flatten(params)
@@ -112,9 +127,9 @@ def test_one_reader_serves_config_params_and_tokenizer(tmp_path):
     params = random_llama_params(cfg)
     path = write_llama_gguf(tmp_path / "tiny.gguf", cfg, params, q8_0=())
     reader = open_gguf(path)
-    assert read_gguf_config(reader) == cfg
+    assert read_gguf_config(reader) == with_chat_ends(cfg)
     got_cfg, got = load_gguf(reader)
-    assert got_cfg == cfg
+    assert got_cfg == with_chat_ends(cfg)
     np.testing.assert_array_equal(got["embed"]["embedding"], params["embed"]["embedding"])
     assert from_gguf(reader).vocab_size == cfg.vocab_size
     with pytest.raises(ValueError, match="GGUF path or gguf.GGUFReader"):

@@ -79,3 +79,15 @@ def test_unknown_name_and_local_paths(tmp_path, monkeypatch):
     assert hub.resolve(str(local)) == local
     assert hub.cache_dir() == tmp_path / "cache"
     assert "smollm2-135m-instruct" in hub.list_models()
+
+
+def test_load_is_the_one_entry_point_for_shipped_drafters():
+    """spectax.load takes a shipped drafter by its folder under the target's name, as it takes a saved one."""
+    import spectax
+    from spectax.drafters import Block, Heads
+
+    heads = spectax.load("smollm2-135m-instruct/medusa")
+    assert isinstance(heads, Heads) and heads.config.kind == "medusa"
+    assert isinstance(spectax.load("smollm2-135m-instruct/block"), Block)
+    with pytest.raises(ValueError, match="neither"):
+        spectax.load("smollm2-135m-instruct/no-such-drafter")
