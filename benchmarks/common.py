@@ -60,7 +60,8 @@ class LoopProgram:
 
 
 def _loop_of(model, drafter, new, sp, spec) -> Loop:
-    return Loop(model=model, drafter=drafter, spec=spec, sampling=sp, max_new=new, eos_ids=jnp.full((1,), -1, jnp.int32))
+    return Loop(model=model, drafter=drafter, spec=spec, sampling=sp, max_new=new,
+                eos_ids=jnp.full((1,), -1, jnp.int32))
 
 
 @jax.jit(static_argnames=("spec", "size"))

@@ -8,4 +8,5 @@ from spectax.models.ensemble import Ensemble
 from spectax.sampling import Sampling
 from spectax.tree import DraftTree
 
-__all__ = ["DecodeResult", "Decoder", "DraftTree", "Ensemble", "Model", "ModelConfig", "Sampling", "decode", "drafters", "load", "save"]
+__all__ = ["DecodeResult", "Decoder", "DraftTree", "Ensemble", "Model", "ModelConfig", "Sampling", "decode", "drafters",
+           "load", "save"]

@@ -360,8 +360,9 @@ def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=No
                    poison_cache=False)
 
 
-def decode_with_poison(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng, eos_id,
-            pad_id, attn_impl, cache_size, lossy, mesh=None, rules=None, poison_cache) -> DecodeResult:
+def decode_with_poison(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng,
+                       eos_id, pad_id, attn_impl, cache_size, lossy, mesh=None, rules=None,
+                       poison_cache) -> DecodeResult:
     """decode() with a test knob (public for the tests): `poison_cache` fills every unwritten cache slot with NaN, so a
     read of a dead slot shows in the output."""
     if not isinstance(model, Target):

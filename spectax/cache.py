@@ -13,7 +13,8 @@ from spectax.sharding import CACHE_AXES, axes
 class KVCache:
     """Keys and values of every committed token but the newest (the root), one array pair per layer.
 
-    k, v: tuples of L arrays [B, G, S, hd] (G = kv heads; head-major so attention reads contiguous slot ranges). lengths: int32 [B] committed slots per row; slots at or
+    k, v: tuples of L arrays [B, G, S, hd] (G = kv heads; head-major so attention reads contiguous slot ranges).
+    lengths: int32 [B] committed slots per row; slots at or
     beyond a row's length are dead (never read, free to hold anything). Layers are separate leaves so a layer's
     update never copies the others and XLA updates each buffer in place inside the loop.
     """

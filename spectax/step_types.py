@@ -124,7 +124,8 @@ class Draft:
 class TargetOut:
     """What the step's one target forward computed, handed to the drafter (heads draft from it)."""
 
-    logits_BTV: jax.Array   # float32 [B, T, V] at the root (t = 0) and every node (prefill: T = 1, the last prompt token)
+    logits_BTV: jax.Array   # float32 [B, T, V] at the root (t = 0) and every node (prefill: T = 1, the last prompt
+                            # token)
     hidden_BTE: jax.Array   # [B, T, E] final hidden states (after the final norm) at the same positions
     # [B, T, L', E] the residual stream after each of the drafter's target_layers (None when it asks for none), at
     # the same positions; at prefill, at every prompt slot: [B, P, L', E]

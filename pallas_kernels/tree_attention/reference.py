@@ -28,7 +28,7 @@ NEG = -1e30  # finite "minus infinity": a fully masked block leaves the running 
 
 
 def scores(q_BGQhd, k_BGShd, scale):
-    """Scaled scores [B, K, M, S] in float32 (M = query heads per kv head x query tokens) of folded queries against
+    """Scaled scores [B, G, Q, S] in float32 (Q = query heads per kv head x query tokens) of folded queries against
     a block of keys. The keys are the dot's left operand, contracted on their minor dim: XLA:CPU streams the block
     as stored."""
     s_BGSQ = lax.dot_general(k_BGShd, q_BGQhd, (((3,), (3,)), ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
@@ -63,25 +63,26 @@ def tree_attention_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_
                             block_sizes: BlockSizes | None = None):
     """Attention of T new tokens over each row's cache prefix plus the new tokens; returns (out, k_cache, v_cache).
 
-    q_BTHhd: [B, T, H, D] queries (RoPE applied). k_new_BTGhd / v_new_BTGhd: [B, T, K, D] the new tokens' keys and
-    values (K = kv heads, H % K == 0: grouped-query attention). k_cache_BGShd / v_cache_BGShd: [B, K, S, D] (head-major:
+    q_BTHhd: [B, T, H, hd] queries (RoPE applied). k_new_BTGhd / v_new_BTGhd: [B, T, G, hd] the new tokens' keys and
+    values (G = kv heads, H % G == 0: grouped-query attention). k_cache_BGShd / v_cache_BGShd: [B, G, S, hd]
+    (head-major:
     each head's slots are contiguous, so the score and value products need no transposes) or None (no prefix, e.g. a
     cache-free full forward). lengths_B: int32 [B] committed prefix length per row.
     mask_TT: bool [T, T] or [B, T, T], mask[t, j] = query t sees new token j (must include j == t).
     block_sizes: block_kv / edge_block_kv are used here (None: `BlockSizes.default("cpu", ...)`).
-    Returns (out [B, T, H, D] in q's dtype, softmax in float32; k_cache, v_cache: the caches' values as the block
+    Returns (out [B, T, H, hd] in q's dtype, softmax in float32; k_cache, v_cache: the caches' values as the block
     loops carried them, unchanged, to be written next instead of the arguments).
     """
-    B, T, H, D = q_BTHhd.shape
-    K = k_new_BTGhd.shape[2]
-    G = H // K
-    M = G * T
-    scale = D ** -0.5
-    block_sizes = block_sizes or BlockSizes.default("cpu", T, D)
-    q_BGQhd = fold_queries(q_BTHhd, K)  # [B, K, M, D], m = g * T + t
+    B, T, H, hd = q_BTHhd.shape
+    G = k_new_BTGhd.shape[2]
+    n_rep = H // G
+    Q = n_rep * T
+    scale = hd ** -0.5
+    block_sizes = block_sizes or BlockSizes.default("cpu", T, hd)
+    q_BGQhd = fold_queries(q_BTHhd, G)  # [B, G, Q, hd], m = g * T + t
 
-    carry = (jnp.full((B, K, M), NEG, jnp.float32), jnp.zeros((B, K, M), jnp.float32),
-             jnp.zeros((B, K, M, D), jnp.float32))
+    carry = (jnp.full((B, G, Q), NEG, jnp.float32), jnp.zeros((B, G, Q), jnp.float32),
+             jnp.zeros((B, G, Q, hd), jnp.float32))
 
     if k_cache_BGShd is not None:
         S = k_cache_BGShd.shape[2]
@@ -95,7 +96,7 @@ def tree_attention_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_
                 state, k_cache, v_cache = carry
                 start = first + i * size
                 start_c = jnp.minimum(start, S - size)  # dynamic_slice would clamp silently: mask the overlap
-                kb = lax.dynamic_slice_in_dim(k_cache, start_c, size, axis=2)  # [B, K, size, D]
+                kb = lax.dynamic_slice_in_dim(k_cache, start_c, size, axis=2)  # [B, G, size, hd]
                 vb = lax.dynamic_slice_in_dim(v_cache, start_c, size, axis=2)
                 if not masked:
                     state = online_update(state, scores(q_BGQhd, kb, scale), vb)
@@ -119,7 +120,7 @@ def tree_attention_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_
         carry, k_cache_BGShd, v_cache_BGShd = blocks(carry, edge_from, (longest - edge_from + es - 1) // es, es,
                                                    masked=True)
 
-    mask_B1QT = fold_mask(mask_TT, B, G)[:, None]
+    mask_B1QT = fold_mask(mask_TT, B, n_rep)[:, None]
     k_new_BGThd, v_new_BGThd = k_new_BTGhd.transpose(0, 2, 1, 3), v_new_BTGhd.transpose(0, 2, 1, 3)
     m, l, acc = online_update(carry, scores(q_BGQhd, k_new_BGThd, scale), v_new_BGThd, mask_B1QT)
     out = unfold_out(acc / l[..., None], T).astype(q_BTHhd.dtype)

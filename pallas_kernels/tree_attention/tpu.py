@@ -39,7 +39,7 @@ def fetched_block(j, length, block_kv: int):
 
 
 def _fold_block(s_QN, v_ND, valid_QN, m_sc, l_sc, acc_sc):
-    """Folds one block of scores [Q, N] and values [N, D] into the scratch softmax state (lane-broadcast m, l)."""
+    """Folds one block of scores [Q, N] and values [N, hd] into the scratch softmax state (lane-broadcast m, l)."""
     s = jnp.where(valid_QN, s_QN, _NEG)
     m_prev = m_sc[...][:, :1]                                       # [Q, 1]
     m_new = jnp.maximum(m_prev, s.max(axis=-1, keepdims=True))
@@ -89,48 +89,49 @@ def tree_attention_tpu(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_cache
     interpret: False (compile for the TPU), True (Pallas' TPU interpreter on any backend, out-of-bounds reads
     raise) or a `pltpu.InterpretParams` (e.g. with detect_races=True).
     """
-    B, T, H, D = q_BTHhd.shape
-    K, S = k_cache_BGShd.shape[1], k_cache_BGShd.shape[2]
-    G = H // K
-    M = G * T
-    bs = block_sizes or BlockSizes.default("tpu", T, D)
+    B, T, H, hd = q_BTHhd.shape
+    G, S = k_cache_BGShd.shape[1], k_cache_BGShd.shape[2]
+    n_rep = H // G
+    Q = n_rep * T
+    bs = block_sizes or BlockSizes.default("tpu", T, hd)
     sublanes = 8 * max(1, 4 // jnp.dtype(q_BTHhd.dtype).itemsize)
-    block_q = min(bs.block_q, _round_up(M, sublanes))
-    Mp = _round_up(M, block_q)
+    block_q = min(bs.block_q, _round_up(Q, sublanes))
+    Qp = _round_up(Q, block_q)
     block_kv = min(bs.block_kv, S)
-    check_tpu_block("q", (block_q, D), (Mp, D), q_BTHhd.dtype)
-    check_tpu_block("k_cache", (block_kv, D), (S, D), k_cache_BGShd.dtype)
+    check_tpu_block("q", (block_q, hd), (Qp, hd), q_BTHhd.dtype)
+    check_tpu_block("k_cache", (block_kv, hd), (S, hd), k_cache_BGShd.dtype)
     num_blocks = pl.cdiv(S, block_kv)
 
     Tp = _round_up(T, _LANES)  # the new tokens' scores [block_q, Tp] fill whole lanes; padded tokens are seen by none
-    q_BGQhd, k_new_BGThd, v_new_BGThd, mask_BQT = padded_kernel_inputs(q_BTHhd, k_new_BTGhd, v_new_BTGhd, mask_TT, Mp, Tp)
+    q_BGQhd, k_new_BGThd, v_new_BGThd, mask_BQT = padded_kernel_inputs(q_BTHhd, k_new_BTGhd, v_new_BTGhd, mask_TT,
+                                                                       Qp, Tp)
 
     def cache_index(b, k, i, j, lengths_ref):
         return b, k, fetched_block(j, lengths_ref[b], block_kv), 0
 
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1,
-        grid=(B, K, Mp // block_q, num_blocks),
+        grid=(B, G, Qp // block_q, num_blocks),
         in_specs=[
-            pl.BlockSpec((None, None, block_q, D), lambda b, k, i, j, L: (b, k, i, 0)),
-            pl.BlockSpec((None, None, block_kv, D), cache_index),
-            pl.BlockSpec((None, None, block_kv, D), cache_index),
-            pl.BlockSpec((None, None, Tp, D), lambda b, k, i, j, L: (b, k, 0, 0)),
-            pl.BlockSpec((None, None, Tp, D), lambda b, k, i, j, L: (b, k, 0, 0)),
+            pl.BlockSpec((None, None, block_q, hd), lambda b, k, i, j, L: (b, k, i, 0)),
+            pl.BlockSpec((None, None, block_kv, hd), cache_index),
+            pl.BlockSpec((None, None, block_kv, hd), cache_index),
+            pl.BlockSpec((None, None, Tp, hd), lambda b, k, i, j, L: (b, k, 0, 0)),
+            pl.BlockSpec((None, None, Tp, hd), lambda b, k, i, j, L: (b, k, 0, 0)),
             pl.BlockSpec((None, block_q, Tp), lambda b, k, i, j, L: (b, i, 0)),
         ],
-        out_specs=pl.BlockSpec((None, None, block_q, D), lambda b, k, i, j, L: (b, k, i, 0)),
+        out_specs=pl.BlockSpec((None, None, block_q, hd), lambda b, k, i, j, L: (b, k, i, 0)),
         scratch_shapes=[pltpu.VMEM((block_q, _LANES), jnp.float32), pltpu.VMEM((block_q, _LANES), jnp.float32),
-                        pltpu.VMEM((block_q, D), jnp.float32)],
+                        pltpu.VMEM((block_q, hd), jnp.float32)],
     )
     if interpret is True:
         interpret = pltpu.InterpretParams(out_of_bounds_reads="raise")
-    kernel = functools.partial(_kernel, block_kv=block_kv, num_blocks=num_blocks, scale=D ** -0.5)
+    kernel = functools.partial(_kernel, block_kv=block_kv, num_blocks=num_blocks, scale=hd ** -0.5)
     out_BGQhd = pl.pallas_call(
         kernel,
         grid_spec=grid_spec,
-        out_shape=jax.ShapeDtypeStruct((B, K, Mp, D), q_BTHhd.dtype),
+        out_shape=jax.ShapeDtypeStruct((B, G, Qp, hd), q_BTHhd.dtype),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
         interpret=interpret,
     )(jnp.asarray(lengths_B, jnp.int32), q_BGQhd, k_cache_BGShd, v_cache_BGShd, k_new_BGThd, v_new_BGThd, mask_BQT)
-    return unfold_out(out_BGQhd[:, :, :M], T)
+    return unfold_out(out_BGQhd[:, :, :Q], T)

@@ -107,18 +107,18 @@ def layer_module(config: BlockConfig, attn_impl: AttnImpl = AttnImpl()) -> Llama
 
 
 def init_params(config: BlockConfig, seed: int = 0) -> dict:
-    """Random draft weights: Flax's initialisers for the layers, N(0, 1 / (m D)) for the fusion, N(0, 0.02^2) for
+    """Random draft weights: Flax's initialisers for the layers, N(0, 1 / (m E)) for the fusion, N(0, 0.02^2) for
     the position vectors of the mask slots, unit norm scales."""
     c = config.layer
-    D, m = c.hidden_size, len(config.target_layers)
+    E, m = c.hidden_size, len(config.target_layers)
     keys = jax.random.split(jax.random.key(seed), c.num_layers + 2)
-    x, pos, one = jnp.zeros((1, 1, D)), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool)
+    x, pos, one = jnp.zeros((1, 1, E)), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool)
     params = {f"layers_{i}": layer_module(config).init(keys[i], x, pos, None, pos[:, 0], one)["params"]
               for i in range(c.num_layers)}
-    params["fuse"] = jax.random.normal(keys[-2], (m * D, D), jnp.float32) / math.sqrt(m * D)
-    params["fuse_norm"] = jnp.ones((D,), jnp.float32)
-    params["mask"] = 0.02 * jax.random.normal(keys[-1], (config.block_size, D), jnp.float32)
-    params["final_norm"] = jnp.ones((D,), jnp.float32)
+    params["fuse"] = jax.random.normal(keys[-2], (m * E, E), jnp.float32) / math.sqrt(m * E)
+    params["fuse_norm"] = jnp.ones((E,), jnp.float32)
+    params["mask"] = 0.02 * jax.random.normal(keys[-1], (config.block_size, E), jnp.float32)
+    params["final_norm"] = jnp.ones((E,), jnp.float32)
     return params
 
 
@@ -128,32 +128,32 @@ def rms_norm(x, scale, eps):
 
 
 def fused_context(config: BlockConfig, params: dict, features_BTLpE) -> jax.Array:
-    """float32 [B, T, D]: c_t = RMSNorm([n(h_t^(l1)), ..., n(h_t^(lm))] W_fuse) from features [B, T, m, D], n an
+    """float32 [B, T, E]: c_t = RMSNorm([n(h_t^(l1)), ..., n(h_t^(lm))] W_fuse) from features [B, T, m, E], n an
     RMS normalisation per layer (the target's residual streams differ in scale by 10-100x between layers)."""
     if features_BTLpE is None:
         raise ValueError("the target's forward returned no layer features: a drafter that wraps a Block must forward "
                          "its target_layers")
-    B, T, m, D = features_BTLpE.shape
+    B, T, m, E = features_BTLpE.shape
     normed = rms_norm(features_BTLpE, 1.0, config.layer.norm_eps)
-    return rms_norm(normed.reshape(B, T, m * D) @ params["fuse"], params["fuse_norm"], config.layer.norm_eps)
+    return rms_norm(normed.reshape(B, T, m * E) @ params["fuse"], params["fuse_norm"], config.layer.norm_eps)
 
 
 def context_kv(config: BlockConfig, params: dict, ctx_BTE, positions_BT) -> tuple:
-    """Per draft layer (k [B, T, K, hd], v): the context entries of T committed tokens from their fused context
-    (float32 [B, T, D], `fused_context`) at `positions_BT` (see the module docstring)."""
+    """Per draft layer (k [B, T, G, hd], v): the context entries of T committed tokens from their fused context
+    (float32 [B, T, E], `fused_context`) at `positions_BT` (see the module docstring)."""
     c = config.layer
-    G = c.num_heads // c.num_kv_heads
+    n_rep = c.num_heads // c.num_kv_heads
     out = []
     for i in range(c.num_layers):
         layer = params[f"layers_{i}"]
         h = rms_norm(ctx_BTE, layer["attn_norm"]["scale"], c.norm_eps)
-        kv_BTK2H = jnp.einsum("btd,dkjh->btkjh", h, layer["attn"]["qkv"]["kernel"][:, :, G:])   # its K and V only
+        kv_BTK2H = jnp.einsum("btd,dkjh->btkjh", h, layer["attn"]["qkv"]["kernel"][:, :, n_rep:])   # its G and V only
         out.append((apply_rope(kv_BTK2H[:, :, :, 0], positions_BT, inv_frequencies(c)), kv_BTK2H[:, :, :, 1]))
     return tuple(out)
 
 
 def block_inputs(params: dict, root_xD, last_ctx_xD) -> jax.Array:
-    """float32 [..., 1 + k, D]: the block's inputs for roots embedded as root_xD [..., D], after a newest committed
+    """float32 [..., 1 + k, E]: the block's inputs for roots embedded as root_xD [..., E], after a newest committed
     token of fused context last_ctx_xD: every slot gets root + last context (the root and the target's latest view,
     as EAGLE's input), mask slot j also the learned vector of its position j."""
     x = (root_xD.astype(jnp.float32) + last_ctx_xD)[..., None, :]
@@ -163,10 +163,10 @@ def block_inputs(params: dict, root_xD, last_ctx_xD) -> jax.Array:
 def block_logits(config: BlockConfig, params: dict, embed_VE, table_VpE, root_B, last_ctx_BE, context, lengths_B,
                  attn_impl: AttnImpl = AttnImpl()) -> jax.Array:
     """float32 [B, k, V']: the one draft forward. The block [root, mask x k] at positions lengths .. lengths + k
-    attends to the context (per layer (k [B, K, S, hd], v), slots < lengths_B) and bidirectionally within itself;
+    attends to the context (per layer (k [B, G, S, hd], v), slots < lengths_B) and bidirectionally within itself;
     last_ctx_BE: the fused context of each row's newest committed token (slot lengths - 1)."""
     c, k = config.layer, config.block_size
-    x = block_inputs(params, embed_VE[root_B], last_ctx_BE)                                    # [B, 1 + k, D]
+    x = block_inputs(params, embed_VE[root_B], last_ctx_BE)                                    # [B, 1 + k, E]
     positions = lengths_B[:, None] + jnp.arange(1 + k, dtype=jnp.int32)[None]
     within = jnp.ones((1 + k, 1 + k), bool)
     for i in range(c.num_layers):
@@ -177,7 +177,7 @@ def block_logits(config: BlockConfig, params: dict, embed_VE, table_VpE, root_B,
 
 
 def input_embedding(model) -> jax.Array:
-    """[V, D]: the target's token embedding table."""
+    """[V, E]: the target's token embedding table."""
     p = model.params
     return (p["embed"] if "embed" in p else p["wte"])["embedding"]
 
@@ -208,7 +208,8 @@ class Block:
         default 3 spread over the target (default_target_layers); vocab_ids: default the target's vocabulary."""
         config = BlockConfig.for_target(model.config, block_size, num_layers, target_layers)
         ids = np.arange(model.config.vocab_size) if vocab_ids is None else np.asarray(vocab_ids)
-        block = cls(config=config, params=init_params(config, seed), vocab_ids=check_vocab_ids(ids, model.config.vocab_size),
+        block = cls(config=config, params=init_params(config, seed),
+                    vocab_ids=check_vocab_ids(ids, model.config.vocab_size),
                     tree=DraftTree.chain(block_size) if tree is None else tree)
         block.check(model)
         return block
@@ -235,10 +236,10 @@ class Block:
             raise ValueError(f"block weights do not match their config {self.config}")
 
     def init(self, target, prompt_BP, prompt_len_B, out, cache_size, spec) -> BlockState:
-        """The context of every prompt token, from the prefill's features (out.features_BTLpE: [B, P, m, D])."""
+        """The context of every prompt token, from the prefill's features (out.features_BTLpE: [B, P, m, E])."""
         B, P = prompt_BP.shape
         cache = KVCache.create(self.config.layer, B, cache_size, jnp.float32)
-        ctx = fused_context(self.config, self.params, out.features_BTLpE)                          # [B, P, D]
+        ctx = fused_context(self.config, self.params, out.features_BTLpE)                          # [B, P, E]
         context = context_kv(self.config, self.params, ctx, jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P)))
         zero = jnp.zeros((B,), jnp.int32)
         cache = cache.with_layers(tuple((write_block(kc, k, zero), write_block(vc, v, zero))
@@ -249,7 +250,8 @@ class Block:
 
     def propose(self, state: BlockState, history, keys_B, spec, sampling):
         """The one draft forward: every block position's logits, then node (d, r) = position d's r-th candidate."""
-        logits = block_logits(self.config, self.params, state.embed_VE, state.table_VpE, history.root_B, state.last_ctx_BE,
+        logits = block_logits(self.config, self.params, state.embed_VE, state.table_VpE, history.root_B,
+                              state.last_ctx_BE,
                               state.cache.layers, state.cache.lengths, spec.attn_impl)
         return propose_per_depth(logits, self.vocab_ids, self.tree, keys_B, spec, sampling), state
 
@@ -259,7 +261,7 @@ class Block:
         s0 = state.cache.lengths
         B = s0.shape[0]
         steps_BC = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), jnp.maximum(verdict.path_BD, 0)], axis=1)
-        features = jnp.take_along_axis(out.features_BTLpE, steps_BC[:, :, None, None], axis=1)     # [B, 1 + D, m, D]
+        features = jnp.take_along_axis(out.features_BTLpE, steps_BC[:, :, None, None], axis=1)     # [B, 1 + E, m, E]
         ctx = fused_context(self.config, self.params, features)
         positions = s0[:, None] + jnp.arange(steps_BC.shape[1], dtype=jnp.int32)[None]
         context = context_kv(self.config, self.params, ctx, positions)

@@ -89,7 +89,8 @@ class Combined:
         cont = np.concatenate([d.continues(p.tree) for d, p in zip(drafts, self.parts)])[src_N]
         depth_B = None
         if any(d.depth_B is not None for d in drafts):
-            depth_B = jnp.max(jnp.stack([jnp.full(history.length_B.shape, p.tree.max_depth, jnp.int32) if d.depth_B is None
+            full_B = lambda p: jnp.full(history.length_B.shape, p.tree.max_depth, jnp.int32)   # noqa: E731
+            depth_B = jnp.max(jnp.stack([full_B(p) if d.depth_B is None
                                          else d.depth_B for d, p in zip(drafts, self.parts)]), axis=0)
         cuts = sorted({c for d, p in zip(drafts, self.parts) for c in d.cuts + (p.tree.max_depth,)})
         draft = Draft(tokens_BN=tokens, q_BNV=q, without_replacement=tuple(bool(c) for c in cont), depth_B=depth_B,

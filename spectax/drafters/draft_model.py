@@ -62,7 +62,7 @@ class DraftModel:
         """Fills the tree level by level (a lax.fori_loop over depths); keys_B: key [B], one per row."""
         root_B = history.root_B
         tree, config = self.tree, self.model.config
-        N, V, K = tree.num_nodes, spec.vocab_size, tree.max_children
+        N, V, R = tree.num_nodes, spec.vocab_size, tree.max_children
         B = root_B.shape[0]
         s0 = state.cache.lengths
         mask_WW = np.zeros((N + 2, N + 2), bool)                      # window [x0, root, nodes]
@@ -83,10 +83,10 @@ class DraftModel:
             logits, kv = to_vocab(out.logits_BTV, V), out.kv                             # [B, P, V] at each parent
             if sampled:
                 logq = jax.nn.log_softmax(warp(logits, spec.sampler, sampling), axis=-1)
-                _, top = top_k(logq + gumbel_rows(fold_rows(keys_B, d), logq.shape[1:]), K, spec.vocab_shards)
+                _, top = top_k(logq + gumbel_rows(fold_rows(keys_B, d), logq.shape[1:]), R, spec.vocab_shards)
                 q_BNV = jnp.where((depth_N == d)[None, :, None], jnp.exp(logq)[:, from_parent_N], q_BNV)
             else:
-                _, top = top_k(logits, K, spec.vocab_shards)
+                _, top = top_k(logits, R, spec.vocab_shards)
             fill = top[:, from_parent_N, rank_N]                         # [B, N] the node's ranked child token
             return jnp.where((depth_N == d)[None], fill, tokens_BN), q_BNV, kv
 

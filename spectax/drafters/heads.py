@@ -7,7 +7,7 @@ vocabulary of V' token ids (the most frequent ones in the target's outputs: FR-S
   blockwise (Stern et al. 2018)   h_i = x + relu(x W1_i + b1_i) W2_i          (one hidden FFN layer, residual)
   medusa    (Cai et al. 2024)     h_i = x + silu(x W1_i + b1_i)               (a residual SiLU block)
   cerberus  (Zheng et al. 2024)   h_i = x + silu(x W1_i + h_{i-1} W2_i + b1_i) (sequential: head i sees head i - 1)
-  logits_i = h_i E'^T             E' [V', D]: the target's head rows at the draft vocabulary
+  logits_i = h_i E'^T             E' [V', E]: the target's head rows at the draft vocabulary
 
 Combined predict + verify: the heads run in `update` on the hidden state that the step's verification forward
 computed at each row's deepest accepted node, so a step costs exactly one target forward. Cerberus adds an entropy
@@ -46,7 +46,7 @@ class HeadsConfig:
 
     kind: str
     num_heads: int
-    hidden_size: int          # the target's D
+    hidden_size: int          # the target's E
     vocab_size: int           # the target's V
     gate: float | None = None  # cerberus: max target entropy (nats) at which a row speculates; None = always
 
@@ -64,7 +64,7 @@ class HeadsConfig:
 
 
 def head_table(model) -> jax.Array:
-    """[V, D]: the target's LM head as rows (the tied embedding, or the transposed untied head)."""
+    """[V, E]: the target's LM head as rows (the tied embedding, or the transposed untied head)."""
     p = model.params
     if "lm_head" in p:
         return p["lm_head"]["kernel"].T
@@ -72,23 +72,23 @@ def head_table(model) -> jax.Array:
 
 
 def init_params(config: HeadsConfig, seed: int = 0, scale: float = 0.0) -> dict:
-    """Head weights, zero biases. The matrices that feed a residual are N(0, scale^2 / D) (scale 0, the training
+    """Head weights, zero biases. The matrices that feed a residual are N(0, scale^2 / E) (scale 0, the training
     start: every head begins as the identity and proposes what the LM head would at its own position); blockwise's
-    inner layer is N(0, 2 / D) (He), so its zero output layer still gets gradients."""
-    H, D = config.num_heads, config.hidden_size
+    inner layer is N(0, 2 / E) (He), so its zero output layer still gets gradients."""
+    D, E = config.num_heads, config.hidden_size
     k1, k2 = jax.random.split(jax.random.key(seed))
-    normal = lambda k, std: std * jax.random.normal(k, (H, D, D), jnp.float32)  # noqa: E731
+    normal = lambda k, std: std * jax.random.normal(k, (D, E, E), jnp.float32)  # noqa: E731
     if config.kind == "blockwise":
-        return {"w1": normal(k1, math.sqrt(2 / D)), "b1": jnp.zeros((H, D), jnp.float32),
-                "w2": normal(k2, scale / math.sqrt(D))}
-    params = {"w1": normal(k1, scale / math.sqrt(D)), "b1": jnp.zeros((H, D), jnp.float32)}
+        return {"w1": normal(k1, math.sqrt(2 / E)), "b1": jnp.zeros((D, E), jnp.float32),
+                "w2": normal(k2, scale / math.sqrt(E))}
+    params = {"w1": normal(k1, scale / math.sqrt(E)), "b1": jnp.zeros((D, E), jnp.float32)}
     if config.kind == "cerberus":
-        params["w2"] = normal(k2, scale / math.sqrt(D))
+        params["w2"] = normal(k2, scale / math.sqrt(E))
     return params
 
 
 def head_states(config: HeadsConfig, params: dict, x_BE: jax.Array) -> jax.Array:
-    """[B, H, D]: every head's hidden state h_i from the target hidden state x (one pass, see module docstring)."""
+    """[B, D, E]: every head's hidden state h_i from the target hidden state x (one pass, see module docstring)."""
     x = x_BE.astype(jnp.float32)
     if config.kind == "blockwise":
         inner = jax.nn.relu(jnp.einsum("bd,hde->bhe", x, params["w1"]) + params["b1"])
@@ -106,7 +106,7 @@ def head_states(config: HeadsConfig, params: dict, x_BE: jax.Array) -> jax.Array
 
 
 def head_logits(config: HeadsConfig, params: dict, table_VpE: jax.Array, x_BE: jax.Array) -> jax.Array:
-    """float32 [B, H, V']: every head's logits over the draft vocabulary (table_VpE: the head rows E')."""
+    """float32 [B, D, V']: every head's logits over the draft vocabulary (table_VpE: the head rows E')."""
     return jnp.einsum("bhd,vd->bhv", head_states(config, params, x_BE), table_VpE.astype(jnp.float32))
 
 
@@ -119,7 +119,7 @@ def entropy(logits_xV: jax.Array) -> jax.Array:
 @struct.dataclass
 class HeadsState:
     table_VpE: jax.Array = axes("vocab", "embed")            # [V', E] the target's head rows at the draft vocabulary
-    logits_BDV: jax.Array = axes("batch", None, "vocab")     # float32 [B, H, V'] the heads' logits, next proposal
+    logits_BDV: jax.Array = axes("batch", None, "vocab")     # float32 [B, D, V'] the heads' logits, next proposal
     live_B: jax.Array | None = axes("batch")                 # bool [B] rows that speculate next step (the Cerberus
                                                              # gate); None: ungated
 
@@ -147,7 +147,8 @@ class Heads:
         config = HeadsConfig(kind=kind, num_heads=num_heads, hidden_size=c.hidden_size, vocab_size=c.vocab_size,
                              gate=gate)
         ids = np.arange(c.vocab_size) if vocab_ids is None else np.asarray(vocab_ids)
-        heads = cls(config=config, params=init_params(config, seed, scale), vocab_ids=check_vocab_ids(ids, c.vocab_size),
+        heads = cls(config=config, params=init_params(config, seed, scale),
+                    vocab_ids=check_vocab_ids(ids, c.vocab_size),
                     tree=DraftTree.chain(num_heads) if tree is None else tree)
         heads.check(model)
         return heads

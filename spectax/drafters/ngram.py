@@ -99,7 +99,7 @@ class NGram:
 
         M = (max_n - min_n + 1) * occurrences, ordered by n (longest first), then recency."""
         B, H = history_BW.shape
-        D, K = self.tree.max_depth, self.occurrences
+        D, n_occ = self.tree.max_depth, self.occurrences
         t_W = jnp.arange(H)
         padded = jnp.concatenate([jnp.full((B, self.max_n), -1, jnp.int32), history_BW], axis=1)
         match_BW = (t_W[None, :] <= L_B[:, None] - 2)                    # an earlier end, with a token after it
@@ -111,8 +111,8 @@ class NGram:
             n = m + 1
             if n >= self.min_n:
                 score_BW = jnp.where(match_BW, t_W[None, :], -1)
-                latest = []                                              # the K latest ends of an n-token match
-                for _ in range(K):                                       # (K max-reductions: far cheaper than a
+                latest = []                                              # the n_occ latest ends of an n-token match
+                for _ in range(n_occ):                                       # (n_occ max-reductions: far cheaper than a
                     latest.append(jnp.max(score_BW, axis=1))             # top_k over H on CPU)
                     score_BW = jnp.where(score_BW >= latest[-1][:, None], -1, score_BW)
                 latest_BM = jnp.stack(latest, axis=1)

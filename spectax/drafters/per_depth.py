@@ -14,25 +14,26 @@ from spectax.tree import DraftTree
 
 def propose_per_depth(logits_BDV: jax.Array, vocab_ids: jax.Array, tree: DraftTree, keys_B, spec, sampling,
                       depth_B: jax.Array | None = None) -> Draft:
-    """Fills the tree from logits_BDV (float32 [B, H, V']: depth h + 1's logits over the draft vocabulary vocab_ids,
-    int32 [V'] target ids; H >= tree.max_depth).
+    """Fills the tree from logits_BDV (float32 [B, D, V']: depth d + 1's logits (row d) over the draft vocabulary
+    vocab_ids,
+    int32 [V'] target ids; D >= tree.max_depth).
 
-    Greedy: node (d, r) gets depth d's r-th best token. Sampling: depth d's K = max children draws without
-    replacement (Gumbel top-K over the warped distribution q_d, from keys_B[b] for row b); the rank-r sibling is the
+    Greedy: node (d, r) gets depth d's r-th best token. Sampling: depth d's R = max children draws without
+    replacement (Gumbel top-R over the warped distribution q_d, from keys_B[b] for row b); the rank-r sibling is the
     r-th draw, and every node at depth d records q_d (zero outside V', so verification stays lossless over the full
     vocabulary). The rule the verifier applies is without replacement (Draft.continues): sibling r > 0 was drawn
     from q_d with its earlier siblings' tokens removed. Nodes of one depth under different parents repeat the same
     draws, which keeps each node's token a draw from its recorded q given the path to it."""
-    K = tree.max_children
+    R = tree.max_children
     depth_N, rank_N = jnp.asarray(tree.depth - 1), jnp.asarray(tree.child_rank)
     if spec.sampler.greedy:
-        _, top_BDR = top_k(logits_BDV, K, spec.vocab_shards)
+        _, top_BDR = top_k(logits_BDV, R, spec.vocab_shards)
         return Draft(tokens_BN=vocab_ids[top_BDR[:, depth_N, rank_N]], depth_B=depth_B)
     logq_BDV = jax.nn.log_softmax(warp(logits_BDV, spec.sampler, sampling), axis=-1)
     noisy_BDV = logq_BDV + gumbel_rows(keys_B, logq_BDV.shape[1:])
-    _, top_BDR = top_k(noisy_BDV, K, spec.vocab_shards)                              # draws without replacement
-    B, H = logits_BDV.shape[:2]
-    q_BDV = jnp.zeros((B, H, spec.vocab_size), jnp.float32).at[:, :, vocab_ids].set(jnp.exp(logq_BDV))
+    _, top_BDR = top_k(noisy_BDV, R, spec.vocab_shards)                              # draws without replacement
+    B, D = logits_BDV.shape[:2]
+    q_BDV = jnp.zeros((B, D, spec.vocab_size), jnp.float32).at[:, :, vocab_ids].set(jnp.exp(logq_BDV))
     return Draft(tokens_BN=vocab_ids[top_BDR[:, depth_N, rank_N]], q_BNV=q_BDV[:, depth_N], without_replacement=True,
                  depth_B=depth_B)
 

@@ -21,19 +21,19 @@ class _GPT2Attention(nn.Module):
     @nn.compact
     def __call__(self, x_BTE, layer_kv, lengths_B, mask_TT):
         c = self.config
-        B, T, D = x_BTE.shape
+        B, T, E = x_BTE.shape
         # [B, T, 3, H, hd]: q, k, v with the heads as their own axis (sharding heads splits the kernel cleanly)
         qkv = nn.DenseGeneral((3, c.num_heads, c.head_dim), dtype=self.dtype, param_dtype=self.dtype,
                               name="qkv")(x_BTE)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl,
                                           self.write_cache)
-        return nn.Dense(D, dtype=self.dtype, param_dtype=self.dtype, name="o")(out.reshape(B, T, D)), layer_kv
+        return nn.Dense(E, dtype=self.dtype, param_dtype=self.dtype, name="o")(out.reshape(B, T, E)), layer_kv
 
 
 def split_heads(config: ModelConfig, params: dict) -> dict:
-    """The loaders' fused c_attn layout (qkv kernel [D, 3D] = q|k|v columns, bias [3D], as in Hugging Face) -> the
-    layout the decoder multiplies with: kernel [D, 3, H, hd], bias [3, H, hd]. Layers already split pass through;
+    """The loaders' fused c_attn layout (qkv kernel [E, 3D] = q|k|v columns, bias [3D], as in Hugging Face) -> the
+    layout the decoder multiplies with: kernel [E, 3, H, hd], bias [3, H, hd]. Layers already split pass through;
     numpy in, numpy out (no device copy)."""
     H, hd = config.num_heads, config.head_dim
     out = dict(params)
@@ -99,5 +99,5 @@ class GPT2Decoder(nn.Module):
             features += [x] * (i in self.features_at)
         hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)
         head_in = head_inputs(hidden, logits_at_BI)
-        return (tied_logits(wte.embedding, head_in).astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv)),
-                jnp.stack(features, axis=2) if features else None)
+        return (tied_logits(wte.embedding, head_in).astype(jnp.float32), hidden,
+                None if kv is None else tuple(new_kv), jnp.stack(features, axis=2) if features else None)

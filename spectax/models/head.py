@@ -14,10 +14,10 @@ def head_inputs(hidden_BTE, logits_at_BI=None):
 
 
 def tied_logits(embedding_VE, hidden_BTE):
-    """hidden [B, T, D] x embedding [V, D] -> [B, T, V].
+    """hidden [B, T, E] x embedding [V, E] -> [B, T, V].
 
     The table is the dot's left operand, contracted on its minor dim: XLA:CPU then streams it as stored instead of
-    materialising a [D, V] transpose (a full copy of the table) every step.
+    materialising a [E, V] transpose (a full copy of the table) every step.
     """
     out_VBT = lax.dot_general(embedding_VE, hidden_BTE.astype(embedding_VE.dtype), (((1,), (2,)), ((), ())))
     return jnp.moveaxis(out_VBT, 0, -1)

@@ -24,13 +24,14 @@ class LlamaAttention(nn.Module):
     def __call__(self, x_BTE, positions_BT, layer_kv, lengths_B, mask_TT):
         c = self.config
         B, T, _ = x_BTE.shape
-        K, G = c.num_kv_heads, c.num_heads // c.num_kv_heads
-        # one product for q|k|v, grouped by kv head: [B, T, K, G + 2, hd] = kv head k's G query heads, its k, its v
-        qkv = nn.DenseGeneral((K, G + 2, c.head_dim), use_bias=c.qkv_bias, dtype=self.dtype, param_dtype=self.dtype,
+        G, n_rep = c.num_kv_heads, c.num_heads // c.num_kv_heads
+        # one product for q|k|v, grouped by kv head: [B, T, G, n_rep + 2, hd] = kv head k's n_rep query heads, its k,
+        # its v
+        qkv = nn.DenseGeneral((G, n_rep + 2, c.head_dim), use_bias=c.qkv_bias, dtype=self.dtype, param_dtype=self.dtype,
                               name="qkv")(x_BTE)
-        qk = apply_rope(qkv[:, :, :, :G + 1], positions_BT, inv_frequencies(c))         # q and k rotate alike
-        q = qk[:, :, :, :G].reshape(B, T, c.num_heads, c.head_dim)                     # head k * G + g
-        out, layer_kv = cached_attention(q, qk[:, :, :, G], qkv[:, :, :, G + 1], layer_kv, lengths_B, mask_TT,
+        qk = apply_rope(qkv[:, :, :, :n_rep + 1], positions_BT, inv_frequencies(c))         # q and k rotate alike
+        q = qk[:, :, :, :n_rep].reshape(B, T, c.num_heads, c.head_dim)                     # head k * n_rep + g
+        out, layer_kv = cached_attention(q, qk[:, :, :, n_rep], qkv[:, :, :, n_rep + 1], layer_kv, lengths_B, mask_TT,
                                          self.attn_impl, self.write_cache)
         out = nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
                        name="o")(out.reshape(B, T, c.num_heads * c.head_dim))
@@ -51,14 +52,14 @@ class LlamaMLP(nn.Module):
 
 
 def fuse_params(config: ModelConfig, params: dict) -> dict:
-    """The per-projection layout the loaders read (q, k, v kernels [D, H*hd] / [D, K*hd], gate, up [D, F], as in
-    Hugging Face) -> the fused layout the decoder multiplies with: attn/qkv kernel [D, K, G + 2, hd] (per kv head k:
-    its G query heads, its key, its value; bias [K, G + 2, hd]) and mlp/gate_up kernel [D, 2, F].
+    """The per-projection layout the loaders read (q, k, v kernels [E, H*hd] / [E, G*hd], gate, up [E, F], as in
+    Hugging Face) -> the fused layout the decoder multiplies with: attn/qkv kernel [E, G, n_rep + 2, hd] (per kv head k:
+    its n_rep query heads, its key, its value; bias [G, n_rep + 2, hd]) and mlp/gate_up kernel [E, 2, F].
 
     Grouping by kv head keeps every head's projections in one slice of axis 1, so sharding heads over devices splits
     the fused kernel cleanly. Layers already fused pass through; numpy in, numpy out (no device copy)."""
-    K, hd = config.num_kv_heads, config.head_dim
-    G = config.num_heads // K
+    G, hd = config.num_kv_heads, config.head_dim
+    n_rep = config.num_heads // G
     out = dict(params)
     for i in range(config.num_layers):
         layer = out.get(f"layers_{i}")
@@ -68,12 +69,12 @@ def fuse_params(config: ModelConfig, params: dict) -> dict:
         if {"q", "k", "v"} <= set(attn):
             q, k, v = attn.pop("q"), attn.pop("k"), attn.pop("v")
             xp = np if isinstance(q["kernel"], np.ndarray) else jnp
-            D = q["kernel"].shape[0]
-            fused = {"kernel": xp.concatenate([q["kernel"].reshape(D, K, G, hd), k["kernel"].reshape(D, K, 1, hd),
-                                               v["kernel"].reshape(D, K, 1, hd)], axis=2)}
+            E = q["kernel"].shape[0]
+            fused = {"kernel": xp.concatenate([q["kernel"].reshape(E, G, n_rep, hd), k["kernel"].reshape(E, G, 1, hd),
+                                               v["kernel"].reshape(E, G, 1, hd)], axis=2)}
             if "bias" in q:
-                fused["bias"] = xp.concatenate([q["bias"].reshape(K, G, hd), k["bias"].reshape(K, 1, hd),
-                                                v["bias"].reshape(K, 1, hd)], axis=1)
+                fused["bias"] = xp.concatenate([q["bias"].reshape(G, n_rep, hd), k["bias"].reshape(G, 1, hd),
+                                                v["bias"].reshape(G, 1, hd)], axis=1)
             attn = {"qkv": fused, **attn}
         if {"gate", "up"} <= set(mlp):
             gate, up = mlp.pop("gate")["kernel"], mlp.pop("up")["kernel"]
@@ -102,7 +103,7 @@ class LlamaBlock(nn.Module):
 
 class LlamaDecoder(nn.Module):
     """forward(tokens [B, T], positions [B, T], kv (tuple of per-layer (k, v)) | None, lengths [B], mask [T, T])
-    -> logits [B, T, V] (float32), hidden [B, T, D] (after the final norm), updated kv, features [B, T, L', D] (the
+    -> logits [B, T, V] (float32), hidden [B, T, E] (after the final norm), updated kv, features [B, T, L', E] (the
     outputs of the layers in features_at, in order; None when it is empty)."""
 
     config: ModelConfig
