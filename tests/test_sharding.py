@@ -152,6 +152,42 @@ def test_replication_is_said_once(target):
     assert said == ["kv_heads of size 2 does not divide mesh axis 'model' of size 4: replicated along it"]
 
 
+def layout_of_2x4() -> Layout:
+    return Layout(make_mesh(2, 4))
+
+
+def test_every_array_is_declared_or_said_to_be_replicated(target, drafters):
+    """Sharding names no one's fields: each owner declares its arrays' axes. Every spectax drafter and target declares
+    all of its arrays; a drafter that declares nothing is replicated, with one warning naming what is undeclared."""
+    import warnings
+
+    from flax import struct
+
+    from spectax.drafters import Block
+
+    block = Block.create(target, block_size=2, target_layers=(0,))
+    for tree in [target, *drafters.values(), block, NGram(), Combined((NGram(), drafters["heads"]))]:
+        sharding.logical_axes(tree)                          # raises Undeclared for an undeclared array
+    placed = layout_of_2x4().place(block)                    # Block's layers shard like the target's
+    assert placed.params["layers_0"]["mlp"]["gate_up"]["kernel"].sharding.spec[-1] == "model"
+
+    @struct.dataclass
+    class Opaque:
+        table: jax.Array
+
+    layout = layout_of_2x4()
+    with pytest.raises(sharding.Undeclared, match="Opaque.table"):
+        sharding.logical_axes(Opaque(jnp.ones((8, 4))))
+    sharding.forget_warnings()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        placed = layout.place(Opaque(jnp.ones((8, 4))))
+        layout.place(Opaque(jnp.ones((8, 4))))
+    said = [str(w.message) for w in caught if "replicating" in str(w.message)]
+    assert len(said) == 1 and "Opaque.table" in said[0]
+    assert placed.table.sharding.is_fully_replicated
+
+
 def test_load_places_shard_by_shard(target, tmp_path, monkeypatch):
     """load(path, mesh=) hands each device only its slices (never a whole sharded tensor, never a device_put of a
     whole array) and the loaded model decodes the same tokens."""
