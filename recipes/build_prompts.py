@@ -1,17 +1,21 @@
-"""Chat prompts for self-distillation, built offline from text that ships with Python plus hand-written templates.
+"""Chat prompts for self-distillation, built offline from text on this machine plus hand-written templates.
 
-`training_prompts(seed)` returns about 3000 `{"category", "text"}` dicts over the kinds of task a chat benchmark
-asks for (writing, roleplay, reasoning, math, coding, extraction, STEM, humanities, translation, summarization,
-open QA, QA over a given context). Passages come from the standard library's own documentation
-(`pydoc_data.topics`, module and function docstrings via `inspect`) and from a generator of short made-up news
-reports; everything else is templates over hand-written word lists and random numbers. No Spec-Bench text is used,
-and any prompt sharing an 8-word sequence with a Spec-Bench turn is dropped (`overlaps_spec_bench`).
+`training_prompts(seed)` returns 31,600 distinct `{"category", "text"}` dicts (CATEGORY_COUNTS) over the 13 task
+families of Spec-Bench (writing, roleplay, reasoning, math, coding, extraction, STEM, humanities, translation,
+summarization, open QA, math reasoning, QA over a given passage). Sources: the standard library's documentation
+(`pydoc_data.topics`, docstrings via `inspect`) and the source of its short functions; the GCIDE dictionary's
+field-labelled terms (STEM, humanities) and headwords; fortune cookies (sayings to explain, lines to write from);
+Debian's package descriptions; a generator of short made-up news reports; templates over hand-written word lists
+and random numbers (`offline_text` reads the Debian text). No Spec-Bench text is used, and any prompt sharing an
+8-word sequence with a Spec-Bench turn is dropped (`overlaps_spec_bench`; the Spec-Bench file is required).
 
-The output is deterministic for a seed and a Python version (docstrings change between Python releases), so the
-list used for training is written once to `spectax/train/data/prompts.jsonl` (read back by
-`spectax.train.prompt_files`, the part of this that the installed package needs), from the repository root:
+The output is deterministic for a seed, a Python version and the installed Debian text, so the list used for
+training is written once, from the repository root, after `apt-get install dict-gcide fortunes fortunes-min`:
 
-    python recipes/build_prompts.py --out spectax/train/data/prompts.jsonl
+    python recipes/build_prompts.py --out data/prompts/v2.jsonl
+
+`spectax/train/data/prompts.jsonl` (3,000 prompts, read by `spectax.train.prompt_files`) is the first list, built
+by this script's version of commit 9f7de62 (templates and the standard library only, 13 families at 200-300 each).
 """
 
 from __future__ import annotations
@@ -30,16 +34,18 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from spectax.train.prompt_files import DEFAULT_OUT, write_prompts
+from recipes import offline_text
+from spectax.train.prompt_files import write_prompts
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
 NGRAM = 8
 MAX_PASSAGE_WORDS = 170
 
+# prompts per category (31,600 in all): Spec-Bench's 13 task families, weighted toward the ones with long answers
 CATEGORY_COUNTS = {
-    "writing": 250, "roleplay": 200, "reasoning": 200, "math": 200, "math_reasoning": 300, "coding": 250,
-    "extraction": 200, "stem": 200, "humanities": 200, "translation": 250, "summarization": 250, "qa": 250,
-    "rag": 250,
+    "writing": 3000, "roleplay": 2000, "reasoning": 2400, "math": 2400, "math_reasoning": 3000, "coding": 2600,
+    "extraction": 2400, "stem": 2200, "humanities": 2000, "translation": 2400, "summarization": 2400, "qa": 2400,
+    "rag": 2400,
 }
 
 # Pure-Python-friendly standard library modules whose docstrings are read (importing them has no side effects).
@@ -483,7 +489,7 @@ def _writing(rng: random.Random) -> Iterator[str]:
                    f"the facts:\n\n{text}")
 
 
-def _roleplay(rng: random.Random) -> Iterator[str]:
+def _personas(rng: random.Random) -> Iterator[str]:
     while True:
         opener = rng.choice(ROLEPLAY_OPENERS).format(p=rng.choice(PERSONAS))
         yield f"{opener} {rng.choice(ROLEPLAY_QUESTIONS)}"
@@ -721,11 +727,14 @@ def _topic_questions(rng: random.Random, topics, templates, pairs) -> Iterator[s
 
 
 def _stem(rng: random.Random) -> Iterator[str]:
-    return _topic_questions(rng, STEM_TOPICS, STEM_TEMPLATES, SCIENCE_PAIRS)
+    return _mixed(rng, ((1, _topic_questions(rng, STEM_TOPICS, STEM_TEMPLATES, SCIENCE_PAIRS)),
+                        (4, _dictionary(rng, offline_text.STEM_FIELDS, DICTIONARY_STEM))))
 
 
 def _humanities(rng: random.Random) -> Iterator[str]:
-    return _topic_questions(rng, HUMANITIES_TOPICS, HUMANITIES_TEMPLATES, HUMANITIES_PAIRS)
+    return _mixed(rng, ((1, _topic_questions(rng, HUMANITIES_TOPICS, HUMANITIES_TEMPLATES, HUMANITIES_PAIRS)),
+                        (2, _dictionary(rng, offline_text.HUMANITIES_FIELDS, DICTIONARY_HUMANITIES)),
+                        (1, _fortune(rng, "humanities")), (1, _words(rng))))
 
 
 def _english_sentence(rng: random.Random) -> str:
@@ -811,11 +820,110 @@ def _rag(rng: random.Random) -> Iterator[str]:
                           f"Context:\n{text}{extra}\n\nQuestion: {question}",
                           f"Read this passage from {source}.\n\n{text}{extra}\n\n{question}"))
 
+# ---------------------------------------------------------------------------------------------------------------
+# Offline text beyond the standard library (recipes/offline_text.py): dictionary, fortunes, packages, source
+# ---------------------------------------------------------------------------------------------------------------
+SETTINGS = ("in ancient Rome", "on a space station in 2150", "in a small fishing village", "during the gold rush",
+            "in a busy modern hospital", "at a medieval castle", "in Victorian London", "on a cruise ship",
+            "in a mountain monastery", "at a summer music festival", "on a research base in Antarctica",
+            "in a 1980s video arcade", "on a pirate ship", "in a tiny bakery in Paris", "at a royal court",
+            "in a post-apocalyptic city", "in a school for wizards", "at the first Olympic Games")
+ROLE_TEMPLATES = ("You are a {job} {setting}. {q}", "Play the role of a {job} {setting} and stay in character. {q}",
+                  "Imagine you are a {job} living {setting}. A stranger asks you: {q}")
+DICTIONARY_STEM = ("In {field}, what is meant by '{w}'? Explain it for a beginner with an example.",
+                   "A dictionary defines '{w}' ({field}) as: \"{d}\" Explain this in modern plain English and "
+                   "say why it matters.",
+                   "Explain the term '{w}' from {field}, and name two related concepts.",
+                   "Write a short lesson for students about '{w}' in {field}.")
+DICTIONARY_HUMANITIES = ("In {field}, what does '{w}' refer to? Give some historical background.",
+                         "An old dictionary says that '{w}' ({field}) means: \"{d}\" Explain it and give an "
+                         "example of where it appears.",
+                         "Why is the idea of '{w}' important in {field}?")
+WORD_QUESTIONS = ("What does the word '{w}' mean? Use it in two example sentences.",
+                  "Where does the English word '{w}' come from, and how is it used today?",
+                  "Explain the meaning of '{w}' to a ten-year-old.")
+FORTUNE_PROMPTS = {
+    "qa": ("What does this saying mean? Do you agree with it?\n\n\"{f}\"",
+           "Explain the joke or the point of this quote:\n\n{f}"),
+    "writing": ("Write a short story that ends with this line:\n\n\"{f}\"",
+                "Write a poem inspired by this quote:\n\n{f}",
+                "Write a short blog post that uses this quote as its starting point:\n\n{f}"),
+    "humanities": ("In what historical or cultural context might someone have said this? Discuss.\n\n{f}",),
+}
+PACKAGE_PROMPTS = ("The Debian package '{name}' is described as \"{desc}\". What is it used for, and who would "
+                   "install it?", "Explain to a new Linux user what a tool described as \"{desc}\" does.")
+SOURCE_PROMPTS = ("Explain what this Python function from `{name}` does, step by step:\n\n```python\n{src}\n```",
+                  "Write unit tests with pytest for this function (`{name}`):\n\n```python\n{src}\n```",
+                  "Rewrite this function (`{name}`) in JavaScript:\n\n```python\n{src}\n```",
+                  "Can this function be simplified or made faster? Explain and show an improved "
+                  "version.\n\n```python\n{src}\n```")
+
+
+def _mixed(rng: random.Random, weighted) -> Iterator[str]:
+    """Draws from several generators: weighted is ((weight, generator or None), ...); a None (a source that is
+    not installed) has no weight."""
+    live = [(w, g) for w, g in weighted if g is not None]
+    weights, gens = [w for w, _ in live], [g for _, g in live]
+    while True:
+        yield next(rng.choices(gens, weights)[0])
+
+
+def _from(rng: random.Random, items, make) -> Iterator[str] | None:
+    """Prompts make(rng, item) over a random item of `items`; None when `items` is empty."""
+    if not items:
+        return None
+    return (make(rng, rng.choice(items)) for _ in itertools.count())
+
+
+def _dictionary(rng: random.Random, fields: dict, templates) -> Iterator[str] | None:
+    return _from(rng, offline_text.gcide_by_field(fields),
+                 lambda r, e: r.choice(templates).format(w=e[0], field=e[1], d=e[2]))
+
+
+def _fortune(rng: random.Random, category: str) -> Iterator[str] | None:
+    return _from(rng, offline_text.fortunes(), lambda r, f: r.choice(FORTUNE_PROMPTS[category]).format(f=f))
+
+
+def _words(rng: random.Random) -> Iterator[str] | None:
+    return _from(rng, offline_text.gcide_entries(), lambda r, e: r.choice(WORD_QUESTIONS).format(w=e[0].lower()))
+
+
+def _packages(rng: random.Random) -> Iterator[str] | None:
+    return _from(rng, offline_text.debian_packages(),
+                 lambda r, p: r.choice(PACKAGE_PROMPTS).format(name=p[0], desc=p[1]))
+
+
+def _sources(rng: random.Random) -> Iterator[str] | None:
+    return _from(rng, offline_text.stdlib_functions(tuple(DOC_MODULES)),
+                 lambda r, f: r.choice(SOURCE_PROMPTS).format(name=f[0], src=f[1]))
+
+
+def _roles(rng: random.Random) -> Iterator[str]:
+    while True:
+        yield rng.choice(ROLE_TEMPLATES).format(job=rng.choice(JOBS), setting=rng.choice(SETTINGS),
+                                                q=rng.choice(ROLEPLAY_QUESTIONS))
+
+
+def _writing_mixed(rng: random.Random) -> Iterator[str]:
+    return _mixed(rng, ((4, _writing(rng)), (1, _fortune(rng, "writing"))))
+
+
+def _roleplay(rng: random.Random) -> Iterator[str]:
+    return _mixed(rng, ((1, _personas(rng)), (2, _roles(rng))))
+
+
+def _coding_mixed(rng: random.Random) -> Iterator[str]:
+    return _mixed(rng, ((3, _coding(rng)), (1, _sources(rng))))
+
+
+def _qa_mixed(rng: random.Random) -> Iterator[str]:
+    return _mixed(rng, ((1, _qa(rng)), (1, _fortune(rng, "qa")), (1, _words(rng)), (1, _packages(rng))))
+
 
 BUILDERS: dict[str, Callable[[random.Random], Iterator[str]]] = {
-    "writing": _writing, "roleplay": _roleplay, "reasoning": _reasoning, "math": _math,
-    "math_reasoning": _math_reasoning, "coding": _coding, "extraction": _extraction, "stem": _stem,
-    "humanities": _humanities, "translation": _translation, "summarization": _summarization, "qa": _qa,
+    "writing": _writing_mixed, "roleplay": _roleplay, "reasoning": _reasoning, "math": _math,
+    "math_reasoning": _math_reasoning, "coding": _coding_mixed, "extraction": _extraction, "stem": _stem,
+    "humanities": _humanities, "translation": _translation, "summarization": _summarization, "qa": _qa_mixed,
     "rag": _rag,
 }
 
@@ -845,9 +953,9 @@ def overlaps_spec_bench(prompts: Sequence[dict], spec_bench_path=SPEC_BENCH) -> 
     return [p for p in prompts if not _ngrams(p["text"]).isdisjoint(bench)]
 
 
-def _category_prompts(category: str, n: int, rng: random.Random, banned: frozenset) -> list[str]:
-    """n distinct prompts of one category with no 8-word sequence in `banned`."""
-    out, seen = [], set()
+def _category_prompts(category: str, n: int, rng: random.Random, banned: frozenset, seen: set) -> list[str]:
+    """n prompts of one category not in `seen` (which gains them) with no 8-word sequence in `banned`."""
+    out = []
     for attempt, text in enumerate(BUILDERS[category](rng)):
         if attempt > 50 * n:
             raise RuntimeError(f"category {category!r}: only {len(out)} distinct prompts after {attempt} draws")
@@ -859,24 +967,24 @@ def _category_prompts(category: str, n: int, rng: random.Random, banned: frozens
 
 
 def training_prompts(seed: int = 0, spec_bench_path=SPEC_BENCH, counts: dict | None = None) -> list[dict]:
-    """About 3000 `{"category", "text"}` chat prompts, shuffled, deterministic for a seed.
+    """`{"category", "text"}` chat prompts (CATEGORY_COUNTS), distinct, shuffled, deterministic for a seed.
 
     Prompts sharing an 8-word sequence with a Spec-Bench turn are skipped when the file at `spec_bench_path`
     exists. `counts` overrides CATEGORY_COUNTS (prompts per category).
     """
     counts = CATEGORY_COUNTS if counts is None else counts
     banned = _spec_bench_ngrams(str(spec_bench_path)) if Path(spec_bench_path).exists() else frozenset()
-    prompts = []
+    prompts, seen = [], set()
     for category, n in sorted(counts.items()):
         rng = random.Random(f"{seed}/{category}")
-        prompts += [{"category": category, "text": t} for t in _category_prompts(category, n, rng, banned)]
+        prompts += [{"category": category, "text": t} for t in _category_prompts(category, n, rng, banned, seen)]
     random.Random(seed).shuffle(prompts)
     return prompts
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--out", default="data/prompts/v2.jsonl")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spec-bench", default=str(SPEC_BENCH), help="Spec-Bench question.jsonl to keep out")
     args = parser.parse_args(argv)

@@ -30,44 +30,59 @@ def test_generation_shards_hold_prompt_and_response(tiny_llama, tmp_path):
     assert [p.name for p in paths] == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
     examples = _all_examples(paths)
     assert sorted(examples) == list(range(len(PROMPTS)))
-    for i in range(0, len(PROMPTS) - 1, 2):
-        out = spectax.decode(tiny_llama, PROMPTS[i:i + 2], MAX_NEW, eos_id=EOS)
-        for row, prompt in enumerate(PROMPTS[i:i + 2]):
-            seq = examples[i + row]
-            assert seq.dtype == np.int32
-            np.testing.assert_array_equal(seq[:len(prompt)], prompt)
-            np.testing.assert_array_equal(seq[len(prompt):], np.asarray(out.tokens[row, :out.lengths[row]]))
-            response = seq[len(prompt):]
-            assert 1 <= len(response) <= MAX_NEW and EOS not in response[:-1]
+    lengths = set()
+    for i, prompt in enumerate(PROMPTS):      # each answer is the prompt's own greedy decode, alone
+        out = spectax.decode(tiny_llama, [prompt], MAX_NEW, eos_id=EOS)
+        seq = examples[i]
+        assert seq.dtype == np.int32
+        np.testing.assert_array_equal(seq[:len(prompt)], prompt)
+        np.testing.assert_array_equal(seq[len(prompt):], np.asarray(out.tokens[0, :out.lengths[0]]))
+        response = seq[len(prompt):]
+        assert 1 <= len(response) <= MAX_NEW and EOS not in response[:-1]
+        lengths.add(len(response))
+    assert len(lengths) > 1           # rows end at different steps, so rows were refilled mid-run
     shard = distill.load_shard(paths[0])
     assert list(shard["category"]) == [f"c{i}" for i in shard["prompt_index"]]
+    assert list(shard["prompt_id"]) == [distill.prompt_id(PROMPTS[i]) for i in shard["prompt_index"]]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(i for m in manifest.values() for i in m["prompts"]) == list(range(len(PROMPTS)))
     assert int(shard["vocab_size"]) == tiny_llama.config.vocab_size
 
 
 def test_interrupted_generation_resumes_without_redoing_shards(tiny_llama, tmp_path, monkeypatch):
-    real_decode, calls = distill.decode, []
+    real_write, steps = distill.write_atomic, []
 
-    def crash_on_third_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # shard 1's first batch: shard 0 is written, shard 1 is not
+    def crash_on_second_shard(path, *args, **kwargs):
+        if path.name == "shard-00001.npz":      # killed while shard 1 is being written
             raise KeyboardInterrupt
-        return real_decode(*args, **kwargs)
+        return real_write(path, *args, **kwargs)
 
-    monkeypatch.setattr(distill, "decode", crash_on_third_batch)
+    monkeypatch.setattr(distill, "write_atomic", crash_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         _generate(tiny_llama, tmp_path / "run")
     assert [p.name for p in distill.shard_paths(tmp_path / "run")] == ["shard-00000.npz"]
     assert not list((tmp_path / "run").glob("*.tmp"))
     first = distill.shard_path(tmp_path / "run", 0).stat().st_mtime_ns
+    done = json.loads((tmp_path / "run" / "manifest.json").read_text())["shard-00000.npz"]["prompts"]
 
-    monkeypatch.setattr(distill, "decode", real_decode)
+    monkeypatch.setattr(distill, "write_atomic", real_write)
+    real_refilled = distill.greedy_refilled
+
+    def counting(model, prompts, *args, **kwargs):
+        steps.append(len(prompts))
+        return real_refilled(model, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "greedy_refilled", counting)
     paths = _generate(tiny_llama, tmp_path / "run")
+    assert steps == [len(PROMPTS) - len(done)]           # the resumed run decoded only the prompts not in a shard
     assert distill.shard_path(tmp_path / "run", 0).stat().st_mtime_ns == first
     clean = _all_examples(_generate(tiny_llama, tmp_path / "clean"))
     resumed = _all_examples(paths)
-    assert all(np.array_equal(resumed[i], clean[i]) for i in clean)
+    assert sorted(resumed) == sorted(clean) and all(np.array_equal(resumed[i], clean[i]) for i in clean)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert sorted(i for m in manifest.values() for i in m["prompts"]) == list(range(len(PROMPTS)))
 
-    monkeypatch.setattr(distill, "decode", None)  # a finished directory needs no decoding at all
+    monkeypatch.setattr(distill, "_steps", None)  # a finished directory needs no decoding at all
     assert _generate(tiny_llama, tmp_path / "run") == paths
     with pytest.raises(ValueError, match="other settings"):
         distill.generate_ids(tiny_llama, PROMPTS, tmp_path / "run", eos_id=EOS, max_new_tokens=MAX_NEW + 1)

@@ -39,12 +39,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from tqdm import tqdm
 
-from spectax.api import decode
+from spectax.api import Decoder, eos_ids
 from spectax.io import hub
 from spectax.io.loader import load
 from spectax.io.tokenizer import from_gguf
+from spectax.loop import DecodeState, Loop
 from spectax.models import Model
 from spectax.train.prompt_files import DEFAULT_OUT as DEFAULT_PROMPTS
 from spectax.train.prompt_files import read_prompts, split_prompts
@@ -68,13 +70,21 @@ def shard_paths(directory) -> list[Path]:
     return sorted(Path(directory).glob("shard-*.npz"))
 
 
-def write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to `path` through a temporary file and a rename: readers never see a partial shard."""
+def write_atomic(path: Path, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
+    """np.savez (np.savez_compressed) to `path` through a temporary file and a rename: readers never see a partial
+    shard."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    """Writes a text file through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -84,15 +94,15 @@ def load_shard(path) -> dict[str, np.ndarray]:
 
 
 def examples_once(directories) -> Iterator[tuple[Path, dict[str, np.ndarray], int]]:
-    """(shard path, shard, example index) for every example of the shards of `directories` (one or several, of the
-    same prompt list), in order; an example whose prompt index was already met is skipped."""
+    """(shard path, shard, example index) for every example of the shards of `directories` (one or several), in
+    order; an example whose prompt (prompt_id) was already met is skipped."""
     dirs = [directories] if isinstance(directories, (str, Path)) else list(directories)
     seen = set()
     for path in [p for d in dirs for p in shard_paths(d)]:
         shard = load_shard(path)
         for e in range(len(shard["prompt_len"])):
-            if int(shard["prompt_index"][e]) not in seen:
-                seen.add(int(shard["prompt_index"][e]))
+            if int(shard["prompt_id"][e]) not in seen:
+                seen.add(int(shard["prompt_id"][e]))
                 yield path, shard, e
 
 
@@ -113,21 +123,100 @@ def sequences(shard: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Generation
+# Generation: greedy decoding with refilled rows
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def greedy_responses(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | None,
-                     batch: int) -> list[np.ndarray]:
-    """Plain greedy decoding of up to `batch` ragged prompts; each response is cut after its EOS (kept).
+def _loop(dec: Decoder, model, end_ids) -> Loop:
+    return Loop(model=model, drafter=dec.drafter, spec=dec.spec, sampling=dec.sampling.params(),
+                max_new=jnp.int32(dec.max_new_tokens), eos_ids=end_ids)
 
-    The batch is filled up to `batch` rows with copies of the first prompt so that every call has the same batch
-    size (one compile per prompt-length bucket).
-    """
-    rows = list(prompts) + [prompts[0]] * (batch - len(prompts))
-    out = decode(model, rows, max_new_tokens, eos_id=eos_id)
-    tokens_BO, lengths_B = np.asarray(out.tokens), np.asarray(out.lengths)
-    return [tokens_BO[i, :lengths_B[i]] for i in range(len(prompts))]
+
+def _prompt_width(dec: Decoder, n: int) -> int:
+    """The prefill width for prompts of up to n tokens: a multiple of 64 (of the prefill chunk past one chunk)."""
+    chunk = dec.spec.prefill_chunk
+    return _round_up(n, LENGTH_MULTIPLE) if n <= chunk else _round_up(n, chunk)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _empty_state(dec: Decoder, model, batch: int, end_ids) -> DecodeState:
+    """A state of `batch` finished rows, each with room for a prompt of dec.max_prompt_len tokens."""
+    P = _prompt_width(dec, dec.max_prompt_len)
+    state = _loop(dec, model, end_ids).prefill(jnp.zeros((batch, P), jnp.int32), jnp.ones((batch,), jnp.int32),
+                                               jax.random.split(jax.random.key(0), batch),
+                                               model.create_cache(batch, dec.cache_size))
+    return state.replace(done=jnp.ones((batch,), bool))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
+def _steps(dec: Decoder, n_steps: int, model, state: DecodeState, end_ids) -> DecodeState:
+    """n_steps plain greedy steps over every row (finished rows commit nothing)."""
+    loop = _loop(dec, model, end_ids)
+    return lax.fori_loop(0, n_steps, lambda _, s: loop.step(s), state)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _refill(dec: Decoder, model, state: DecodeState, prompt_MP, prompt_len_M, slot_M, end_ids) -> DecodeState:
+    """Prefills M new right-padded prompts (int32 [M, P'], P' no wider than the state's prompts) and puts them in
+    rows slot_M (int32 [M]; a slot >= B is dropped: the padding of a group smaller than M)."""
+    M = prompt_MP.shape[0]
+    new = _loop(dec, model, end_ids).prefill(prompt_MP, prompt_len_M, jax.random.split(jax.random.key(0), M),
+                                             model.create_cache(M, dec.cache_size))
+    pad = state.history.tokens_BW.shape[1] - new.history.tokens_BW.shape[1]
+    new = new.replace(history=new.history.replace(
+        tokens_BW=jnp.pad(new.history.tokens_BW, ((0, 0), (0, pad)), constant_values=-1)))
+    put = lambda old, x: old.at[slot_M].set(x, mode="drop")   # noqa: E731
+    return state.replace(**{f: jax.tree_util.tree_map(put, getattr(state, f), getattr(new, f))
+                            for f in ("history", "prompt_len_B", "n_out", "done", "cache", "rng")})
+
+
+def greedy_refilled(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id, batch: int = 32,
+                    refill_rows: int = 4, chunk_steps: int = 32,
+                    max_prompt_len: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Plain greedy answers to ragged token-id prompts, yielded as (prompt index, response int32 [n]) in the order
+    they finish; each response is cut after its end token (kept) or at max_new_tokens.
+
+    `batch` rows decode together; every `chunk_steps` steps the finished rows are handed out and refilled with the
+    next prompts, `refill_rows` at a time (one prefill of that many rows, the prompt width rounded up), so a
+    row that ends early does not idle until the longest answer of its batch ends. The answers equal plain greedy
+    decoding of each prompt alone up to floating-point ties (the batch a row shares does not enter its math).
+    max_prompt_len (default: the longest prompt's) sizes the rows' caches: calls with the same value share their
+    compiled programs."""
+    if not prompts:
+        return
+    dec = Decoder(model, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                  max_prompt_len=max_prompt_len or max(len(p) for p in prompts))
+    end_ids = jnp.asarray(dec.eos_ids or (-1,), jnp.int32)
+    queue = list(range(len(prompts)))[::-1]
+    slot_prompt = [-1] * batch
+
+    def refill(state, slots):
+        group = [queue.pop() for _ in slots[:refill_rows] if queue]
+        rows = slots[:len(group)]
+        prompt_MP = np.zeros((refill_rows, _prompt_width(dec, max(len(prompts[i]) for i in group))), np.int32)
+        prompt_len_M = np.ones(refill_rows, np.int32)
+        slot_M = np.full(refill_rows, batch, np.int32)
+        for m, (i, r) in enumerate(zip(group, rows)):
+            prompt_MP[m, :len(prompts[i])], prompt_len_M[m], slot_M[m] = prompts[i], len(prompts[i]), r
+            slot_prompt[r] = i
+        return _refill(dec, model, state, prompt_MP, prompt_len_M, slot_M, end_ids)
+
+    state = _empty_state(dec, model, batch, end_ids)
+    while True:
+        free = [r for r in range(batch) if slot_prompt[r] < 0]
+        while free and queue:
+            state = refill(state, free)
+            free = [r for r in range(batch) if slot_prompt[r] < 0]
+        if all(i < 0 for i in slot_prompt):
+            return
+        state = _steps(dec, chunk_steps, model, state, end_ids)
+        done, n_out, start = (np.asarray(a) for a in (state.done, state.n_out, state.prompt_len_B))
+        finished = [r for r in range(batch) if slot_prompt[r] >= 0 and done[r]]
+        if finished:
+            tokens_BW = np.asarray(state.history.tokens_BW)
+            for r in finished:
+                yield slot_prompt[r], tokens_BW[r, start[r]:start[r] + n_out[r]].astype(np.int32)
+                slot_prompt[r] = -1
 
 
 def _check_meta(out_dir: Path, meta: dict) -> None:
@@ -139,9 +228,7 @@ def _check_meta(out_dir: Path, meta: dict) -> None:
             raise ValueError(f"{out_dir} holds shards from a run with other settings ({old}, now {meta}); "
                              f"use another directory or delete it")
         return
-    tmp = path.with_name("meta.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path)
+    write_atomic_text(path, json.dumps(meta, indent=1))
 
 
 def _prompts_digest(prompt_ids: Sequence[Sequence[int]]) -> str:
@@ -151,40 +238,80 @@ def _prompts_digest(prompt_ids: Sequence[Sequence[int]]) -> str:
     return h.hexdigest()[:16]
 
 
-def generate_ids(model: Model, prompt_ids: Sequence[Sequence[int]], out_dir, eos_id: int | None,
-                 max_new_tokens: int = 160, batch: int = 32, shard_size: int = SHARD_SIZE,
-                 categories: Sequence[str] | None = None) -> list[Path]:
-    """Greedy generations for token-id prompts, written as resumable shards of `shard_size` examples.
+def prompt_id(ids: Sequence[int]) -> int:
+    """A prompt's identity across prompt lists: the first 8 bytes of the sha256 of its int32 token ids, as int64."""
+    return int.from_bytes(hashlib.sha256(np.asarray(ids, np.int32).tobytes()).digest()[:8], "little", signed=True)
 
-    Prompts are sorted by length (stable) so that a batch shares a prompt-length bucket; a shard holds consecutive
-    prompts of that order and records each one's index in `prompt_ids`. Existing shards are skipped.
-    Returns the shard paths.
-    """
+
+def _width_class(n: int) -> int:
+    """The cache class of a prompt of n tokens: the power of two >= max(n, 128)."""
+    return max(128, 1 << (n - 1).bit_length())
+
+
+def _width_groups(lengths: Sequence[int], block: int) -> list[list[int]]:
+    """Positions 0..len(lengths)-1 in blocks of `block` consecutive prompts, each block split by `_width_class`
+    (narrow first): rows decode with caches sized for their class, and a run stopped early has covered the prompt
+    list's order, not only its short prompts."""
+    groups = []
+    for start in range(0, len(lengths), block):
+        by_class = {}
+        for i in range(start, min(start + block, len(lengths))):
+            by_class.setdefault(_width_class(lengths[i]), []).append(i)
+        groups += [by_class[c] for c in sorted(by_class)]
+    return groups
+
+
+def generate_ids(model: Model, prompt_ids: Sequence[Sequence[int]], out_dir, eos_id, max_new_tokens: int = 160,
+                 batch: int = 32, shard_size: int = SHARD_SIZE, categories: Sequence[str] | None = None,
+                 refill_rows: int = 4, chunk_steps: int = 32) -> list[Path]:
+    """Greedy generations for token-id prompts (`greedy_refilled`, blocks of 8 shards' prompts in order, each
+    decoded by prompt-width class: `_width_groups`), written as resumable shards of `shard_size` examples in the
+    order the answers finish; each records its prompts' indices in `prompt_ids` (prompt_index) and
+    identities (prompt_id). out_dir/manifest.json lists, per shard, its prompt indices, new tokens and seconds.
+
+    A rerun skips the prompts of the existing shards: an interrupted run loses at most the answers not yet in a
+    shard. Returns the shard paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    eos = list(eos_ids(eos_id, model.config.vocab_size))
     _check_meta(out_dir, {"n_prompts": len(prompt_ids), "prompts_sha256": _prompts_digest(prompt_ids),
-                          "max_new_tokens": max_new_tokens, "shard_size": shard_size, "eos_id": eos_id})
-    order = np.argsort([len(p) for p in prompt_ids], kind="stable")
-    shards = [order[i:i + shard_size] for i in range(0, len(order), shard_size)]
-    todo = [(s, idx) for s, idx in enumerate(shards) if not shard_path(out_dir, s).exists()]
-    bar = tqdm(total=len(prompt_ids), initial=len(prompt_ids) - sum(len(idx) for _, idx in todo), unit="prompt",
-               desc=out_dir.name, mininterval=30, file=sys.stderr)
-    for s, idx in todo:
-        start, responses = time.perf_counter(), []
-        for b in range(0, len(idx), batch):
-            responses += greedy_responses(model, [prompt_ids[i] for i in idx[b:b + batch]], max_new_tokens, eos_id,
-                                          batch)
-            bar.update(min(batch, len(idx) - b))
-        seqs = [np.concatenate([np.asarray(prompt_ids[i], np.int32), r]) for i, r in zip(idx, responses)]
+                          "max_new_tokens": max_new_tokens, "shard_size": shard_size, "eos_id": eos})
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    done = {int(i) for p in shard_paths(out_dir) for i in load_shard(p)["prompt_index"]}
+    todo = [i for i in range(len(prompt_ids)) if i not in done]
+    bar = tqdm(total=len(prompt_ids), initial=len(done), unit="prompt", desc=out_dir.name, mininterval=30,
+               file=sys.stderr)
+    answers, start = [], time.perf_counter()
+
+    def write_shard():
+        nonlocal answers, start
+        idx = np.asarray([i for i, _ in answers], np.int32)
+        seqs = [np.concatenate([np.asarray(prompt_ids[i], np.int32), r]) for i, r in answers]
         cats = [categories[i] for i in idx] if categories is not None else [""] * len(idx)
-        write_atomic(shard_path(out_dir, s), pack_examples(seqs, [len(prompt_ids[i]) for i in idx],
-                                                           prompt_index=idx.astype(np.int32), category=cats,
-                                                           vocab_size=np.int64(model.config.vocab_size)))
-        n_new = sum(len(r) for r in responses)
-        bar.write(f"{shard_path(out_dir, s)}: {len(idx)} examples, {n_new} new tokens, "
-                  f"{n_new / (time.perf_counter() - start):.1f} tok/s")
+        path = shard_path(out_dir, len(shard_paths(out_dir)))
+        write_atomic(path, pack_examples(seqs, [len(prompt_ids[i]) for i in idx], prompt_index=idx,
+                                         prompt_id=np.asarray([prompt_id(prompt_ids[i]) for i in idx], np.int64),
+                                         category=cats, vocab_size=np.int64(model.config.vocab_size)),
+                     compressed=True)
+        n_new, seconds = sum(len(r) for _, r in answers), time.perf_counter() - start
+        manifest[path.name] = {"prompts": idx.tolist(), "new_tokens": n_new, "seconds": round(seconds, 1)}
+        write_atomic_text(manifest_path, json.dumps(manifest, indent=0))
+        bar.write(f"{path}: {len(idx)} examples, {n_new} new tokens, {n_new / seconds:.1f} tok/s")
+        answers, start = [], time.perf_counter()
+
+    for group in _width_groups([len(prompt_ids[i]) for i in todo], block=8 * shard_size):
+        width = _width_class(max(len(prompt_ids[todo[g]]) for g in group))
+        for j, response in greedy_refilled(model, [prompt_ids[todo[g]] for g in group], max_new_tokens, eos, batch,
+                                           refill_rows, chunk_steps, max_prompt_len=width):
+            answers.append((todo[group[j]], response))
+            bar.update(1)
+            if len(answers) == shard_size:
+                write_shard()
+    if answers:
+        write_shard()
     bar.close()
-    return [shard_path(out_dir, s) for s in range(len(shards))]
+    return shard_paths(out_dir)
 
 
 def encode_prompts(tok, prompts: Sequence[dict]) -> list[list[int]]:
@@ -195,8 +322,8 @@ def encode_prompts(tok, prompts: Sequence[dict]) -> list[list[int]]:
 def generate(model: Model, tok, prompts: Sequence[dict], out_dir, max_new_tokens: int = 160, batch: int = 32,
              shard_size: int = SHARD_SIZE) -> list[Path]:
     """Greedy self-distillation of `{"category", "text"}` chat prompts into shards in out_dir (see generate_ids)."""
-    return generate_ids(model, encode_prompts(tok, prompts), out_dir, tok.eos_id, max_new_tokens, batch, shard_size,
-                        categories=[p.get("category", "") for p in prompts])
+    return generate_ids(model, encode_prompts(tok, prompts), out_dir, model.config.eos_ids, max_new_tokens, batch,
+                        shard_size, categories=[p.get("category", "") for p in prompts])
 
 
 # ---------------------------------------------------------------------------------------------------------------
