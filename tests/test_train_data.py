@@ -1,6 +1,8 @@
 """Self-distillation data: resumable atomic shards, cached hidden states, and the training prompt builder."""
 
+import collections
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from spectax.train import distill, prompt_files
 # Ragged token-id prompts for the tiny model (vocab 97); EOS is a token the random model emits now and then.
 PROMPTS = [[int(t) for t in np.random.default_rng(i).integers(3, 97, size=3 + (7 * i) % 13)] for i in range(7)]
 EOS = 5
+LARGE_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "prompts" / "v2.jsonl"
 MAX_NEW = 12
 
 
@@ -121,10 +124,21 @@ def test_training_prompts_are_deterministic_varied_and_short():
     assert train + held_out == a and len(held_out) == round(0.05 * len(a))
 
 
-@pytest.mark.skipif(not build_prompts.SPEC_BENCH.exists(), reason="Spec-Bench questions not present")
-def test_prompts_share_no_8_word_sequence_with_spec_bench():
-    shipped = prompt_files.read_prompts()
-    assert len(shipped) >= 2900 and not build_prompts.overlaps_spec_bench(shipped)
+def test_spec_bench_is_present_for_decontamination():
+    # the decontamination tests below must run in CI: a missing benchmark file is a failure, never a skip
+    assert build_prompts.SPEC_BENCH.exists(), f"{build_prompts.SPEC_BENCH} is needed to test decontamination"
+
+
+@pytest.mark.parametrize("path, at_least", [(prompt_files.DEFAULT_OUT, 2900), (LARGE_PROMPTS, 30000)])
+def test_prompt_files_share_no_8_word_sequence_with_spec_bench(path, at_least):
+    prompts = prompt_files.read_prompts(path)
+    assert len(prompts) >= at_least and len({p["text"] for p in prompts}) == len(prompts)
+    assert not build_prompts.overlaps_spec_bench(prompts)
     turn = json.loads(build_prompts.SPEC_BENCH.read_text().splitlines()[0])["turns"][0]
     planted = {"category": "qa", "text": f"Please tell me: {turn}"}
-    assert build_prompts.overlaps_spec_bench([planted]) == [planted]
+    assert build_prompts.overlaps_spec_bench([planted]) == [planted]       # the check's tooth
+
+
+def test_large_prompt_list_covers_the_13_families_in_the_stated_proportions():
+    counts = collections.Counter(p["category"] for p in prompt_files.read_prompts(LARGE_PROMPTS))
+    assert counts == build_prompts.CATEGORY_COUNTS and len(counts) == 13
