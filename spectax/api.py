@@ -152,8 +152,8 @@ def _check_drafter(drafter, target, batch: int | None) -> None:
 def _attn_impl(attn_impl) -> AttnImpl:
     """`attn_impl` (a name or an AttnImpl) resolved for JAX's backend; ValueError for an unknown name or a kernel
     the backend cannot run."""
-    if isinstance(attn_impl, str):
-        attn_impl = AttnImpl(attn_impl)
+    if isinstance(attn_impl, str):       # a name picks both: "auto" the kernels where they run, "xla" XLA only
+        attn_impl = AttnImpl(attn_impl, products="auto" if attn_impl == "auto" else "xla")
     if not isinstance(attn_impl, AttnImpl):
         raise ValueError(f"attn_impl must be a name ('auto', 'xla', 'pallas_tpu', 'pallas_gpu') or an AttnImpl, "
                          f"got {attn_impl!r}")
@@ -235,6 +235,7 @@ class Decoder:
             if mesh is None:
                 raise ValueError("rules shard over a mesh: pass mesh= too")
             layout = Layout(mesh, ShardingRules() if rules is None else rules)
+            impl = dataclasses.replace(impl, products="xla")    # XLA partitions its own products, not a kernel call
             if impl.impl != "xla":       # a kernel call XLA cannot partition runs inside the layout's shard_map
                 impl = dataclasses.replace(impl, boundary=layout.shard_attention)
         spec = LoopSpec(sampler=sampler, out_size=int(max_new_tokens), vocab_size=config.vocab_size, attn_impl=impl,

@@ -52,17 +52,21 @@ class AttnImpl:
     runs interpreted, which block sizes (None: the backend's defaults for the call's shapes), and for a kernel in a
     sharded program the boundary it runs inside: a hashable callable boundary(kernel, *operands) that calls the
     kernel under a shard_map (spectax's `Layout.shard_attention`, which `decode(mesh=...)` sets); None calls it
-    directly.
+    directly. `products` chooses the weight products the same way: "auto" takes the native CPU kernel
+    (`cpu_kernels.matmul`) for decode-shaped products when the program runs on the CPU, "xla" always XLA's.
     `spectax.decode(..., attn_impl=AttnImpl("pallas_tpu", interpret=True))` runs the TPU kernel on CPU."""
 
     impl: str = "xla"
     interpret: bool | object = False   # bool, or a pltpu.InterpretParams for the TPU kernel
     block_sizes: BlockSizes | None = None
     boundary: object = None   # None, or boundary(kernel, *operands): the kernel runs per shard inside it
+    products: str = "xla"     # the weight products: "xla", or "auto" (cpu_kernels.matmul: native on the CPU)
 
     def __post_init__(self):
         if self.block_sizes is not None and not isinstance(self.block_sizes, BlockSizes):
             raise ValueError(f"block_sizes must be None or a BlockSizes, got {self.block_sizes!r}")
+        if self.products not in ("xla", "auto"):
+            raise ValueError(f"products must be 'xla' or 'auto', got {self.products!r}")
 
     def resolved(self) -> "AttnImpl":
         """This choice with "auto" replaced by JAX's backend's implementation; ValueError as `resolve_impl`."""

@@ -10,6 +10,7 @@ from pallas_kernels.tree_attention import AttnImpl
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
 from spectax.models.head import head_inputs, tied_logits
+from spectax.models.products import dot_general
 
 
 class _GPT2Attention(nn.Module):
@@ -24,11 +25,12 @@ class _GPT2Attention(nn.Module):
         B, T, E = x_BTE.shape
         # [B, T, 3, H, hd]: q, k, v with the heads as their own axis (sharding heads splits the kernel cleanly)
         qkv = nn.DenseGeneral((3, c.num_heads, c.head_dim), dtype=self.dtype, param_dtype=self.dtype,
-                              name="qkv")(x_BTE)
+                              dot_general=dot_general(self.attn_impl), name="qkv")(x_BTE)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out, layer_kv = cached_attention(q, k, v, layer_kv, lengths_B, mask_TT, self.attn_impl,
                                           self.write_cache)
-        return nn.Dense(E, dtype=self.dtype, param_dtype=self.dtype, name="o")(out.reshape(B, T, E)), layer_kv
+        o = nn.Dense(E, dtype=self.dtype, param_dtype=self.dtype, dot_general=dot_general(self.attn_impl), name="o")
+        return o(out.reshape(B, T, E)), layer_kv
 
 
 def split_heads(config: ModelConfig, params: dict) -> dict:
@@ -52,10 +54,12 @@ def split_heads(config: ModelConfig, params: dict) -> dict:
 class _GPT2MLP(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
+    attn_impl: AttnImpl = AttnImpl()   # its `products` choose the products' implementation
 
     @nn.compact
     def __call__(self, x_BTE):
-        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.dtype, name=name)
+        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.dtype,   # noqa: E731
+                                         dot_general=dot_general(self.attn_impl), name=name)
         h = jax.nn.gelu(dense(self.config.intermediate_size, "fc")(x_BTE), approximate=True)  # gelu_new
         return dense(self.config.hidden_size, "proj")(h)
 
@@ -73,7 +77,7 @@ class _GPT2Block(nn.Module):
         h, layer_kv = _GPT2Attention(self.config, self.dtype, self.attn_impl, self.write_cache, name="attn")(
             norm("ln_1")(x_BTE), layer_kv, lengths_B, mask_TT)
         x_BTE = x_BTE + h
-        return x_BTE + _GPT2MLP(self.config, self.dtype, name="mlp")(norm("ln_2")(x_BTE)), layer_kv
+        return x_BTE + _GPT2MLP(self.config, self.dtype, self.attn_impl, name="mlp")(norm("ln_2")(x_BTE)), layer_kv
 
 
 class GPT2Decoder(nn.Module):
@@ -99,5 +103,5 @@ class GPT2Decoder(nn.Module):
             features += [x] * (i in self.features_at)
         hidden = nn.LayerNorm(epsilon=c.norm_eps, dtype=self.dtype, param_dtype=self.dtype, name="ln_f")(x)
         head_in = head_inputs(hidden, logits_at_BI)
-        return (tied_logits(wte.embedding, head_in).astype(jnp.float32), hidden,
+        return (tied_logits(wte.embedding, head_in, self.attn_impl).astype(jnp.float32), hidden,
                 None if kv is None else tuple(new_kv), jnp.stack(features, axis=2) if features else None)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels.tree_attention import AttnImpl
+from spectax.models.products import head_product
+
 
 def head_inputs(hidden_BTE, logits_at_BI=None):
     """The hidden states the LM head needs: all T, or only the K positions per row in logits_at_BI [B, K]."""
@@ -13,11 +16,14 @@ def head_inputs(hidden_BTE, logits_at_BI=None):
     return jnp.take_along_axis(hidden_BTE, logits_at_BI[..., None], axis=1)
 
 
-def tied_logits(embedding_VE, hidden_BTE):
-    """hidden [B, T, E] x embedding [V, E] -> [B, T, V].
+def tied_logits(embedding_VE, hidden_BTE, impl: AttnImpl = AttnImpl()):
+    """hidden [B, T, E] x embedding [V, E] -> [B, T, V], on the CPU kernel where `impl.products` takes it.
 
-    The table is the dot's left operand, contracted on its minor dim: XLA:CPU then streams it as stored instead of
-    materialising a [E, V] transpose (a full copy of the table) every step.
+    For XLA the table is the dot's left operand, contracted on its minor dim: XLA:CPU then streams it as stored
+    instead of materialising a [E, V] transpose (a full copy of the table) every step.
     """
+    out = head_product(impl, embedding_VE, hidden_BTE.astype(embedding_VE.dtype))
+    if out is not None:
+        return out
     out_VBT = lax.dot_general(embedding_VE, hidden_BTE.astype(embedding_VE.dtype), (((1,), (2,)), ((), ())))
     return jnp.moveaxis(out_VBT, 0, -1)

@@ -11,6 +11,7 @@ from pallas_kernels.tree_attention import AttnImpl
 from spectax.models.attention import cached_attention
 from spectax.models.config import ModelConfig
 from spectax.models.head import head_inputs, tied_logits
+from spectax.models.products import dot_general
 from spectax.models.rope import apply_rope, inv_frequencies
 
 
@@ -28,27 +29,30 @@ class LlamaAttention(nn.Module):
         # one product for q|k|v, grouped by kv head: [B, T, G, n_rep + 2, hd] = kv head k's n_rep query heads, its k,
         # its v
         qkv = nn.DenseGeneral((G, n_rep + 2, c.head_dim), use_bias=c.qkv_bias, dtype=self.dtype, param_dtype=self.dtype,
-                              name="qkv")(x_BTE)
+                              dot_general=dot_general(self.attn_impl), name="qkv")(x_BTE)
         qk = apply_rope(qkv[:, :, :, :n_rep + 1], positions_BT, inv_frequencies(c))         # q and k rotate alike
         q = qk[:, :, :, :n_rep].reshape(B, T, c.num_heads, c.head_dim)                     # head k * n_rep + g
         out, layer_kv = cached_attention(q, qk[:, :, :, n_rep], qkv[:, :, :, n_rep + 1], layer_kv, lengths_B, mask_TT,
                                          self.attn_impl, self.write_cache)
         out = nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
-                       name="o")(out.reshape(B, T, c.num_heads * c.head_dim))
+                       dot_general=dot_general(self.attn_impl), name="o")(out.reshape(B, T, c.num_heads * c.head_dim))
         return out, layer_kv
 
 
 class LlamaMLP(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype
+    attn_impl: AttnImpl = AttnImpl()   # its `products` choose the products' implementation
 
     @nn.compact
     def __call__(self, x_BTE):
         c = self.config
+        dot = dot_general(self.attn_impl)
         gate_up = nn.DenseGeneral((2, c.intermediate_size), use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
-                                  name="gate_up")(x_BTE)                                 # [B, T, 2, F]: one product
+                                  dot_general=dot, name="gate_up")(x_BTE)                # [B, T, 2, F]: one product
         h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
-        return nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, name="down")(h)
+        return nn.Dense(c.hidden_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype, dot_general=dot,
+                        name="down")(h)
 
 
 def fuse_params(config: ModelConfig, params: dict) -> dict:
@@ -97,7 +101,7 @@ class LlamaBlock(nn.Module):
         h, layer_kv = LlamaAttention(c, self.dtype, self.attn_impl, self.write_cache, name="attn")(
             norm("attn_norm")(x_BTE), positions_BT, layer_kv, lengths_B, mask_TT)
         x_BTE = x_BTE + h
-        x_BTE = x_BTE + LlamaMLP(c, self.dtype, name="mlp")(norm("mlp_norm")(x_BTE))
+        x_BTE = x_BTE + LlamaMLP(c, self.dtype, self.attn_impl, name="mlp")(norm("mlp_norm")(x_BTE))
         return x_BTE, layer_kv
 
 
@@ -127,9 +131,9 @@ class LlamaDecoder(nn.Module):
         hidden = norm("final_norm")(x)
         head_in = head_inputs(hidden, logits_at_BI)
         if c.tie_embeddings:
-            logits = tied_logits(embed.embedding, head_in)
+            logits = tied_logits(embed.embedding, head_in, self.attn_impl)
         else:
             logits = nn.Dense(c.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.dtype,
-                              name="lm_head")(head_in)
+                              dot_general=dot_general(self.attn_impl), name="lm_head")(head_in)
         return (logits.astype(jnp.float32), hidden, (None if kv is None else tuple(new_kv)),
                 jnp.stack(features, axis=2) if features else None)
