@@ -296,7 +296,8 @@ def generate_ids(model: Model, prompt_ids: Sequence[Sequence[int]], out_dir, eos
                      compressed=True)
         n_new, seconds = sum(len(r) for _, r in answers), time.perf_counter() - start
         manifest[path.name] = {"prompts": idx.tolist(), "new_tokens": n_new, "seconds": round(seconds, 1)}
-        write_atomic_text(manifest_path, json.dumps(manifest, indent=0))
+        write_atomic_text(manifest_path, "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}"
+                                                           for k, v in manifest.items()) + "\n}\n")
         bar.write(f"{path}: {len(idx)} examples, {n_new} new tokens, {n_new / seconds:.1f} tok/s")
         answers, start = [], time.perf_counter()
 
