@@ -10,7 +10,8 @@ A data directory (`generate` CLI) holds two splits, each a folder of shards:
 A generation shard holds X examples (prompt + response, the response cut after its EOS):
     tokens int32 [sum n_e] (all examples concatenated), offsets int64 [X + 1] (example e is
     tokens[offsets[e]:offsets[e + 1]]), prompt_len int32 [X], prompt_index int32 [X] (row in the split's prompt
-    list), category str [X], vocab_size int64 [].
+    list), prompt_id int64 [X] (`prompt_id`: the prompt's identity across lists), category str [X], vocab_size
+    int64 []. Each split's manifest.json lists, one line per shard, its prompt indices, new tokens and seconds.
 A hidden shard adds, for example e with prompt length p_e and total length n_e, the target's final hidden state
 (after the final norm) at the n_e - p_e positions t = p_e - 1 .. n_e - 2, i.e. the positions whose next token is a
 response token: hidden_ND float16 [sum (n_e - p_e), E] (an on-disk key older than the README's shape letters: rows
