@@ -91,6 +91,13 @@ def test_interrupted_generation_resumes_without_redoing_shards(tiny_llama, tmp_p
         distill.generate_ids(tiny_llama, PROMPTS, tmp_path / "run", eos_id=EOS, max_new_tokens=MAX_NEW + 1)
 
 
+@pytest.mark.parametrize("prompts, kwargs", [([[3, 4], []], {}), ([[3, 4]], {"refill_rows": 0}),
+                                             ([[3, 4]], {"chunk_steps": 0}), ([[3, 4]], {"batch": 0})])
+def test_refilled_generation_rejects_bad_input(tiny_llama, prompts, kwargs):
+    with pytest.raises(ValueError):
+        next(distill.greedy_refilled(tiny_llama, prompts, MAX_NEW, EOS, **kwargs))
+
+
 def test_cached_hidden_states_equal_the_forward(tiny_llama, tmp_path):
     _generate(tiny_llama, tmp_path / "gen")
     out = distill.cache_hidden(tiny_llama, tmp_path / "gen", tmp_path / "hidden", batch=2)

@@ -71,22 +71,24 @@ def shard_paths(directory) -> list[Path]:
     return sorted(Path(directory).glob("shard-*.npz"))
 
 
-def write_atomic(path: Path, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
-    """np.savez (np.savez_compressed) to `path` through a temporary file and a rename: readers never see a partial
-    shard."""
+def _replace_atomic(path: Path, write) -> None:
+    """write(binary file) into a temporary sibling, synced, then renamed onto `path`: readers never see it partial."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def write_atomic(path: Path, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:
+    """np.savez (np.savez_compressed) to `path`, atomically."""
+    _replace_atomic(path, lambda f: (np.savez_compressed if compressed else np.savez)(f, **arrays))
+
+
 def write_atomic_text(path: Path, text: str) -> None:
-    """Writes a text file through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """A text file (UTF-8) written atomically."""
+    _replace_atomic(path, lambda f: f.write(text.encode()))
 
 
 def load_shard(path) -> dict[str, np.ndarray]:
@@ -185,6 +187,11 @@ def greedy_refilled(model: Model, prompts: Sequence[Sequence[int]], max_new_toke
     compiled programs."""
     if not prompts:
         return
+    if min(len(p) for p in prompts) < 1:
+        raise ValueError("every prompt needs at least one token")
+    for name, value in (("batch", batch), ("refill_rows", refill_rows), ("chunk_steps", chunk_steps)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     dec = Decoder(model, max_new_tokens=max_new_tokens, eos_id=eos_id,
                   max_prompt_len=max_prompt_len or max(len(p) for p in prompts))
     end_ids = jnp.asarray(dec.eos_ids or (-1,), jnp.int32)
