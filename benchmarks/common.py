@@ -13,13 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectax.api import bucket, prepare_prompt, row_keys
-from spectax.loop import Loop
-from spectax.models import Model
-from spectax.sampling import make_sampling
-from spectax.step_types import LoopSpec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository root: recipes' Spec-Bench setting
+from recipes import spec_bench  # noqa: E402
+from spectax.api import bucket, prepare_prompt, row_keys  # noqa: E402
+from spectax.loop import Loop  # noqa: E402
+from spectax.models import Model  # noqa: E402
+from spectax.sampling import make_sampling  # noqa: E402
+from spectax.step_types import LoopSpec  # noqa: E402
 
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
+SPEC_BENCH = spec_bench.question_file()
 MODEL = "smollm2-135m-instruct"
 
 

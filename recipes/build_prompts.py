@@ -34,10 +34,10 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from recipes import offline_text
+from recipes import offline_text, spec_bench
 from spectax.train.prompt_files import write_prompts
 
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench" / "question.jsonl"
+SPEC_BENCH = spec_bench.question_file()
 NGRAM = 8
 MAX_PASSAGE_WORDS = 170
 

@@ -19,6 +19,7 @@ import pytest
 
 import spectax
 from conftest import TINY_GPT2, TINY_LLAMA
+from law_matrix import law_settings
 from spectax import DraftTree, Ensemble, api
 from spectax.drafters import CoS
 from spectax.models import Model
@@ -119,16 +120,18 @@ def _small(mode, members):
     return Ensemble((members[0], early_exit(members[0], 1)), mode="contrastive", alpha=0.5, plausibility=0.05)
 
 
+@pytest.mark.parametrize("temperature,top_k,top_p", law_settings("cos"))
 @pytest.mark.parametrize("mode", ["mix", "contrastive"])
-def test_sampled_cos_follows_the_law_of_r(small_members, mode):
-    """Every one of the 6 sampled tokens follows r's conditional law given its prefix (several verification steps,
-    T = 1, the proposer drafting a chain of 2)."""
-    ensemble = _small(mode, small_members)
-    tokens, st = sampled(ensemble, CoS(ensemble, proposer=1, tree=DraftTree.chain(2)), 1.0, 0, 1.0)
+def test_sampled_cos_follows_the_law_of_r(small_members, mode, temperature, top_k, top_p):
+    """Every one of the 6 sampled tokens follows r's conditional law (warped by the setting) given its prefix
+    (several verification steps, the proposer drafting a chain of 2). Today's 3 of the 9 settings
+    (tests/law_matrix.py)."""
+    ensemble, settings = _small(mode, small_members), (temperature, top_k, top_p)
+    tokens, st = sampled(ensemble, CoS(ensemble, proposer=1, tree=DraftTree.chain(2)), *settings)
     hist = np.asarray(st.accepted_hist).sum(0)
     assert hist[0] > 0 and hist[2] > 0, "drafts must be rejected at times and fully accepted (a bonus) at times"
     assert np.asarray(st.row_calls).min() >= 2, "every row verifies several times"
-    assert law_pvalue(ensemble, tokens, 1.0, 0, 1.0) > LEVEL
+    assert law_pvalue(ensemble, tokens, *settings) > LEVEL
 
 
 def test_a_bonus_from_the_verifying_member_is_caught(small_members, monkeypatch, fresh_trace):

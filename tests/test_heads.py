@@ -13,11 +13,13 @@ import spectax
 import spectax.api as api
 import spectax.models.model as model_mod
 import spectax.verify.multi_draft as multi_draft_mod
+from law_matrix import law_settings
 from spectax import DraftTree
 from spectax.drafters import Heads
 from spectax.drafters.heads import KINDS
 from spectax.models import Model, ModelConfig
 from spectax.train import distill
+from spectax.train import fit as fit_mod
 from spectax.train import heads as train_heads
 from test_speculative import Recording, StepLog
 
@@ -200,23 +202,22 @@ def small_target():
     return spectax.Model.random(SMALL, seed=11, scale=1.0)
 
 
-HEAVY = pytest.mark.heavy   # extra settings: deselected by default, run with `-m heavy`
-SAMPLING = [pytest.param((0.5, 0, 1.0), marks=HEAVY), (1.0, 0, 1.0), pytest.param((1.5, 0, 1.0), marks=HEAVY),
-            (1.0, 3, 1.0), pytest.param((1.5, 0, 0.8), marks=HEAVY)]
-
-
-@pytest.mark.parametrize("settings", SAMPLING)
+@pytest.mark.parametrize("temperature,top_k,top_p", law_settings("heads"))
 @pytest.mark.parametrize("kind,tree", [("medusa", DraftTree.chain(2)), ("cerberus", DraftTree.kary((3, 2)))],
                          ids=["medusa-chain", "cerberus-tree"])
-def test_sampling_with_heads_is_lossless(small_target, kind, tree, settings):
+def test_sampling_with_heads_is_lossless(small_target, kind, tree, temperature, top_k, top_p):
     """The law of the first 6 sampled tokens given their prefixes (several verify steps per row), see
     test_speculative_sampling; q is the heads' warped distribution over a reduced draft vocabulary (6 of 8 ids)."""
     from test_speculative_sampling import LEVEL, law_pvalue, sampled
     heads = Heads.create(small_target, kind=kind, num_heads=2, tree=tree, seed=5, vocab_ids=np.arange(6),
                          scale=4.0, gate=1.9 if kind == "cerberus" else None)
+    settings = (temperature, top_k, top_p)
     tokens, st = sampled(small_target, heads, *settings)
     hist = np.asarray(st.accepted_hist).sum(0)
     assert hist[0] > 0 and hist[1:].sum() > 0 and np.asarray(st.row_calls).min() >= 2
+    if kind == "cerberus":
+        gated_off = int((np.asarray(st.row_calls) - np.asarray(st.speculated)).sum())
+        assert gated_off > 0 and int(np.asarray(st.speculated).sum()) > 0, "the gate must close on some steps only"
     assert law_pvalue(small_target, tokens, *settings) > LEVEL
 
 
@@ -245,18 +246,47 @@ def test_training_loss_falls_and_heads_learn(tiny_llama, data_dir, trained):
     assert acc[0, 0] > 0.5 and acc[-1, 0] > 0.5        # labels outside the 70-token draft vocabulary are misses
 
 
-def test_resumed_training_is_bit_exact(tiny_llama, data_dir, tmp_path):
+def count_steps(monkeypatch, module):
+    """Records the step of every batch `module`'s trainer draws (one per training step the call runs)."""
+    steps, batch_rows = [], module.batch_rows
+    monkeypatch.setattr(module, "batch_rows", lambda n, cfg, step: steps.append(step) or batch_rows(n, cfg, step))
+    return steps
+
+
+def test_resumed_training_is_bit_exact(tiny_llama, data_dir, tmp_path, monkeypatch):
+    """A run split at step 20 ends bit-equal to a straight run, and the restore is what made it so: the call that
+    restores at step 20 trains no step, the resuming call trains only steps 20..39 (retraining from scratch would
+    draw the same batches, so equal weights alone would not prove a restore)."""
     data = train_heads.load_data(data_dir / "hidden" / "train", 3)
     quiet = dict(log=lambda *a: None, progress=False)
     cfg = small_config("cerberus", steps=40)
     straight = train_heads.train(tiny_llama, data, DRAFT_VOCAB, cfg, tmp_path / "a", **quiet)
     first = train_heads.train(tiny_llama, data, DRAFT_VOCAB, cfg, tmp_path / "b", stop_at=20, **quiet)
+    steps = count_steps(monkeypatch, train_heads)
     restored = train_heads.train(tiny_llama, data, DRAFT_VOCAB, cfg, tmp_path / "b", stop_at=20, **quiet)
+    assert steps == []
     for k in first.params:
         np.testing.assert_array_equal(restored.params[k], first.params[k])      # the checkpoint restores bit-exact
     resumed = train_heads.train(tiny_llama, data, DRAFT_VOCAB, cfg, tmp_path / "b", **quiet)
+    assert steps == list(range(20, 40))
     for k in straight.params:
         np.testing.assert_array_equal(resumed.params[k], straight.params[k])
+
+
+def test_a_resume_that_never_restores_is_caught(tiny_llama, data_dir, tmp_path, monkeypatch):
+    """The tooth of the test above: a trainer that ignores its checkpoints still ends bit-equal to the straight run
+    (the batch order is a function of (seed, step)), so only the step count tells it from a real resume."""
+    data = train_heads.load_data(data_dir / "hidden" / "train", 3)
+    quiet = dict(log=lambda *a: None, progress=False)
+    cfg = small_config("cerberus", steps=40)
+    straight = train_heads.train(tiny_llama, data, DRAFT_VOCAB, cfg, tmp_path / "a", **quiet)
+    monkeypatch.setattr(fit_mod.ocp.CheckpointManager, "latest_step", lambda self: None)
+    train_heads.train(tiny_llama, data, DRAFT_VOCAB, cfg, tmp_path / "b", stop_at=20, **quiet)
+    steps = count_steps(monkeypatch, train_heads)
+    resumed = train_heads.train(tiny_llama, data, DRAFT_VOCAB, cfg, tmp_path / "b", **quiet)
+    for k in straight.params:
+        np.testing.assert_array_equal(resumed.params[k], straight.params[k])
+    assert steps == list(range(40))
 
 
 def test_save_load_round_trip(tiny_llama, trained, tmp_path):

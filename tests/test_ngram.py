@@ -1,6 +1,8 @@
 """NGram (prompt lookup) and Combined drafters: exact greedy output, whole copies accepted, plain steps when nothing
 matches, adaptive depth, bad input. Their sampled losslessness is in test_speculative_sampling.py."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -60,10 +62,22 @@ def test_greedy_equals_plain_greedy(tiny_llama, bigram, name):
 
 
 def test_greedy_gpt2_tree(tiny_gpt2):
-    ps = prompts(tiny_gpt2.config.vocab_size, seed=1)
-    plain = spectax.decode(tiny_gpt2, ps, NEW)
-    out = spectax.decode(tiny_gpt2, ps, NEW, drafter=NGram(max_n=2, tree=DraftTree.kary((2, 2)), occurrences=3))
-    np.testing.assert_array_equal(out.tokens, plain.tokens)
+    """GPT-2 (learned positions, tied head), ragged batch of 4: the same tokens as plain greedy, with drafts proposed
+    in every row; siblings of rank 1 accepted on the random model, whole drafts on its bigram version (attention
+    outputs and the position table zeroed: each position's logits depend on its own token only)."""
+    gpt2_bigram = Model(config=tiny_gpt2.config, params=jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 0 if re.search(r"'(o|wpe)'", jax.tree_util.keystr(path)) else x, tiny_gpt2.params))
+    stats = {}
+    for name, model in (("random", tiny_gpt2), ("bigram", gpt2_bigram)):
+        ps = prompts(model.config.vocab_size, seed=1)
+        plain = spectax.decode(model, ps, NEW)
+        out = spectax.decode(model, ps, NEW, drafter=NGram(max_n=2, tree=DraftTree.kary((2, 2)), occurrences=3))
+        np.testing.assert_array_equal(out.tokens, plain.tokens)
+        np.testing.assert_array_equal(out.lengths, plain.lengths)
+        assert np.asarray(out.stats.speculated).min() > 0, "every row must have proposed drafts"
+        stats[name] = out.stats
+    assert np.asarray(stats["random"].rank_hist)[:, 1:-1].sum() > 0, "a sibling of rank 1 was accepted"
+    assert stats["bigram"].tau > 1.2
 
 
 @pytest.mark.parametrize("k", [3, 6])

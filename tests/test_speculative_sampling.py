@@ -25,9 +25,11 @@ import pytest
 from flax import struct
 from scipy import stats
 
+import law_matrix
 import spectax
 import spectax.verify.multi_draft as multi_draft_mod
 import spectax.verify.speculative as speculative_mod
+from law_matrix import law_settings
 from spectax import DraftTree
 from spectax.drafters import Combined, Draft, DraftModel, Heads, NGram, Replay
 from spectax.models import Model, ModelConfig
@@ -106,7 +108,19 @@ def power_note(df=200, p_cell=0.2):
 
 
 def test_documented_power():
+    """The docstring's figures, and the code's statistic behind them: under the law, stratum_statistic averages its
+    degrees of freedom; with delta moved between two cells of probability 0.2 in a stratum of n rows it averages
+    df + n * delta**2 * 10, the noncentrality the figures assume (300 simulated strata each way)."""
     assert abs(power_note(df=100) * 10 - 63) <= 1 and abs(power_note(df=300) * 10 - 101) <= 1
+    rng, n, delta = np.random.default_rng(0), 1000, 0.05
+    p = np.full(5, 0.2)
+    shifted = p + delta * np.array([1, -1, 0, 0, 0])
+    laws = np.broadcast_to(p, (n, 5))
+    null = [stratum_statistic(rng.choice(5, n, p=p), laws) for _ in range(300)]
+    biased = [stratum_statistic(rng.choice(5, n, p=shifted), laws) for _ in range(300)]
+    assert {df for _, df in null + biased} == {4}
+    assert abs(np.mean([s for s, _ in null]) - 4) < 0.7                 # SE 0.16
+    assert abs(np.mean([s for s, _ in biased]) - (4 + n * delta**2 * 10)) < 2.5    # SE 0.6
 
 
 @struct.dataclass
@@ -147,11 +161,6 @@ def sampled(model, drafter, temperature, top_k, top_p, seed=0, rows=ROWS):
     return tokens, out.stats
 
 
-HEAVY = pytest.mark.heavy   # extra settings of the matrix: deselected by default, run with `-m heavy`
-SETTINGS = [pytest.param(0.5, 0, 1.0, marks=HEAVY), (1.0, 0, 1.0), pytest.param(1.5, 0, 1.0, marks=HEAVY),
-            pytest.param(1.0, 3, 1.0, marks=HEAVY), (1.5, 0, 0.8)]
-
-
 def make_drafter(kind, draft, tree, rows=ROWS, **kw):
     if kind == "replay":   # deterministic draft tokens (q is one-hot): a fixed, context-free continuation
         reference = np.random.default_rng(4).integers(0, SMALL.vocab_size, (rows, 16))
@@ -167,14 +176,16 @@ def make_drafter(kind, draft, tree, rows=ROWS, **kw):
     return DraftModel(draft, tree=tree)
 
 
+CASE_IDS = ["chain", "tree-sequoia", "tree-specinfer", "chain-deterministic", "ngram-tree", "ngram-and-heads"]
 CASES = [("model", DraftTree.chain(2)), ("model", DraftTree.kary((3, 2))), ("independent", DraftTree.kary((2, 2))),
          ("replay", DraftTree.chain(2)), ("ngram", DraftTree.kary((2, 1))), ("combined", DraftTree.chain(2))]
+LAW_PARAMS = [pytest.param(kind, tree, *s.values, marks=s.marks, id=f"{case}-{s.id}")
+              for case, (kind, tree) in zip(CASE_IDS, CASES) for s in law_settings(case)]
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", SETTINGS)
-@pytest.mark.parametrize("kind,tree", CASES, ids=["chain", "tree-sequoia", "tree-specinfer", "chain-deterministic",
-                                             "ngram-tree", "ngram-and-heads"])
+@pytest.mark.parametrize("kind,tree,temperature,top_k,top_p", LAW_PARAMS)
 def test_speculative_sampling_is_lossless_over_several_steps(target, draft, kind, tree, temperature, top_k, top_p):
+    """Each case's law at today's 3 of the 9 settings (tests/law_matrix.py; all 9 with SPECTAX_LAW_MATRIX=all)."""
     tokens, st = sampled(target, make_drafter(kind, draft, tree), temperature, top_k, top_p)
     hist = np.asarray(st.accepted_hist).sum(0)
     assert hist[0] > 0 and hist[1:].sum() > 0, "the draft must be partly accepted, partly rejected"
@@ -182,6 +193,17 @@ def test_speculative_sampling_is_lossless_over_several_steps(target, draft, kind
     if tree.max_children > 1 and kind != "replay":
         assert np.asarray(st.rank_hist)[:, 1:-1].sum() > 0, "a rank > 0 branch must be accepted (and committed)"
     assert law_pvalue(target, tokens, temperature, top_k, top_p) > LEVEL
+
+
+@pytest.mark.parametrize("day", range(0, 30, 7))
+def test_any_three_days_run_every_setting_of_every_drafter(day):
+    """The rotation's promise: each day runs 3 settings per drafter, every temperature and every filter among them,
+    and any 3 consecutive days run all 9."""
+    for case in CASE_IDS + ["heads", "block", "cos"]:
+        days = [{(t, f) for t in range(3) for f in range(3) if law_matrix.runs_on(case, t, f, d)}
+                for d in (day, day + 1, day + 2)]
+        assert all(len(s) == 3 and {t for t, _ in s} == {f for _, f in s} == {0, 1, 2} for s in days)
+        assert set().union(*days) == {(t, f) for t in range(3) for f in range(3)}
 
 
 def _unfiltered_probs(logits, sampler, params):
@@ -197,7 +219,7 @@ BROKEN = {
 
 TEETH = [("correction-from-p", "chain"), ("correction-from-p", "tree-sequoia"), ("correction-from-p", "tree-specinfer"),
          ("acceptance-ignores-q", "chain"), ("acceptance-ignores-q", "tree-specinfer"), ("p-unfiltered", "tree-sequoia")]
-CASE_BY_ID = dict(zip(["chain", "tree-sequoia", "tree-specinfer"], CASES[:3]))
+CASE_BY_ID = dict(zip(CASE_IDS, CASES))
 
 
 @pytest.mark.parametrize("bug,case", TEETH)

@@ -2,13 +2,14 @@
 
 import collections
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import spectax
-from recipes import build_prompts
+from recipes import build_prompts, spec_bench
 from spectax.train import distill, prompt_files
 
 # Ragged token-id prompts for the tiny model (vocab 97); EOS is a token the random model emits now and then.
@@ -131,17 +132,35 @@ def test_training_prompts_are_deterministic_varied_and_short():
     assert train + held_out == a and len(held_out) == round(0.05 * len(a))
 
 
-def test_spec_bench_is_present_for_decontamination():
-    # the decontamination tests below must run in CI: a missing benchmark file is a failure, never a skip
-    assert build_prompts.SPEC_BENCH.exists(), f"{build_prompts.SPEC_BENCH} is needed to test decontamination"
+@pytest.fixture(scope="module")
+def spec_bench_file():
+    """The Spec-Bench questions (recipes/spec_bench.py: $SPECTAX_SPEC_BENCH, default ../shared/data/spec_bench).
+    Missing: a failure in CI (the CI variable set), a skip saying so elsewhere."""
+    path = build_prompts.SPEC_BENCH
+    if not path.is_file():
+        message = f"{path} is needed to test decontamination (set SPECTAX_SPEC_BENCH to its directory)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def test_spec_bench_setting(tmp_path, monkeypatch):
+    """One setting locates the benchmark prompts: the default is ../shared/data/spec_bench next to the repository,
+    and SPECTAX_SPEC_BENCH moves it."""
+    monkeypatch.delenv("SPECTAX_SPEC_BENCH", raising=False)
+    repo = Path(__file__).resolve().parents[1]
+    assert spec_bench.question_file() == repo.parent / "shared" / "data" / "spec_bench" / "question.jsonl"
+    monkeypatch.setenv("SPECTAX_SPEC_BENCH", str(tmp_path))
+    assert spec_bench.question_file() == tmp_path / "question.jsonl"
 
 
 @pytest.mark.parametrize("path, at_least", [(prompt_files.DEFAULT_OUT, 2900), (LARGE_PROMPTS, 30000)])
-def test_prompt_files_share_no_8_word_sequence_with_spec_bench(path, at_least):
+def test_prompt_files_share_no_8_word_sequence_with_spec_bench(path, at_least, spec_bench_file):
     prompts = prompt_files.read_prompts(path)
     assert len(prompts) >= at_least and len({p["text"] for p in prompts}) == len(prompts)
     assert not build_prompts.overlaps_spec_bench(prompts)
-    turn = json.loads(build_prompts.SPEC_BENCH.read_text().splitlines()[0])["turns"][0]
+    turn = json.loads(spec_bench_file.read_text().splitlines()[0])["turns"][0]
     planted = {"category": "qa", "text": f"Please tell me: {turn}"}
     assert build_prompts.overlaps_spec_bench([planted]) == [planted]       # the check's tooth
 
