@@ -2,25 +2,32 @@
 reference, their block-size checks, backend selection, and decoding end to end with each kernel."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+import pallas_kernels.tree_attention.gpu as gpu_module
 import spectax
+import spectax.api as api
 from attention_oracle import dense_attention, random_tree_mask
 from pallas_kernels.tree_attention import AttnImpl, BlockSizes, resolve_impl, tree_attention, tree_attention_reference
 from pallas_kernels.tree_attention.block_sizes import check_gpu_block, check_tpu_block
 from spectax import DraftTree
 from spectax.drafters import DraftModel, Heads
 from spectax.models import Model, ModelConfig
+from spectax.step_types import LoopSpec
 
 KERNELS = ("pallas_tpu", "pallas_gpu")
 
-# (B, T, H, K, D, S, lengths, mask, dtype, block_kv): T in {1, 3, 8, 64}, GQA 1 / 3 / 8, head_dim 64 / 128, lengths
-# 0, 1, a block's multiple and not, ragged, chain and bushy trees, fp32 and bf16; block_kv None = backend default
+# (B, T, H, K, D, S, lengths, mask, dtype, block_kv): T in {1, 3, 8, 64, 128, 256} (256: a prefill chunk), GQA
+# 1 / 3 / 8, head_dim 64 / 128, lengths 0, 1, a block's multiple and not, the whole cache, ragged, masks: "chain" (a
+# causal [T, T]), "tree" (bushy, per row [B, T, T]), "tree2d" (one bushy [T, T] for all rows), fp32 and bf16;
+# block_kv None = backend default
 CASES = [
     (3, 1, 2, 2, 64, 37, (0, 1, 36), "chain", "float32", 16),
     (2, 3, 6, 2, 128, 50, (17, 50), "tree", "float32", 16),
@@ -30,6 +37,10 @@ CASES = [
     (2, 8, 6, 2, 128, 600, (512, 555), "tree", "float32", None),
     (2, 1, 8, 1, 128, 40, (39, 40), "chain", "bfloat16", 16),
     (1, 3, 2, 2, 64, 24, (0,), "chain", "float32", 16),
+    (2, 8, 4, 2, 64, 45, (45, 20), "tree2d", "float32", 16),
+    (2, 128, 6, 2, 128, 77, (77, 13), "tree2d", "bfloat16", 32),
+    (1, 256, 2, 2, 64, 300, (300,), "tree2d", "float32", 64),
+    (1, 256, 8, 1, 64, 40, (21,), "chain", "bfloat16", 16),
 ]
 
 
@@ -46,6 +57,8 @@ def _inputs(case, seed):
         v_cache[b, L:] = np.nan
     if mask_kind == "chain":
         mask = np.tril(np.ones((T, T), bool))
+    elif mask_kind == "tree2d":
+        mask = random_tree_mask(rng, T)
     else:
         mask = np.stack([random_tree_mask(rng, T) for _ in range(B)])
     return q, k_new, v_new, k_cache, v_cache, lengths, mask
@@ -53,8 +66,9 @@ def _inputs(case, seed):
 
 def _run(impl, case, inputs, interpret=True):
     q, k_new, v_new, k_cache, v_cache, lengths, mask = inputs
-    dtype, block_kv = case[8], case[9]
-    bs = None if block_kv is None else BlockSizes(block_q=16, block_kv=block_kv, edge_block_kv=min(16, block_kv))
+    T, dtype, block_kv = case[1], case[8], case[9]
+    block_q = 16 if T <= 64 else 128                 # prefill-sized T: fewer, taller tiles (as the defaults have)
+    bs = None if block_kv is None else BlockSizes(block_q=block_q, block_kv=block_kv, edge_block_kv=min(16, block_kv))
     cast = lambda a: jnp.asarray(a, dtype)
     return tree_attention(cast(q), cast(k_new), cast(v_new), cast(k_cache.transpose(0, 2, 1, 3)),
                           cast(v_cache.transpose(0, 2, 1, 3)), lengths, mask, impl=impl,
@@ -81,6 +95,103 @@ def test_poisoned_slots_catch_a_kernel_that_reads_one_slot_too_many(impl):
     q, k_new, v_new, k_cache, v_cache, lengths, mask = _inputs(case, seed=1)
     got = _run(impl, case, (q, k_new, v_new, k_cache, v_cache, lengths + 1, mask))
     assert not np.isfinite(np.asarray(got)).all()
+
+
+def _reads_outside(ref, mask):
+    """bool scalar: whether a load of `ref` (a kernel ref, or ref.at[indexer]) reads an element outside the ref where
+    its mask is on. Masked-off lanes may point anywhere: Triton neither reads nor faults on them."""
+    if not hasattr(ref, "transforms"):                   # a whole ref
+        return jnp.bool_(False)
+    (indexer,) = ref.transforms
+    outside_N = []                                       # per sliced dim: which of its indices lie outside the ref
+    scalar_outside = jnp.bool_(False)
+    for index, size in zip(indexer.indices, ref.ref.shape):
+        if isinstance(index, pl.Slice):
+            positions = index.start + index.stride * jnp.arange(index.size)
+            outside_N.append((positions < 0) | (positions >= size))
+        else:                                            # a scalar index drops its dim
+            scalar_outside |= (index < 0) | (index >= size)
+    outside = jnp.broadcast_to(scalar_outside, tuple(o.shape[0] for o in outside_N))
+    for axis, o in enumerate(outside_N):
+        outside = outside | o.reshape([-1 if a == axis else 1 for a in range(len(outside_N))])
+    return (outside if mask is None else outside & mask).any()
+
+
+class _BoundsChecked:
+    """Triton's `plgpu` as gpu.py sees it, with each `load` checked against its ref's bounds as the interpreted kernel
+    runs (a debug callback): `loads` counts the loads run, `outside` those that read outside their ref."""
+
+    def __init__(self, plgpu):
+        self._plgpu, self.loads, self.outside = plgpu, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self._plgpu, name)
+
+    def _count(self, outside):
+        self.loads += 1
+        self.outside += int(outside)
+
+    def load(self, ref, *, mask=None, other=None):
+        """plgpu.load, counted."""
+        jax.debug.callback(self._count, _reads_outside(ref, mask))
+        return self._plgpu.load(ref, mask=mask, other=other)
+
+
+class _UnmaskedKeyLoads(_BoundsChecked):
+    """A broken kernel: its cache key loads (the first masked load it traces) have lost their mask, so the last block
+    of a cache of no block's multiple is read past S."""
+
+    traced_key_load = False
+
+    def load(self, ref, *, mask=None, other=None):
+        """plgpu.load, counted; the first masked one without its mask."""
+        if mask is not None and not self.traced_key_load:
+            self.traced_key_load = True
+            return super().load(ref)
+        return super().load(ref, mask=mask, other=other)
+
+
+class _OneTripTooMany:
+    """jax.lax as gpu.py sees it, for a broken kernel: each fori_loop runs one trip more (a block count off by one)."""
+
+    def __init__(self, lax):
+        self._lax = lax
+
+    def __getattr__(self, name):
+        return getattr(self._lax, name)
+
+    def fori_loop(self, lower, upper, body, init):
+        """lax.fori_loop with one trip more."""
+        return self._lax.fori_loop(lower, upper + 1, body, init)
+
+
+@pytest.mark.parametrize("case", [CASES[3], CASES[10]], ids=lambda c: f"T{c[1]}-S{c[5]}-L{max(c[6])}")
+def test_gpu_kernel_reads_nothing_outside_its_refs(case, monkeypatch):
+    """Every load of the Triton kernel stays inside its ref where its mask is on: the generic interpreter would pad a
+    read past the end with NaN, which a masked-off score hides, where a GPU reads another buffer or faults. Rows of
+    the whole cache's length, a cache of no block's multiple, several splits, 256 new tokens in 4 blocks."""
+    checked = _BoundsChecked(gpu_module.plgpu)
+    monkeypatch.setattr(gpu_module, "plgpu", checked)
+    inputs = _inputs(case, seed=5)
+    got = np.asarray(_run("pallas_gpu", case, inputs).astype(jnp.float32))
+    assert checked.loads > 0 and checked.outside == 0, f"{checked.outside} of {checked.loads} loads read outside"
+    np.testing.assert_allclose(got, dense_attention(*inputs), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("broken", ["unmasked key loads", "one trip too many"])
+def test_bounds_check_catches_a_kernel_that_reads_past_its_refs(broken, monkeypatch):
+    """The check above has teeth. Unmasked key loads read the last cache block past S, and the output stays right
+    (the interpreter's NaN there lands on masked-off scores): only the bounds check sees them. Loops one trip too
+    long read a block of new tokens past the padded T (the cache loop's extra trip is masked off, and legal)."""
+    checked = (_UnmaskedKeyLoads if broken == "unmasked key loads" else _BoundsChecked)(gpu_module.plgpu)
+    monkeypatch.setattr(gpu_module, "plgpu", checked)
+    if broken == "one trip too many":
+        monkeypatch.setattr(gpu_module, "lax", _OneTripTooMany(gpu_module.lax))
+    inputs = _inputs(CASES[0], seed=5)
+    got = np.asarray(_run("pallas_gpu", CASES[0], inputs))
+    assert checked.outside > 0
+    if broken == "unmasked key loads":
+        np.testing.assert_allclose(got, dense_attention(*inputs), atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("impl", ("xla",) + KERNELS)
@@ -220,6 +331,30 @@ def test_decoding_with_each_kernel_equals_xla(kernel_models, impl):
         got = spectax.decode(target, prompts, 12, drafter=drafter, attn_impl=kernel)
         np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
         np.testing.assert_array_equal(np.asarray(got.lengths), np.asarray(want.lengths))
+
+
+@pytest.mark.parametrize("impl", KERNELS)
+def test_decoding_a_prompt_of_several_prefill_chunks_with_each_kernel(kernel_models, impl, monkeypatch):
+    """Prompts of 29 and 12 tokens prefilled 8 at a time through the kernel (4 chunks at bucket 32, for the target
+    and for the draft model; the shorter row ends in chunk 1, its later chunks are padding), then draft-model tree
+    decoding, greedy: the tokens of the XLA path, which prefills in one chunk."""
+    target, small = kernel_models
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(0, KERNEL_LLAMA.vocab_size, n).tolist() for n in (29, 12)]
+    drafter = DraftModel(small, tree=DraftTree.kary((2, 2)))
+    want = spectax.decode(target, prompts, 6, drafter=drafter, attn_impl="xla")
+    chunks_seen, prefill = [], Model.prefill
+
+    def counted_prefill(self, prompt_BP, prompt_len_B, kv, chunk, *args, **kwargs):
+        chunks_seen.append(prompt_BP.shape[1] // min(chunk, prompt_BP.shape[1]))
+        return prefill(self, prompt_BP, prompt_len_B, kv, chunk, *args, **kwargs)
+    monkeypatch.setattr(Model, "prefill", counted_prefill)
+    monkeypatch.setattr(api, "LoopSpec", functools.partial(LoopSpec, prefill_chunk=8))
+    kernel = AttnImpl(impl, interpret=True, block_sizes=BlockSizes(block_q=16, block_kv=16, edge_block_kv=16))
+    got = spectax.decode(target, prompts, 6, drafter=drafter, attn_impl=kernel)
+    assert chunks_seen == [4, 4]             # the target's prefill and the draft model's
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(want.tokens))
+    np.testing.assert_array_equal(np.asarray(got.lengths), np.asarray(want.lengths))
 
 
 @pytest.mark.parametrize("impl", KERNELS)

@@ -6,11 +6,15 @@ One entry point, `tree_attention(..., impl=...)`:
   * "pallas_gpu": the Triton GPU kernel (gpu.py);
   * "auto": Pallas on TPU and GPU, XLA elsewhere.
 `interpret=True` runs a Pallas kernel under Pallas' interpreter on any backend (CPU tests). The cache-free call
-(k_cache None: a full causal forward, e.g. `Model.logits`) always takes the XLA path.
+(k_cache None: a full causal forward, e.g. `Model.logits`) always takes the XLA path. Choices resolve for JAX's
+default backend, or inside `target_backend(...)` for the platform a program is lowered for (jax.export on a host of
+another kind).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 
 import jax
@@ -23,13 +27,28 @@ from pallas_kernels.tree_attention.tpu import tree_attention_tpu
 
 IMPLS = ("xla", "pallas_tpu", "pallas_gpu")
 _KERNELS = {"pallas_tpu": (tree_attention_tpu, "tpu"), "pallas_gpu": (tree_attention_gpu, "gpu")}
+_TARGET = contextvars.ContextVar("tree_attention_target_backend", default=None)
+
+
+@contextlib.contextmanager
+def target_backend(backend: str):
+    """Inside it, attention choices (`resolve_impl`, `AttnImpl.resolved`, and so a `spectax.Decoder` built or traced
+    inside) resolve for `backend` ("cpu", "gpu" or "tpu") instead of JAX's default backend: to build a program for
+    another platform and lower it with `jax.export(..., platforms=[...])`, e.g. a TPU decode on a CPU host."""
+    if backend not in ("cpu", "gpu", "tpu"):
+        raise ValueError(f"backend must be 'cpu', 'gpu' or 'tpu', got {backend!r}")
+    token = _TARGET.set(backend)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
 
 
 def resolve_impl(impl: str, interpret=False, backend: str | None = None) -> str:
-    """The implementation `impl` names on `backend` (default: JAX's default backend), or a ValueError before
-    anything is traced: an unknown name, a kernel for another backend without `interpret`, or `interpret` with a
-    path that has no kernel."""
-    backend = backend or jax.default_backend()
+    """The implementation `impl` names on `backend` (default: `target_backend`'s, else JAX's default backend), or a
+    ValueError before anything is traced: an unknown name, a kernel for another backend without `interpret`, or
+    `interpret` with a path that has no kernel."""
+    backend = backend or _TARGET.get() or jax.default_backend()
     if impl == "auto":
         impl = {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(backend, "xla")
     if impl not in IMPLS:
@@ -96,4 +115,4 @@ def tree_attention_threaded(q_BTHhd, k_new_BTGhd, v_new_BTGhd, k_cache_BGShd, v_
 
 
 __all__ = ["tree_attention", "tree_attention_threaded", "tree_attention_reference", "tree_attention_tpu",
-           "tree_attention_gpu", "resolve_impl", "AttnImpl", "BlockSizes", "IMPLS"]
+           "tree_attention_gpu", "resolve_impl", "target_backend", "AttnImpl", "BlockSizes", "IMPLS"]

@@ -4,8 +4,10 @@ log-sum-exp.
 Grid (row b, kv head k, query tile i, split s). Split s owns one contiguous chunk of the cache slots; it loops over
 the blocks of its chunk that lie below the row's length (a dynamic trip count: blocks past a row's end are neither
 loaded nor computed) with masked loads, and writes its unnormalised accumulator plus its running max and
-denominator. Split 0 also folds in the T new tokens under the tree mask, block_kv of them at a time. A jnp epilogue merges the splits. At small
-batch the splits are what fills the GPU: B * G programs alone would leave most SMs idle on a long cache.
+denominator. Split 0 also folds in the T new tokens under the tree mask, block_kv of them at a time. A jnp epilogue
+merges the splits. At small batch the splits are what fills the GPU: B * G programs alone would leave most SMs idle
+on a long cache. Every indexed read is a `plgpu.load`, so the tests can check each one's bounds (Pallas' generic
+interpreter does not: it pads a read past a ref's end with NaN, which a masked-off score hides).
 
 Why Triton and not Mosaic GPU: the Triton lowering runs on every NVIDIA GPU JAX supports (and on ROCm), its tiles
 are plain [block_q, head_dim] register tiles that suit 16-64 folded query rows, and its kernels run under Pallas'
@@ -71,8 +73,8 @@ def _kernel(lengths_ref, q_ref, k_ref, v_ref, k_new_ref, v_new_ref, mask_ref, ac
 
         def new_block(n, carry):
             cols = pl.ds(n * width, width)
-            s = plgpu.dot(q, k_new_ref[cols, :], trans_b=True).astype(jnp.float32) * scale
-            return _fold(carry, s, v_new_ref[cols, :], mask_ref[:, cols] != 0)
+            s = plgpu.dot(q, plgpu.load(k_new_ref.at[cols, :]), trans_b=True).astype(jnp.float32) * scale
+            return _fold(carry, s, plgpu.load(v_new_ref.at[cols, :]), plgpu.load(mask_ref.at[:, cols]) != 0)
         return lax.fori_loop(0, k_new_ref.shape[0] // width, new_block, carry)
 
     acc, m, l = lax.cond(s_idx == 0, new_tokens, lambda c: c, carry)
