@@ -3,6 +3,7 @@ the same tokens on every mesh, params / cache / state sharded as the rules say, 
 per configuration, clear errors."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -15,12 +16,13 @@ import spectax
 import spectax.api as api
 import spectax.sharding as sharding
 from spectax import DraftTree
-from spectax.drafters import Combined, DraftModel, Heads, NGram, NoDraft
+from spectax.drafters import Block, Combined, CoS, DraftModel, Heads, NGram, NoDraft
 from spectax.loop import Loop
 from spectax.models import Model, ModelConfig
 from spectax.sampling import make_sampling, top_k
 from spectax.sharding import Layout, ShardingRules, make_mesh
 from spectax.step_types import LoopSpec
+from spectax.verify import Typical
 
 # heads and vocabulary divide every model axis here; kv heads (2) only 1 and 2: replicated at model 4 and 8
 TARGET = ModelConfig(arch="llama", vocab_size=96, hidden_size=32, num_layers=1, num_heads=8, num_kv_heads=2,
@@ -31,7 +33,10 @@ DRAFT = ModelConfig(arch="llama", vocab_size=97, hidden_size=16, num_layers=1, n
 # GPT-2: 4 heads = 4 kv heads (sharded at model 2 and 4, replicated at 8), vocabulary 97
 GPT2 = ModelConfig(arch="gpt2", vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=4,
                    head_dim=8, intermediate_size=64, max_position=256, tie_embeddings=True)
-MESHES = [(1, 8), (2, 4), (8, 1)]
+# (data, model): the model axis splits the target's 2 kv heads at 1 and 2 only, its vocabulary (96) at every size
+MESHES = [(1, 8), (2, 4), (4, 2), (8, 1)]
+TWO_MESHES = [(4, 2), (1, 8)]    # kv heads split over model 2; the vocabulary in blocks of 12 over model 8
+CERBERUS_GATE = 0.5              # nats: the gated Cerberus case checks that it both opens and closes on PROMPTS
 PROMPTS = [[5, 17, 3], [9, 9, 9, 9, 9, 2], [40, 41], [7, 8, 9, 10, 11, 12, 13], [88], [1, 2, 1, 2, 1, 2],
            [60, 3, 33, 72], [20, 21, 22]]          # 8 rows: the (8, 1) mesh's data axis
 NEW = 10
@@ -53,11 +58,19 @@ def target():
 @pytest.fixture(scope="module")
 def drafters(target):
     small = Model.random(DRAFT, seed=4, scale=3.0)
+    heads = Heads.create(target, kind="medusa", num_heads=2, tree=DraftTree.kary((2, 2)), seed=3)
     return {
         "plain": None,
         "chain": DraftModel(target, tree=DraftTree.chain(3)),       # drafts with the target: long accepted runs
         "tree": DraftModel(small, tree=DraftTree.kary((3, 2))),
-        "heads": Heads.create(target, kind="medusa", num_heads=2, tree=DraftTree.kary((2, 2)), seed=3),
+        "heads": heads,
+        "cerberus": Heads.create(target, kind="cerberus", num_heads=2, tree=DraftTree.kary((2, 2)), seed=3,
+                                 gate=CERBERUS_GATE),
+        "block": Block.create(target, block_size=2, tree=DraftTree.kary((2, 2)), seed=5),
+        "ngram": NGram(max_n=2, tree=DraftTree.chain(3)),
+        "combined": Combined((NGram(max_n=2, tree=DraftTree.chain(2)), heads)),
+        # CoS decodes its Ensemble: the target and the small model (97 tokens: one padding row, never sharded)
+        "cos": CoS(spectax.Ensemble((target, small)), tree=DraftTree.chain(3)),
     }
 
 
@@ -65,21 +78,54 @@ def tokens(out) -> np.ndarray:
     return np.asarray(out.tokens)
 
 
-@pytest.mark.parametrize("kind,temperature", [(k, 0.0) for k in ("plain", "chain", "tree", "heads")]
-                         + [(k, 1.0) for k in ("plain", "tree", "heads")])
-def test_same_tokens_on_every_mesh(target, drafters, kind, temperature):
-    """Meshes (1, 8), (2, 4), (8, 1) give exactly the tokens of the unsharded program, greedy and sampled (fixed
-    rng); the chain case accepts long runs (tau > 2), so the sharded commit path is exercised. Sampled: multi-draft
-    verification here (tree, heads), chain speculative sampling in the two-process test (a chain here adds 20 s)."""
-    args = dict(drafter=drafters[kind], temperature=temperature, rng=11, top_k=20 if kind == "plain" else 0)
-    ref = spectax.decode(target, PROMPTS, NEW, **args)
-    if kind == "chain":
+# name: (drafter, temperature, other decode arguments, meshes). The drafters that existed before (4, 2) run on
+# every mesh; the others on (4, 2) and (1, 8), where the kv heads, resp. the vocabulary, are split the furthest.
+CASES = {
+    "plain": ("plain", 0.0, {}, MESHES),
+    "chain": ("chain", 0.0, {}, MESHES),
+    "tree": ("tree", 0.0, {}, MESHES),
+    "heads": ("heads", 0.0, {}, MESHES),
+    "cerberus gated": ("cerberus", 0.0, {}, TWO_MESHES),
+    "block": ("block", 0.0, {}, TWO_MESHES),
+    "ngram": ("ngram", 0.0, {}, TWO_MESHES),
+    "combined": ("combined", 0.0, {}, TWO_MESHES),
+    "cos": ("cos", 0.0, {}, TWO_MESHES),
+    "sampled plain top-k": ("plain", 1.0, {"top_k": 20}, MESHES),
+    "sampled tree": ("tree", 1.0, {}, MESHES),
+    "sampled heads": ("heads", 1.0, {}, MESHES),
+    "sampled tree top-p": ("tree", 1.0, {"top_p": 0.8}, TWO_MESHES),
+    "sampled heads lossy": ("heads", 0.7, {"lossy": Typical()}, TWO_MESHES),
+}
+
+
+def decode_case(drafters, target, name, mesh=None):
+    """decode() of one CASES entry (CoS decodes its ensemble, every other drafter the target), rng 11."""
+    kind, temperature, extra, _ = CASES[name]
+    drafter = drafters[kind]
+    model = drafter.ensemble if isinstance(drafter, CoS) else target
+    return spectax.decode(model, PROMPTS, NEW, drafter=drafter, temperature=temperature, rng=11, mesh=mesh, **extra)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_same_tokens_on_every_mesh(target, drafters, name):
+    """Sharded decoding gives exactly the tokens (and the acceptance statistics) of the unsharded program, greedy and
+    sampled (fixed rng: draws do not depend on the mesh), with every drafter kind, a lossy rule and top-k / top-p
+    filtering. The chain case accepts long runs (tau > 2), so the sharded commit path is exercised; the gated
+    Cerberus case both speculates and declines. Chain speculative sampling runs in the two-process test."""
+    ref = decode_case(drafters, target, name)
+    if name == "chain":
         assert ref.stats.tau > 2
-    for shape in MESHES:
+    if name == "cerberus gated":
+        speculated, calls = np.asarray(ref.stats.speculated), np.asarray(ref.stats.row_calls)
+        assert 0 < speculated.sum() < calls.sum(), "the gate must both open and close on this run"
+    for shape in CASES[name][3]:
         mesh = make_mesh(*shape)
-        out = spectax.decode(target, PROMPTS, NEW, mesh=mesh, **args)
+        out = decode_case(drafters, target, name, mesh)
         np.testing.assert_array_equal(tokens(out), tokens(ref), err_msg=f"mesh {shape}")
         np.testing.assert_array_equal(np.asarray(out.lengths), np.asarray(ref.lengths))
+        for stat in ("speculated", "accepted_hist", "rank_hist"):
+            np.testing.assert_array_equal(np.asarray(getattr(out.stats, stat)), np.asarray(getattr(ref.stats, stat)),
+                                          err_msg=f"{stat} on mesh {shape}")
         assert out.tokens.sharding.is_equivalent_to(NamedSharding(mesh, P("data", None)), 2)
 
 
@@ -162,8 +208,6 @@ def test_every_array_is_declared_or_said_to_be_replicated(target, drafters):
     import warnings
 
     from flax import struct
-
-    from spectax.drafters import Block
 
     block = Block.create(target, block_size=2, target_layers=(0,))
     for tree in [target, *drafters.values(), block, NGram(), Combined((NGram(), drafters["heads"]))]:
@@ -299,9 +343,104 @@ def test_the_sharded_loop_holds_only_cache_shards():
     assert not copies, copies[0]
 
 
+COLLECTIVE = re.compile(r"\s((?:all-gather|all-reduce|all-to-all|ragged-all-to-all|collective-permute|"
+                        r"collective-broadcast|reduce-scatter)(?:-start|-done)?)\(")
+SHAPE = re.compile(r"\b[a-z][a-z0-9]*\[([0-9,]*)\]")          # f32[2,96], f32[96] (rank 1), u32[] (scalar)
+
+
+def collectives(hlo: str) -> list[tuple[str, list[tuple[int, ...]], str]]:
+    """Every collective instruction of an HLO module's text (all-gather, all-reduce, all-to-all, collective-permute,
+    reduce-scatter, ..., and their async -start / -done halves) as (op, dims of every array it names, line): the
+    result's (each element of a tuple result) and the operands', not the attributes' (channel_id=96, ...)."""
+    found = []
+    for line in hlo.splitlines():
+        match = COLLECTIVE.search(line)
+        if match is None or "=" not in line[:match.start()]:
+            continue
+        depth, end = 1, match.end()                   # the operand list ends at the matching parenthesis
+        while depth and end < len(line):
+            depth += {"(": 1, ")": -1}.get(line[end], 0)
+            end += 1
+        dims = [tuple(int(d) for d in found_dims.split(",") if d) for found_dims in SHAPE.findall(line[:end])]
+        found.append((match.group(1), dims, line.strip()))
+    return found
+
+
+def full_vocabulary_collectives(hlo: str, vocab_size: int) -> list[str]:
+    """The collective instructions of `hlo` that move an array with a dimension of `vocab_size` (any position, any
+    rank: logits [B, T, V], a row [V], an embedding [V, E])."""
+    return [line for _, dims, line in collectives(hlo) if any(vocab_size in d for d in dims)]
+
+
+def test_the_collective_parser_finds_every_full_vocabulary_collective():
+    """Hand-written HLO: each collective kind once moving a 96-token vocabulary (rank 1, tuple results of async
+    starts, a reduce-scatter whose result is only a shard) and once moving shards of 12 only; a non-collective op on
+    the full vocabulary and a 96 in an attribute are not collectives that move it."""
+    full = """
+  %ag = f32[2,96]{1,0} all-gather(f32[2,12]{1,0} %x), channel_id=1, replica_groups=[1,8]<=[8], dimensions={1}
+  %ags = (f32[2,12]{1,0}, f32[2,96]{1,0}) all-gather-start(f32[2,12]{1,0} %x), channel_id=2, dimensions={1}
+  %agd = f32[2,96]{1,0} all-gather-done((f32[2,12]{1,0}, f32[2,96]{1,0}) %ags)
+  %ar = f32[96]{0} all-reduce(f32[96]{0} %p), channel_id=3, replica_groups={{0,1,2,3,4,5,6,7}}, to_apply=%add
+  ROOT %ars = f32[96,32]{1,0} all-reduce-start(f32[96,32]{1,0} %e), channel_id=4, to_apply=%add
+  %ard = f32[96,32]{1,0} all-reduce-done(f32[96,32]{1,0} %ars)
+  %a2a = (f32[1,96]{1,0}, f32[1,96]{1,0}) all-to-all(f32[1,96]{1,0} %a, f32[1,96]{1,0} %b), channel_id=5
+  %cp = f32[4,96]{1,0} collective-permute(f32[4,96]{1,0} %c), source_target_pairs={{0,1},{1,0}}
+  %cps = (f32[4,96]{1,0}, f32[4,96]{1,0}, u32[], u32[]) collective-permute-start(f32[4,96]{1,0} %c), channel_id=6
+  %cpd = f32[4,96]{1,0} collective-permute-done((f32[4,96]{1,0}, f32[4,96]{1,0}, u32[], u32[]) %cps)
+  %rs = f32[2,12]{1,0} reduce-scatter(f32[2,96]{1,0} %x), channel_id=7, dimensions={1}, to_apply=%add
+  %rss = ((f32[2,96]{1,0}), f32[2,12]{1,0}) reduce-scatter-start(f32[2,96]{1,0} %x), dimensions={1}
+  %ra2a = s32[8,96]{1,0} ragged-all-to-all(s32[8,96]{1,0} %i, s32[8,96]{1,0} %o, s32[8]{0} %n), channel_id=8
+  %cb = bf16[96]{0} collective-broadcast(bf16[96]{0} %v), replica_groups={{0,1}}"""
+    small = """
+  %ag.1 = f32[2,12]{1,0} all-gather(f32[2,3]{1,0} %x), channel_id=96, replica_groups=[2,4]<=[8], dimensions={1}
+  %ags.1 = (f32[2,3]{1,0}, f32[2,12]{1,0}) all-gather-start(f32[2,3]{1,0} %x), channel_id=9, dimensions={1}
+  %agd.1 = f32[2,12]{1,0} all-gather-done((f32[2,3]{1,0}, f32[2,12]{1,0}) %ags.1)
+  %ar.1 = f32[2]{0} all-reduce(f32[2]{0} %q), channel_id=10, replica_groups={{0,96}}, to_apply=%add.96
+  %ars.1 = (f32[2,1]{1,0}, s32[2,1]{1,0}) all-reduce-start(f32[2,1]{1,0} %m, s32[2,1]{1,0} %i), to_apply=%max
+  %a2a.1 = (f32[1,12]{1,0}, f32[1,12]{1,0}) all-to-all(f32[1,12]{1,0} %a, f32[1,12]{1,0} %b), channel_id=11
+  %cp.1 = u32[] collective-permute(u32[] %c), source_target_pairs={{0,1},{1,0}}
+  %rs.1 = f32[2,3]{1,0} reduce-scatter(f32[2,12]{1,0} %x), channel_id=12, dimensions={1}, to_apply=%add
+  %logits = f32[2,96]{1,0} dot(f32[2,32]{1,0} %h, f32[32,96]{1,0} %w), lhs_contracting_dims={1}
+  %all-gather.96 = f32[2,96]{1,0} fusion(f32[2,96]{1,0} %p), kind=kLoop, calls=%fused_computation"""
+    found = collectives(full + small)
+    assert len(found) == len(full.strip().splitlines()) + len(small.strip().splitlines()) - 2
+    assert {op for op, _, _ in found} >= {"all-gather", "all-gather-start", "all-gather-done", "all-reduce",
+                                          "all-reduce-start", "all-to-all", "collective-permute",
+                                          "collective-permute-start", "reduce-scatter", "reduce-scatter-start"}
+    assert full_vocabulary_collectives(full + small, 96) == [line.strip() for line in full.strip().splitlines()]
+    assert full_vocabulary_collectives(small, 96) == []
+
+
+def test_a_program_that_moves_the_vocabulary_is_caught():
+    """The check's tooth on compiled programs: logits [2, 96] split over 8 devices and then replicated (an
+    all-gather), and an LM head split on its embedding rows (the logits summed across devices: an all-reduce) are
+    both found; the vocabulary-split head moves no full-vocabulary array."""
+    mesh = make_mesh(1, 8)
+    h_BE = jnp.ones((2, 32))
+    w_EV = jax.device_put(jnp.ones((32, 96)), NamedSharding(mesh, P(None, "model")))
+    replicated = NamedSharding(mesh, P())
+
+    def gathered(h, w):
+        return jax.lax.with_sharding_constraint(h @ w, replicated)
+
+    def split_head(h, w):
+        return jax.nn.log_softmax(h @ w)
+
+    def compiled(fn, w):
+        return jax.jit(fn).lower(h_BE, w).compile().as_text()
+
+    assert "all-gather" in " ".join(full_vocabulary_collectives(compiled(gathered, w_EV), 96))
+    summed = full_vocabulary_collectives(compiled(split_head, jax.device_put(w_EV, NamedSharding(mesh, P("model")))),
+                                         96)
+    assert "all-reduce" in " ".join(summed), summed
+    hlo = compiled(split_head, w_EV)
+    assert collectives(hlo) and not full_vocabulary_collectives(hlo, 96)
+
+
 def test_vocabulary_is_never_gathered(target, drafters):
-    """With the vocabulary split over 8 devices, no collective in the greedy or sampled (unfiltered) tree program
-    moves a full-vocabulary array: argmax, softmax, residuals, Gumbel top-k and categorical draws reduce per shard."""
+    """With the vocabulary split over 8 devices, no collective in the greedy or sampled (unfiltered) chain program
+    moves a full-vocabulary array: argmax, softmax, residuals, Gumbel top-k and categorical draws reduce per shard.
+    The program does communicate (the attention and MLP all-reduces), so the parser has collectives to read."""
     mesh = make_mesh(1, 8)
     layout = Layout(mesh)
     for temperature in (0.0, 1.0):
@@ -310,8 +449,9 @@ def test_vocabulary_is_never_gathered(target, drafters):
         hlo = jax.jit(dec).lower(layout.place(target), layout.rows(np.ones((2, 16), np.int32)),
                                  layout.rows(np.array([3, 4])), layout.rows(api.row_keys(0, 2)),
                                  layout.place(drafters["chain"])).compile().as_text()
-        gathers = [line for line in hlo.splitlines() if " all-gather(" in line or " all-gather-start(" in line]
-        assert not [g for g in gathers if f",{TARGET.vocab_size}]" in g.split("=")[1].split(" ")[1]], gathers
+        assert {op for op, _, _ in collectives(hlo)} & {"all-reduce", "all-reduce-start"}
+        moved = full_vocabulary_collectives(hlo, TARGET.vocab_size)
+        assert not moved, moved[:3]
 
 
 def test_top_k_in_blocks_equals_top_k():
@@ -324,7 +464,8 @@ def test_top_k_in_blocks_equals_top_k():
             np.testing.assert_array_equal(np.asarray(v), np.asarray(v0))
 
 
-def test_one_compile_per_configuration(target):
+def test_one_compile_per_configuration(target, fresh_trace):
+    """Equal configurations share one compiled program (from a cleared cache: other tests compile these meshes)."""
     program = api.decode_program
     mesh = make_mesh(2, 4)
     spectax.decode(target, PROMPTS, NEW, mesh=mesh)
