@@ -186,6 +186,26 @@ def test_param_shardings_and_per_device_bytes(target):
         "['layers_1']['mlp']['proj']['bias']": P()}, 4)
 
 
+def test_block_params_shard_like_the_target_layers(target, drafters):
+    """Layout.place shards the block drafter's layers as the target's (heads, kv heads, MLP over the model axis) and
+    replicates the rest: the fusion [m E, E] feeds an RMSNorm over E (a split E would need an all-reduce per draft
+    step for a matrix of m E^2 floats, 4 MiB at SmolLM2's E = 576 and m = 3, next to ~2.6 MiB per layer split), and
+    the mask vectors and norms are a few E floats."""
+    block = drafters["block"]
+    layer_specs = {k: v for k, v in expected_llama_specs(False).items() if k.startswith("['layers_0']")}
+    replicated = {"['fuse']": P(), "['fuse_norm']": P(), "['mask']": P(), "['final_norm']": P()}
+    for shape, kv_split in [((2, 4), False), ((4, 2), True)]:
+        mesh = make_mesh(*shape)
+        expected = {**{k: v for k, v in expected_llama_specs(kv_split).items() if k in layer_specs}, **replicated}
+        placed = Layout(mesh).place(block)
+        per_device, total = check_params(placed, mesh, expected, shape[1])
+        whole = {jax.tree_util.keystr(p): x.nbytes for p, x in jax.tree_util.tree_leaves_with_path(block.params)}
+        kept = sum(n for k, n in whole.items() if "model" not in expected.get(k, P()))
+        assert per_device == (total - kept) // shape[1] + kept and per_device < 0.6 * total
+        for a, b in zip(jax.tree_util.tree_leaves(placed.params), jax.tree_util.tree_leaves(block.params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_replication_is_said_once(target):
     import warnings
 
