@@ -101,6 +101,7 @@ def test_greedy_ragged_batch_matches_transformers(case):
         assert np.asarray(out.tokens[i]).tolist() == want, f"{name} row {i}"
 
 
+GATE = {"llama_gqa": 5.5, "qwen2_bias": 5.4, "gpt2": 5.45}   # nats (ln V = 5.7): the Cerberus gate, open on most steps
 SPEC_TREES = {"chain3": spectax.DraftTree.chain(3), "kary22": spectax.DraftTree.kary((2, 2)),
               "paths": spectax.DraftTree.from_paths([(0,), (1,), (0, 0), (1, 0), (0, 0, 0)])}
 
@@ -122,25 +123,66 @@ def test_speculative_greedy_matches_transformers(case, tree):
     assert out.stats.tau > 1.2 and hist[:t.max_depth].sum() > 0, "the draft must be accepted often, not always"
 
 
+def assert_speculated(stats, label):
+    """Speculation happened: tau > 1.2 and a sibling of rank > 0 accepted somewhere (the tree's second choices)."""
+    assert stats.tau > 1.2, f"{label}: tau {stats.tau:.3f}"
+    assert np.asarray(stats.rank_hist)[:, 1:-1].sum() > 0, f"{label}: no sibling of rank > 0 accepted"
+
+
 @pytest.mark.parametrize("kind", ["blockwise", "medusa", "cerberus"])
 def test_heads_greedy_matches_transformers(case, kind):
-    """Heads on each fixture (GPT-2 and Qwen2 tied heads, Llama's untied one) reproduce transformers' greedy tokens."""
+    """Heads on each fixture (GPT-2 and Qwen2 tied heads, Llama's untied one) reproduce transformers' greedy tokens,
+    and are accepted: identity heads (scale 0) propose the target's own ranked choices at the root's position for
+    every depth, which the fixtures' repetitive greedy text takes often (its runs of one token), siblings included.
+    The Cerberus gate is open on some steps and closed on others."""
     name, d, model, golden = case
-    heads = spectax.drafters.Heads.create(model, kind=kind, num_heads=3, seed=1, scale=0.5,
-                                          tree=SPEC_TREES["paths"], gate=3.0 if kind == "cerberus" else None)
+    heads = spectax.drafters.Heads.create(model, kind=kind, num_heads=3, seed=1, scale=0.0,
+                                          tree=SPEC_TREES["paths"], gate=GATE[name] if kind == "cerberus" else None)
     with jax.default_matmul_precision("highest"):
         out = spectax.decode(model, golden["prompts"], max_new_tokens=N_NEW, drafter=heads)
     for i, want in enumerate(golden["greedy"]):
         assert np.asarray(out.tokens[i]).tolist() == want, f"{name} {kind} row {i}"
+    assert_speculated(out.stats, f"{name} {kind}")
+    if kind == "cerberus":
+        assert 0 < np.asarray(out.stats.speculated).sum() < np.asarray(out.stats.row_calls).sum()
 
 
-@pytest.mark.parametrize("tree", ["chain3", "paths"])
+def repeating_block(model, tree) -> spectax.drafters.Block:
+    """A block drafter built to propose what identity heads do: no attention or MLP output, its context the target's
+    last layer (fusion = identity, a fusion norm of 1000 drowning the root's embedding), the target's final norm
+    scale (Llama, Qwen2): every slot's hidden state is the target's own at the newest committed token, so each depth
+    proposes the target's ranked choices there. Random blocks are accepted at tau ~1.01 on the untied Llama."""
+    c = model.config
+    block = spectax.drafters.Block.create(model, block_size=3, tree=tree, seed=2, target_layers=(c.num_layers - 1,))
+    p = jax.tree_util.tree_map(np.array, block.params)
+    for layer in (v for k, v in p.items() if k.startswith("layers_")):
+        layer["attn"]["o"]["kernel"][:] = 0
+        layer["mlp"]["down"]["kernel"][:] = 0
+    p["fuse"], p["fuse_norm"][:], p["mask"][:] = np.eye(c.hidden_size, dtype=np.float32), 1e3, 0
+    if "final_norm" in model.params:
+        p["final_norm"] = np.asarray(model.params["final_norm"]["scale"], np.float32)
+    return block.replace(params=jax.tree_util.tree_map(jax.numpy.asarray, p))
+
+
+@pytest.mark.parametrize("tree", ["kary22", "paths"])
 def test_block_greedy_matches_transformers(case, tree):
     """A block drafter on each fixture (Llama and Qwen2 with RoPE, GPT-2 with learned positions: its draft layers
-    use RoPE of their own) reproduces transformers' greedy tokens, batch of 4 ragged prompts."""
+    use RoPE of their own) reproduces transformers' greedy tokens, batch of 4 ragged prompts, and is accepted."""
     name, d, model, golden = case
-    block = spectax.drafters.Block.create(model, block_size=3, tree=SPEC_TREES[tree], seed=2)
     with jax.default_matmul_precision("highest"):
-        out = spectax.decode(model, golden["prompts"], max_new_tokens=N_NEW, drafter=block)
+        out = spectax.decode(model, golden["prompts"], max_new_tokens=N_NEW,
+                             drafter=repeating_block(model, SPEC_TREES[tree]))
     for i, want in enumerate(golden["greedy"]):
         assert np.asarray(out.tokens[i]).tolist() == want, f"{name} block {tree} row {i}"
+    assert_speculated(out.stats, f"{name} block {tree}")
+
+
+def test_the_speculation_check_fails_a_random_block():
+    """The check's tooth: a random block drafter on the untied Llama fixture keeps the tokens but is almost never
+    accepted (tau ~1.01), which the old parity test let pass."""
+    d = FIXTURES / "llama_gqa"
+    golden, model = json.loads((d / "golden.json").read_text()), spectax.load(d)
+    block = spectax.drafters.Block.create(model, block_size=3, tree=SPEC_TREES["paths"], seed=2)
+    out = spectax.decode(model, golden["prompts"], max_new_tokens=N_NEW, drafter=block)
+    with pytest.raises(AssertionError, match="tau"):
+        assert_speculated(out.stats, "random block")
