@@ -1,13 +1,26 @@
-"""Shared fixtures: tiny random models for fast CPU tests."""
+"""Shared fixtures: tiny random models for fast CPU tests; how the test processes compile.
+
+XLA runs the tests with 8 host devices (the sharding tests' meshes) and backend optimization level 0: most of the
+suite's time is XLA:CPU compiling small decode programs, and level 0 compiles them ~30% faster (the benchmarks and
+library users keep XLA's default). Compiled programs go to a persistent cache under .pytest_cache/jax, shared by the
+xdist workers and by the tests that clear decode()'s in-memory cache to trace a patched program afresh.
+"""
 
 import os
+from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+TEST_XLA_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0")
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + [
+    flag for flag in TEST_XLA_FLAGS if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]).strip()
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 import spectax.api as api  # noqa: E402
 from spectax.models import Model, ModelConfig  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 TINY_LLAMA = ModelConfig(arch="llama", vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                          head_dim=8, intermediate_size=64, max_position=1024)
@@ -34,3 +47,15 @@ def fresh_trace():
     program.clear_cache()
     yield
     program.clear_cache()
+
+
+# The modules that take longest (measured, `.ci/run --durations`): with `--dist loadfile` each module runs whole on one
+# worker (its module fixtures built once), and starting these first keeps the two workers' loads even at the end.
+HEAVY_FIRST = ("test_sharding.py", "test_smollm2.py", "test_cos.py", "test_block.py", "test_every_drafter.py",
+               "test_speculative_sampling.py", "test_heads.py", "test_kernels.py", "test_rng.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the modules of HEAVY_FIRST first, in that order; the others after, in collection order."""
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -55,21 +55,21 @@ def decode_rows(model, rows, drafter, **kw):
 KINDS = ["plain", "chain", "tree", "ngram-chain", "ngram-tree", "cerberus-gated", "heads", "block", "combined"]
 
 
-def rows_agree(model, drafter, **sampling_kw) -> bool:
-    """Whether every row decodes alike alone, in the batch of 8 and at other positions of a batch of 4."""
-    full, _ = decode_rows(model, np.arange(8), drafter, **sampling_kw)
-    alone = [decode_rows(model, np.array([r]), drafter, **sampling_kw)[0][0] for r in (3, 5)]   # other buckets
-    perm = np.array([6, 0, 3, 2])                                            # other positions, batch of 4
+def rows_agree(model, drafter, **sampling_kw):
+    """Whether rows 6, 0, 3, 2 decode in a batch of 4 (other positions, another batch size, another prompt bucket:
+    16 slots, not 32) as they do in the batch of all 8; and the batch of 8's stats. Two programs per drafter."""
+    full, stats = decode_rows(model, np.arange(8), drafter, **sampling_kw)
+    perm = np.array([6, 0, 3, 2])
     part, _ = decode_rows(model, perm, drafter, **sampling_kw)
-    return bool((alone[0] == full[3]).all() and (alone[1] == full[5]).all() and (part == full[perm]).all())
+    return bool((part == full[perm]).all()), stats
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_row_depends_only_on_its_prompt_and_seed(flat, kind):
     drafter = drafters(flat)[kind]
-    assert rows_agree(flat, drafter, **SAMPLING)
+    agree, st = rows_agree(flat, drafter, **SAMPLING)
+    assert agree
     if drafter is not None:
-        _, st = decode_rows(flat, np.arange(8), drafter, **SAMPLING)
         if kind != "ngram-chain":   # (its sampled chains are rarely accepted on this flat model; it truncates)
             assert 1.0 < st.tau, "the draft must be partly accepted, so rows really accept different amounts"
         speculated, calls = int(np.sum(st.speculated)), int(np.sum(st.row_calls))
@@ -79,7 +79,7 @@ def test_a_row_depends_only_on_its_prompt_and_seed(flat, kind):
 
 def test_a_row_of_an_ensemble_depends_only_on_its_prompt_and_seed(flat):
     ensemble = spectax.Ensemble((flat, noisy_copy(flat, 0.3, 4)), weights=(0.7, 0.3))
-    assert rows_agree(ensemble, CoS(ensemble, tree=DraftTree.kary((2, 1))), **SAMPLING)
+    assert rows_agree(ensemble, CoS(ensemble, tree=DraftTree.kary((2, 1))), **SAMPLING)[0]
 
 
 def test_truncation_dependent_draws_are_caught(flat, monkeypatch, fresh_trace):
@@ -93,7 +93,7 @@ def test_truncation_dependent_draws_are_caught(flat, monkeypatch, fresh_trace):
         return verify(self, logits_BTV, draft, keys_B)
 
     monkeypatch.setattr(Loop, "_verify", cut_dependent)
-    assert not rows_agree(flat, drafters(flat)["ngram-tree"], temperature=1.0)
+    assert not rows_agree(flat, drafters(flat)["ngram-tree"], temperature=1.0)[0]
 
 
 def test_greedy_rows_are_the_same_with_or_without_a_tree(flat):
