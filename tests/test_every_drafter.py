@@ -354,7 +354,11 @@ def test_the_copy_check_catches_a_loop_without_the_barrier(models, monkeypatch, 
     """Teeth: without reference.py's optimization_barrier the caches become closed-over constants of the attention's
     block loops, and XLA copies them before each in-place write."""
     monkeypatch.setattr(reference_mod.lax, "optimization_barrier", lambda x: x)
-    assert kv_copies(models["target"], NoDraft(), [TARGET])
+    jax.clear_caches()       # an equal Decoder traced before the patch would hand back its cached jaxpr
+    try:
+        assert kv_copies(models["target"], NoDraft(), [TARGET])
+    finally:
+        jax.clear_caches()   # and no later test gets the patched one
 
 
 # ------------------------------------------------------------------------------------------------ item 9: EOS

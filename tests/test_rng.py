@@ -28,6 +28,12 @@ def flat():
     return spectax.Model.random(TINY_LLAMA, seed=3, scale=1.0)
 
 
+@pytest.fixture(scope="module")
+def flat_drafters(flat):
+    """Every drafter kind for the flat model, built once (creating them runs eager JAX ops)."""
+    return drafters(flat)
+
+
 def drafters(model):
     draft = noisy_copy(model, 0.3, 2)
     ngram_tree = NGram(max_n=3, tree=DraftTree.kary((2, 2)), occurrences=2)
@@ -65,8 +71,8 @@ def rows_agree(model, drafter, **sampling_kw):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_row_depends_only_on_its_prompt_and_seed(flat, kind):
-    drafter = drafters(flat)[kind]
+def test_a_row_depends_only_on_its_prompt_and_seed(flat, flat_drafters, kind):
+    drafter = flat_drafters[kind]
     agree, st = rows_agree(flat, drafter, **SAMPLING)
     assert agree
     if drafter is not None:
@@ -82,7 +88,7 @@ def test_a_row_of_an_ensemble_depends_only_on_its_prompt_and_seed(flat):
     assert rows_agree(ensemble, CoS(ensemble, tree=DraftTree.kary((2, 1))), **SAMPLING)[0]
 
 
-def test_truncation_dependent_draws_are_caught(flat, monkeypatch, fresh_trace):
+def test_truncation_dependent_draws_are_caught(flat, flat_drafters, monkeypatch, fresh_trace):
     """Teeth: draws that depend on the depth the batch's forward was cut to (the bug of verifying each truncation
     with its own draw shapes) make a row depend on its neighbours, and the check above sees it."""
     verify = Loop._verify
@@ -93,11 +99,11 @@ def test_truncation_dependent_draws_are_caught(flat, monkeypatch, fresh_trace):
         return verify(self, logits_BTV, draft, keys_B)
 
     monkeypatch.setattr(Loop, "_verify", cut_dependent)
-    assert not rows_agree(flat, drafters(flat)["ngram-tree"], temperature=1.0)[0]
+    assert not rows_agree(flat, flat_drafters["ngram-tree"], temperature=1.0)[0]
 
 
-def test_greedy_rows_are_the_same_with_or_without_a_tree(flat):
-    ds = drafters(flat)
+def test_greedy_rows_are_the_same_with_or_without_a_tree(flat, flat_drafters):
+    ds = flat_drafters
     full, _ = decode_rows(flat, np.arange(8), None)
     alone, _ = decode_rows(flat, np.array([2]), ds["tree"])
     np.testing.assert_array_equal(alone[0], full[2])
