@@ -36,6 +36,7 @@ import spectax.drafters.block as block_mod
 import spectax.drafters.heads as heads_mod
 import spectax.loop as loop_mod
 import spectax.models.model as model_mod
+from hlo_copies import cache_copies
 from spectax import DraftTree, Ensemble
 from spectax.drafters import Block, Combined, CoS, DraftModel, Heads, NGram, NoDraft
 from spectax.models import Model, ModelConfig
@@ -333,9 +334,7 @@ def kv_copies(model, drafter, configs):
     shapes = {f"f32[2,{c.num_kv_heads},{size},{c.head_dim}]" for c in configs}
     for shape in shapes:
         assert shape in hlo, f"no KV cache array {shape} in the program"
-    # the empty cache's fill is materialised once per array ("copy(%wrapped_broadcast"): not a copy of the cache
-    return [line.strip()[:160] for line in hlo.splitlines()
-            if any(s in line for s in shapes) and " copy(" in line and "copy(%wrapped_broadcast" not in line]
+    return cache_copies(hlo, shapes)
 
 
 @pytest.mark.parametrize("name", list(DRAFTERS))

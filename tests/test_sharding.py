@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 import spectax
 import spectax.api as api
 import spectax.sharding as sharding
+from hlo_copies import cache_copies
 from spectax import DraftTree
 from spectax.drafters import Block, Combined, CoS, DraftModel, Heads, NGram, NoDraft
 from spectax.loop import Loop
@@ -359,8 +360,7 @@ def test_the_sharded_loop_holds_only_cache_shards():
                              layout.rows(api.row_keys(0, 4))).compile().as_text()
     block, full = f"f32[2,1,{size},8]", f"f32[4,4,{size},8]"
     assert block in hlo and full not in hlo
-    copies = [line for line in hlo.splitlines()
-              if block in line and " copy(" in line and "copy(%wrapped_broadcast" not in line]
+    copies = cache_copies(hlo, [block])
     assert not copies, copies[0]
 
 
