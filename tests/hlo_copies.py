@@ -13,12 +13,12 @@ def is_fill(definition: str) -> bool:
 
 
 def cache_copies(hlo: str, shapes) -> list[str]:
-    """The `copy` instructions of `hlo` whose result has one of `shapes` (e.g. "f32[2,2,613,12]"), except copies of
-    the empty cache's fill (materialised once per array before the loop: not a copy of a cache)."""
+    """The `copy` instructions of `hlo` that name one of `shapes` (e.g. "f32[2,2,613,12]"; a tuple result too), except
+    copies of the empty cache's fill (materialised once per array before the loop: not a copy of a cache)."""
     definitions = {m.group(1): m.group(2) for m in map(INSTRUCTION.match, hlo.splitlines()) if m}
     copies = []
     for line in hlo.splitlines():
         operand = COPY_OPERAND.search(line)
-        if operand and any(f"= {s}" in line for s in shapes) and not is_fill(definitions.get(operand.group(1), "")):
+        if operand and any(s in line for s in shapes) and not is_fill(definitions.get(operand.group(1), "")):
             copies.append(line.strip()[:160])
     return copies
