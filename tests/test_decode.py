@@ -13,10 +13,11 @@ from spectax.api import decode_with_poison
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], [10] * 11, [3]]
 
 
-def greedy_by_full_forward(model, prompt, n):
-    """Oracle: re-run the cache-free causal forward for every new token (fixed width: later slots cannot matter)."""
+def greedy_by_full_forward(model, prompt, n, width=64):
+    """Oracle: re-run the cache-free causal forward for every new token (fixed width: later slots cannot matter;
+    one compile of the forward)."""
     seq = list(prompt)
-    buf = np.zeros((1, 64), np.int32)
+    buf = np.zeros((1, width), np.int32)
     for _ in range(n):
         buf[0, :len(seq)] = seq
         seq.append(int(jnp.argmax(model.logits(buf)[0, len(seq) - 1])))

