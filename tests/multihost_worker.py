@@ -6,7 +6,10 @@ spans the processes, decode (chain drafts, sampled), and process 0 writes the ga
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+# the test process's compile flags (tests/conftest.py: fast compiles), with 4 devices in place of its 8
+os.environ["XLA_FLAGS"] = " ".join([flag for flag in os.environ.get("XLA_FLAGS", "").split()
+                                    if not flag.startswith("--xla_force_host_platform_device_count")]
+                                   + ["--xla_force_host_platform_device_count=4"])
 
 import jax  # noqa: E402
 
