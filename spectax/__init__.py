@@ -2,6 +2,7 @@
 
 from spectax import drafters
 from spectax.api import Decoder, DecodeResult, decode
+from spectax.compilation import enable_compile_cache
 from spectax.io import load, save
 from spectax.models import Model, ModelConfig
 from spectax.models.ensemble import Ensemble
@@ -9,4 +10,4 @@ from spectax.sampling import Sampling
 from spectax.tree import DraftTree
 
 __all__ = ["DecodeResult", "Decoder", "DraftTree", "Ensemble", "Model", "ModelConfig", "Sampling", "decode", "drafters",
-           "load", "save"]
+           "enable_compile_cache", "load", "save"]

@@ -173,6 +173,7 @@ def test_library_value_errors_exit_2(char_ckpt, capsys, extra, word):
     [],
     ["generate", "hi"],                                          # --model missing
     ["generate", "--model", "x"],                                # prompt missing
+    ["generate", "--model", "x", "--batch-file", "f.txt", "hi"],  # a prompt and a batch file
     ["generate", "--model", "x", "--max-new-tokens", "0", "hi"],
     ["generate", "--model", "x", "--max-new-tokens", "many", "hi"],
     ["generate", "--model", "x", "--temperature", "hot", "hi"],
@@ -181,3 +182,64 @@ def test_library_value_errors_exit_2(char_ckpt, capsys, extra, word):
 def test_argument_errors_exit_2(argv, capsys):
     code, err = run_failing(capsys, *argv)
     assert code == 2 and "usage: spectax" in err
+
+
+def test_batch_file_decodes_every_line_as_one_batch(char_ckpt, capsys, tmp_path):
+    """--batch-file: one ragged batch, one JSON line per prompt in order, each the row decode() gives."""
+    tok = load_tokenizer(char_ckpt)
+    texts = ["hello", "a longer question here", "hi"]
+    (tmp_path / "prompts.txt").write_text("\n".join(texts) + "\n\n", encoding="utf-8")   # blank lines skipped
+    ids = [tok.encode(f"<|im_start|>user\n{t}<|im_end|>\n<|im_start|>assistant\n") for t in texts]
+    want = spectax.decode(spectax.load(char_ckpt), ids, max_new_tokens=N, eos_id=1)
+    out, err = run_cli(capsys, "generate", "--model", str(char_ckpt), "--max-new-tokens", str(N), "--batch-file",
+                       str(tmp_path / "prompts.txt"))
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["prompt"] for r in rows] == texts
+    for r, tokens, n in zip(rows, np.asarray(want.tokens).tolist(), np.asarray(want.lengths).tolist()):
+        assert r["tokens"] == n
+        assert r["reply"] == tok.decode([t for t in tokens[:n] if t != 1], skip_special_tokens=True)
+    m = SPEED.match(err.strip())
+    assert m and (int(m[1]), int(m[2])) == (int(want.lengths.sum()), sum(map(len, ids)))
+
+
+def test_compare_plain_reports_a_speedup_and_equal_tokens(char_ckpt, capsys, tmp_path):
+    from spectax.drafters import Heads
+    Heads.create(spectax.load(char_ckpt), num_heads=2).save(tmp_path / "heads")
+    out, err = run_cli(capsys, "generate", "--model", str(char_ckpt), "--max-new-tokens", str(N), "--drafter",
+                       str(tmp_path / "heads"), "--compare-plain", "hello")
+    plain, _ = run_cli(capsys, "generate", "--model", str(char_ckpt), "--max-new-tokens", str(N), "hello")
+    assert out == plain
+    assert re.search(r"^\[spectax\] plain: \d+ tokens in [0-9.]+ s; speedup [0-9.]+x; tokens identical$", err, re.M)
+
+
+@pytest.mark.parametrize("extra,word", [
+    (["--batch-file", "missing.txt"], "not a file"),
+    (["--compare-plain", "hi"], "give --drafter"),
+    (["--compile-cache", "cc", "--no-compile-cache", "hi"], "contradict"),
+])
+def test_generate_flag_errors_exit_2(char_ckpt, capsys, tmp_path, monkeypatch, extra, word):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("hello\n", encoding="utf-8")
+    code, err = run_failing(capsys, "generate", "--model", str(char_ckpt), *extra)
+    assert code == 2 and err.startswith("spectax: error: ") and word in err
+
+
+def test_a_second_generate_compiles_nothing(char_ckpt, tmp_path):
+    """Two `spectax generate` processes with one --compile-cache: the first compiles and writes its programs, the
+    second reads every program from the cache (JAX's compile events, as the speed line reports them) and prints
+    the same text."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "spectax.cli", "generate", "--model", str(char_ckpt), "--max-new-tokens", str(N),
+            "--compile-cache", str(tmp_path / "cc"), "hello"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    runs = [subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
+    cached = [re.search(r"(\d+) of (\d+) programs read from the compile cache", r.stderr) for r in runs]
+    assert all(cached), [r.stderr for r in runs]
+    (hits0, programs0), (hits1, programs1) = [(int(m[1]), int(m[2])) for m in cached]
+    assert hits0 == 0 and programs0 >= 1                       # the first call compiled its programs ...
+    assert hits1 == programs1 == programs0                      # ... the second read every one of them
+    assert runs[1].stdout == runs[0].stdout and any((tmp_path / "cc").iterdir())
