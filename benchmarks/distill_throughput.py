@@ -16,7 +16,6 @@ import numpy as np
 
 import spectax
 from spectax.io import hub
-from spectax.io.tokenizer import from_gguf
 from spectax.train import distill
 from spectax.train.prompt_files import read_prompts, split_prompts
 
@@ -46,7 +45,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["static", "refill"])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/distill_throughput.json"))
     args = ap.parse_args()
-    model, tok = spectax.load(MODEL), from_gguf(hub.resolve(MODEL))
+    model, tok = spectax.load(MODEL), hub.tokenizer(MODEL)
     train, _ = split_prompts(read_prompts())
     prompts = distill.encode_prompts(tok, train[:args.prompts])
     eos = model.config.eos_ids

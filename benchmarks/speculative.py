@@ -33,7 +33,6 @@ from spectax import DraftTree
 from spectax.cache import KVCache
 from spectax.drafters import DraftModel, NoDraft, Replay
 from spectax.io import hub
-from spectax.io.tokenizer import from_gguf
 from spectax.models import Model
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -213,7 +212,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     model = spectax.load(MODEL)
-    tok = from_gguf(hub.resolve(MODEL))
+    tok = hub.tokenizer(MODEL)
     questions = spec_bench_prompts(args.spec_bench)
     result = {"benchmark": "speculative", "model": MODEL, "dtype": "float32", "sampling": "greedy",
               "machine": machine()}

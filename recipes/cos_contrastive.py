@@ -27,7 +27,6 @@ import numpy as np
 import spectax
 from spectax import Ensemble
 from spectax.io import hub
-from spectax.io.tokenizer import from_gguf
 from spectax.models.ensemble import early_exit
 from spectax.train.prompt_files import read_prompts, split_prompts
 
@@ -91,7 +90,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     start = time.time()
     model = spectax.load(MODEL)
-    tok = from_gguf(hub.resolve(MODEL))
+    tok = hub.tokenizer(MODEL)
     eos = tok.eos_id if tok.eos_id is not None else model.config.eos_id
     prompts = held_out_prompts(args.prompts, tok)
     results = {"plain": measure(model, None, prompts, args.new, eos)}

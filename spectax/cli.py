@@ -151,7 +151,7 @@ def pick_tokenizer(model_arg: str, tokenizer_arg: str | None):
     if tokenizer_arg is not None:
         return load_tokenizer(Path(tokenizer_arg).expanduser() if tokenizer_arg != "byte" else "byte")
     if model_arg in hub.REGISTRY:
-        return from_gguf(hub.resolve(model_arg))
+        return hub.tokenizer(model_arg)
     path = Path(model_arg).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return from_gguf(path)
@@ -240,11 +240,10 @@ def pick_drafter(model_arg: str, drafter: str):
 def _demo(args: argparse.Namespace) -> int:
     import spectax
     from spectax.io import hub
-    from spectax.io.tokenizer import from_gguf
 
     use_compile_cache(args)
     model = spectax.load(DEMO_MODEL)
-    tok = from_gguf(hub.resolve(DEMO_MODEL))
+    tok = hub.tokenizer(DEMO_MODEL)
     drafted = pick_drafter(DEMO_MODEL, args.drafter)
     ids = tok.encode_chat([{"role": "user", "content": args.prompt}])
     eos = stop_ids(tok, model.config)

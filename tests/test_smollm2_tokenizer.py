@@ -32,11 +32,30 @@ def reader(gguf_path):
     return open_gguf(gguf_path)  # parsing the metadata takes seconds: do it once
 
 
-@pytest.fixture(scope="module")
-def tok(reader):
-    from spectax.io.tokenizer import from_gguf
+@pytest.fixture(scope="module", params=["gguf", "saved"])
+def tok(request, reader, tmp_path_factory):
+    """Built from the GGUF metadata, and that tokenizer saved (HFTokenizer.save) and read back (from_dir): every
+    golden check runs on both."""
+    from spectax.io.tokenizer import HFTokenizer, from_gguf
 
-    return from_gguf(reader)
+    built = from_gguf(reader)
+    if request.param == "gguf":
+        return built
+    return HFTokenizer.from_dir(built.save(tmp_path_factory.mktemp("tokenizer") / "saved"))
+
+
+def test_the_hub_builds_the_tokenizer_once(golden, monkeypatch):
+    """hub.tokenizer saves the tokenizer it built next to the model file; a later call reads it from there (it
+    would fail if it parsed the GGUF again) and encodes the golden cases alike."""
+    import spectax.io.tokenizer as tokenizer_mod
+    from spectax.io import hub
+
+    hub.tokenizer("smollm2-135m-instruct")
+    assert (hub.model_path("smollm2-135m-instruct").parent / "tokenizer" / "tokenizer.json").is_file()
+    monkeypatch.setattr(tokenizer_mod, "from_gguf", lambda *a: pytest.fail("parsed the GGUF again"))
+    again = hub.tokenizer("smollm2-135m-instruct")
+    assert [again.encode(c["text"]) for c in golden["tokenizer_cases"]] == [c["ids"] for c in golden["tokenizer_cases"]]
+    assert again.chat(golden["messages"]) == golden["chat_text"] and again.eos_id == golden["special"]["eos_token_id"]
 
 
 def test_special_ids(tok, golden):

@@ -153,3 +153,21 @@ def test_hf_dir_ids_fall_back_to_config_json(tmp_path):
     (d / "config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [2, 0]}))
     tok = HFTokenizer.from_dir(d)
     assert (tok.bos_id, tok.eos_id, tok.chat_template) == (0, 2, None)
+
+
+def test_save_and_read_back_is_the_same_tokenizer(tmp_path):
+    """HFTokenizer.save writes what from_dir reads back: ids, specials, chat template, add_bos_token."""
+    src = from_gguf(tiny_gguf(tmp_path))
+    saved = src.save(tmp_path / "saved")
+    back = HFTokenizer.from_dir(saved)
+    for text in ["hello world", "<|im_start|>user\nhi<|im_end|>", "  spaces  and 123", ""]:
+        assert back.encode(text) == src.encode(text)
+    ids = src.encode("hello world")
+    assert back.decode(ids) == src.decode(ids)
+    assert (back.vocab_size, back.bos_id, back.eos_id, back.pad_id, back.chat_template, back.add_bos_token,
+            back.default_system) == (src.vocab_size, src.bos_id, src.eos_id, src.pad_id, src.chat_template,
+                                     src.add_bos_token, src.default_system)
+    msgs = [{"role": "user", "content": "hi"}]
+    assert back.chat(msgs) == src.chat(msgs)
+    with pytest.raises(ValueError, match="already exists"):
+        src.save(saved)

@@ -63,6 +63,20 @@ def model_path(name: str) -> Path:
     return cache_dir() / "models" / name / Path(entry.member).name
 
 
+def tokenizer(name: str):
+    """The tokenizer of the registered model `name`: built from its GGUF's metadata on first use (seconds: the
+    whole vocabulary and merge list are parsed), then saved next to the model file as a Hugging Face tokenizer
+    directory and read from there (a fraction of a second)."""
+    from spectax.io.tokenizer import HFTokenizer, from_gguf
+
+    saved = model_path(name).parent / "tokenizer"
+    if (saved / "tokenizer.json").is_file():
+        return HFTokenizer.from_dir(saved)
+    tok = from_gguf(resolve(name))
+    tok.save(saved, overwrite=True)
+    return tok
+
+
 def _entry(name: str) -> HubModel:
     if name not in REGISTRY:
         raise ValueError(f"unknown model name {name!r}; registered: {sorted(REGISTRY)}")

@@ -210,6 +210,21 @@ class HFTokenizer(Tokenizer):
             raise ValueError(f"cannot read tokenizer file {path}: {e}") from e
         return cls(backend, **kwargs)
 
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Writes tokenizer.json and tokenizer_config.json (BOS / EOS / PAD tokens, chat template, add_bos_token)
+        into `directory`, atomically: `HFTokenizer.from_dir` (and transformers) read it back as this tokenizer."""
+        from spectax.files import write_dir
+
+        def fill(tmp: Path) -> None:
+            self._tok.save(str(tmp / "tokenizer.json"))
+            config = {key: self._tok.id_to_token(value) for key, value in
+                      (("bos_token", self.bos_id), ("eos_token", self.eos_id), ("pad_token", self.pad_id))
+                      if value is not None}
+            config.update(chat_template=self.chat_template, add_bos_token=self.add_bos_token)
+            (tmp / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+
+        return write_dir(directory, overwrite, fill)
+
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> "HFTokenizer":
         """From a Hugging Face model directory: tokenizer.json, plus BOS/EOS and chat template from

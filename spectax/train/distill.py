@@ -46,7 +46,6 @@ from tqdm import tqdm
 from spectax.api import Decoder, eos_ids
 from spectax.io import hub
 from spectax.io.loader import load
-from spectax.io.tokenizer import from_gguf
 from spectax.loop import DecodeState, Loop
 from spectax.models import Model
 from spectax.train.prompt_files import DEFAULT_OUT as DEFAULT_PROMPTS
@@ -452,7 +451,7 @@ def token_frequencies(shards_dir) -> np.ndarray:
 
 
 def _model_and_tokenizer(name: str):
-    return load(name), from_gguf(hub.resolve(name))
+    return load(name), hub.tokenizer(name)
 
 
 def _generate_cli(args) -> None:
