@@ -16,7 +16,7 @@ from flax import struct
 from pallas_kernels.tree_attention import AttnImpl
 from spectax.checks import is_int
 from spectax.drafters import NoDraft
-from spectax.loop import DecodeStats, Loop
+from spectax.loop import DecodeStats, Loop, output_tokens
 from spectax.models import Model, Target
 from spectax.sampling import Sampling
 from spectax.sharding import Layout, ShardingRules
@@ -271,6 +271,25 @@ class Decoder:
 
     def _call(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos) -> DecodeResult:
         """The call, with the output limit and end tokens as data (decode() buckets its output length)."""
+        return decode_program(self, *self._program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling,
+                                                        max_new, eos), jnp.int32(self.pad_id))
+
+    def _stream(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos, steps: int):
+        """The call in chunks: yields the DecodeResult so far after the prefill and after every `steps` target calls
+        (one host sync per chunk); the last one is the whole decode, token for token the one `_call` gives."""
+        args = self._program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos)
+        model, drafter, _, _, _, params, max_new, end_ids = args
+        state, calls = start_program(self, *args), 0
+        while True:
+            yield result_program(self, state, jnp.int32(self.pad_id))
+            calls += steps
+            if bool(jnp.all(state.done)) or calls > self.spec.out_size:
+                return
+            state = advance_program(self, model, drafter, state, params, max_new, end_ids, jnp.int32(calls))
+
+    def _program_args(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos) -> tuple:
+        """Checks a call's arguments; returns the programs' (model, drafter, prompt_BP, prompt_len_B, keys_B,
+        sampling params, max_new, end_ids)."""
         if jax.tree_util.tree_structure(model) != self._model_def:
             raise ValueError("model does not have the structure this Decoder was built for (architecture, config, "
                              "params tree)")
@@ -300,24 +319,55 @@ class Decoder:
             raise ValueError(f"sampling {sampling} would switch this Decoder's mode ({self.spec.sampler}): greedy or "
                              f"not, and top-k / top-p filtering on or off, are fixed when the Decoder is built")
         end_ids = jnp.asarray(eos if eos else (-1,), jnp.int32)
-        return decode_program(self, model, drafter, prompt_BP.astype(jnp.int32), prompt_len_B.astype(jnp.int32), keys_B,
-                        sampling.params(), jnp.asarray(max_new, jnp.int32), end_ids, jnp.int32(self.pad_id))
+        return (model, drafter, prompt_BP.astype(jnp.int32), prompt_len_B.astype(jnp.int32), keys_B,
+                sampling.params(), jnp.asarray(max_new, jnp.int32), end_ids)
+
+
+def _begin(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids):
+    """Inside a trace: the Loop and its state after the prefill (the first token sampled)."""
+    spec = dec.spec
+    B, P = prompt_BP.shape
+    width = _prefill_width(P, spec.prefill_chunk)
+    prompt_BP = jnp.pad(prompt_BP, ((0, 0), (0, width - P)))
+    loop = _loop(dec, model, drafter, sampling, max_new, end_ids)
+    cache = spec.constrain(loop.model.create_cache(B, dec.cache_size, dec.cache_fill))
+    return loop, spec.constrain(loop.prefill(prompt_BP, prompt_len_B, keys_B, cache))
+
+
+def _loop(dec: Decoder, model, drafter, sampling, max_new, end_ids) -> Loop:
+    spec = dec.spec
+    if spec.layout is not None:
+        model, drafter = spec.constrain(model), spec.constrain(drafter)
+    return Loop(model=model, drafter=drafter, spec=spec, sampling=sampling, max_new=max_new, eos_ids=end_ids)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def decode_program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids, pad_id):
     """The compiled decode: prefill, then the while_loop; one program per Decoder (its static key) and shapes."""
-    spec = dec.spec
-    B, P = prompt_BP.shape
-    width = _prefill_width(P, spec.prefill_chunk)
-    prompt_BP = jnp.pad(prompt_BP, ((0, 0), (0, width - P)))
-    if spec.layout is not None:
-        model, drafter = spec.constrain(model), spec.constrain(drafter)
-    loop = Loop(model=model, drafter=drafter, spec=spec, sampling=sampling, max_new=max_new, eos_ids=end_ids)
-    cache = spec.constrain(model.create_cache(B, dec.cache_size, dec.cache_fill))
-    state = spec.constrain(loop.prefill(prompt_BP, prompt_len_B, keys_B, cache))
+    loop, state = _begin(dec, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids)
     state = run(loop, state)
-    return DecodeResult(tokens=loop.output(state, pad_id), lengths=state.n_out, stats=state.stats)
+    return DecodeResult(tokens=output_tokens(state, dec.spec.out_size, pad_id), lengths=state.n_out,
+                        stats=state.stats)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def start_program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids):
+    """A streamed decode's first program: the prefill; returns the loop's state."""
+    return _begin(dec, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids)[1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def advance_program(dec: Decoder, model, drafter, state, sampling, max_new, end_ids, until):
+    """A streamed decode's chunk: the loop from `state` until `until` target calls in all (or every row done). The
+    state is not donated (the caller may still hold the result of the chunk before): one cache copy per chunk."""
+    return _loop(dec, model, drafter, sampling, max_new, end_ids).run(state, until)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def result_program(dec: Decoder, state, pad_id) -> DecodeResult:
+    """The DecodeResult of a (streamed) decode's state so far: tokens [B, out_size], pad_id after each row's end."""
+    return DecodeResult(tokens=output_tokens(state, dec.spec.out_size, pad_id), lengths=state.n_out,
+                        stats=state.stats)
 
 
 def run(loop: Loop, state):
@@ -363,9 +413,9 @@ def decode(model: Model, prompt, max_new_tokens: int = 128, *, prompt_lengths=No
 
 def decode_with_poison(model, prompt, max_new_tokens, *, prompt_lengths, drafter, temperature, top_k, top_p, rng,
                        eos_id, pad_id, attn_impl, cache_size, lossy, mesh=None, rules=None,
-                       poison_cache) -> DecodeResult:
+                       poison_cache, stream_steps: int | None = None):
     """decode() with a test knob (public for the tests): `poison_cache` fills every unwritten cache slot with NaN, so a
-    read of a dead slot shows in the output."""
+    read of a dead slot shows in the output. With `stream_steps`, decode_stream()'s generator."""
     if not isinstance(model, Target):
         raise ValueError(f"model must be a spectax Model (spectax.load(...)) or Ensemble (a Target), got "
                          f"{type(model).__name__}")
@@ -399,5 +449,29 @@ def decode_with_poison(model, prompt, max_new_tokens, *, prompt_lengths, drafter
         layout.check_batch(tokens.shape[0])
         model, drafter = layout.place(model), layout.place(drafter)
         prompt_BP, lengths, keys_B = layout.rows(prompt_BP), layout.rows(lengths), layout.rows(keys_B)
-    out = dec._call(model, prompt_BP, lengths, keys_B, drafter, None, int(max_new_tokens), dec.eos_ids)
+    call = (model, prompt_BP, lengths, keys_B, drafter, None, int(max_new_tokens), dec.eos_ids)
+    if stream_steps is None:
+        return _cut(dec._call(*call), max_new_tokens)
+    return (_cut(out, max_new_tokens) for out in dec._stream(*call, stream_steps))
+
+
+def _cut(out: DecodeResult, max_new_tokens: int) -> DecodeResult:
     return DecodeResult(tokens=out.tokens[:, :max_new_tokens], lengths=out.lengths, stats=out.stats)
+
+
+def decode_stream(model: Model, prompt, max_new_tokens: int = 128, *, steps: int = 8, prompt_lengths=None,
+                  drafter=None, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, rng=0, eos_id=None,
+                  pad_id: int = 0, attn_impl: str | AttnImpl = "auto", cache_size: int | None = None, lossy=None,
+                  mesh=None, rules=None):
+    """decode() in chunks, for streaming text: a generator of DecodeResults, the first after the prefill (one token
+    per row), then one after every `steps` target calls, each holding every token so far (tokens [B,
+    max_new_tokens], pad_id after each row's end; lengths; stats). The last one is decode()'s result, token for
+    token: each chunk continues the loop's state (caches, drafter state, random keys) exactly where the last one
+    stopped. Three programs (prefill, a chunk of the loop, the result), each compiled once per shape bucket; the
+    host syncs once per chunk, never per token. Arguments as for decode()."""
+    if not is_int(steps) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    return decode_with_poison(model, prompt, max_new_tokens, prompt_lengths=prompt_lengths, drafter=drafter,
+                              temperature=temperature, top_k=top_k, top_p=top_p, rng=rng, eos_id=eos_id,
+                              pad_id=pad_id, attn_impl=attn_impl, cache_size=cache_size, lossy=lossy, mesh=mesh,
+                              rules=rules, poison_cache=False, stream_steps=int(steps))

@@ -4,6 +4,7 @@
     spectax generate --model smollm2-135m-instruct "What is the capital of France?"
     spectax generate --model smollm2-135m-instruct --drafter medusa --compare-plain "What is the capital of France?"
     spectax generate --model smollm2-135m-instruct --batch-file prompts.txt --max-new-tokens 64
+    spectax generate --model smollm2-135m-instruct --drafter block --stream "Tell me a story."
     spectax train heads --data DIR --kind medusa --out DIR
     spectax train block --data DIR --out DIR
     spectax generate --model ./my_checkpoint --tokenizer ./tokenizer.json --raw --max-new-tokens 32 "Once upon"
@@ -94,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--drafter", help="speculate with a drafter: a shipped one for a registered model (heads: "
                                        "blockwise, medusa, cerberus; or block) or a heads / block directory "
                                        "(default: plain decoding)")
+    gen.add_argument("--stream", action="store_true",
+                     help="print the reply as it is accepted (the loop runs in chunks of --stream-steps target calls, "
+                          "one host sync per chunk; the text is the one a single run gives)")
+    gen.add_argument("--stream-steps", type=_positive_int, default=4, help="target calls per streamed chunk "
+                                                                           "(default: %(default)s)")
     gen.add_argument("--compare-plain", action="store_true",
                      help="with --drafter: also decode plain, print the speedup and whether the tokens agree")
 
@@ -161,6 +167,35 @@ def pick_tokenizer(model_arg: str, tokenizer_arg: str | None):
                      f"model directory, or pass --tokenizer PATH")
 
 
+def streamed_decode(model, prompt, args, drafter, eos, reply):
+    """timed_decode for one prompt through spectax.decode_stream: prints the reply's text to stdout as it grows
+    (holding back an unfinished UTF-8 character), and, on a terminal, live tokens/s and tau to stderr."""
+    import spectax
+    from spectax.compilation import watch_compiles
+
+    shown = ""
+    with watch_compiles() as compiles:
+        start = time.perf_counter()
+        for out in spectax.decode_stream(model, [prompt], args.max_new_tokens, steps=args.stream_steps,
+                                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                         rng=args.seed, eos_id=eos, drafter=drafter):
+            n = int(out.lengths[0])
+            text = reply(out.tokens[0], n).rstrip("\ufffd")
+            if text.startswith(shown):
+                sys.stdout.write(text[len(shown):])
+                sys.stdout.flush()
+                shown = text
+            if sys.stderr.isatty():
+                busy = max(time.perf_counter() - start - compiles.seconds, 1e-9)
+                sys.stderr.write(f"\r[spectax] {n} tokens, {n / busy:.1f} tokens/s, tau {out.stats.tau:.2f}")
+        seconds = time.perf_counter() - start
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    final = reply(out.tokens[0], int(out.lengths[0]))
+    sys.stdout.write(final[len(shown):] if final.startswith(shown) else "\n" + final)
+    return out, max(seconds - compiles.seconds, 1e-9), compiles
+
+
 def _prompts(args: argparse.Namespace) -> list[str]:
     if args.batch_file is None:
         return [sys.stdin.read() if args.prompt == "-" else args.prompt]
@@ -178,6 +213,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.raw and args.system is not None:
         raise ValueError("--system needs the chat template; it cannot be combined with --raw")
+    if args.stream and args.batch_file is not None:
+        raise ValueError("--stream prints one reply as it grows: it cannot be combined with --batch-file")
     if args.compare_plain and args.drafter is None:
         raise ValueError("--compare-plain compares a --drafter with plain decoding: give --drafter")
     texts = _prompts(args)
@@ -195,13 +232,17 @@ def _generate(args: argparse.Namespace) -> int:
     eos = stop_ids(tok, model.config)
     drafter = None if args.drafter is None else pick_drafter(args.model, args.drafter)
 
-    out, seconds, compiles = timed_decode(model, prompts, args, drafter, eos)
-    lengths = [int(n) for n in out.lengths]
-    replies = []
-    for row, n in zip(out.tokens, lengths):
+    def reply(row, n: int) -> str:
         new = [int(t) for t in row[:n]]
-        replies.append(tok.decode(new[:-1] if new and new[-1] in eos else new, skip_special_tokens=True))
-    if args.batch_file is None:
+        return tok.decode(new[:-1] if new and new[-1] in eos else new, skip_special_tokens=True)
+
+    out, seconds, compiles = (streamed_decode(model, prompts[0], args, drafter, eos, reply) if args.stream
+                              else timed_decode(model, prompts, args, drafter, eos))
+    lengths = [int(n) for n in out.lengths]
+    replies = [reply(row, n) for row, n in zip(out.tokens, lengths)]
+    if args.stream:
+        print()
+    elif args.batch_file is None:
         print(replies[0])
     else:
         for text, reply, n in zip(texts, replies, lengths):

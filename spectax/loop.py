@@ -93,6 +93,13 @@ class DecodeState:
     stats: DecodeStats
 
 
+def output_tokens(s: DecodeState, out_size: int, pad_id) -> jax.Array:
+    """int32 [B, out_size]: each row's output tokens so far, pad_id after its end."""
+    j_BO = jnp.arange(out_size)[None, :]
+    tokens = jnp.take_along_axis(s.history.tokens_BW, s.prompt_len_B[:, None] + j_BO, axis=1)
+    return jnp.where(j_BO < s.n_out[:, None], tokens, pad_id)
+
+
 @dataclasses.dataclass(frozen=True)
 class Loop:
     """One decode, as the traced program sees it: the target and drafter (pytrees), the static spec, and the data
@@ -151,16 +158,14 @@ class Loop:
         return s.replace(history=history, n_out=n_out, done=done, cache=cache, drafter_state=drafter_state,
                          rng=keys_B3[:, 0], stats=stats)
 
-    def run(self, s: DecodeState) -> DecodeState:
-        """lax.while_loop until every row is done (each active row gains >= 1 token per step)."""
-        cond = lambda s: ~jnp.all(s.done) & (s.stats.target_calls < self.spec.out_size)   # noqa: E731
+    def run(self, s: DecodeState, until=None) -> DecodeState:
+        """lax.while_loop until every row is done (each active row gains >= 1 token per step), or, with `until`
+        (int32 [], data), until the target has been called that many times in all (a chunk of a streamed decode:
+        the next chunk continues from the state exactly as one run would)."""
+        def cond(s):
+            going = ~jnp.all(s.done) & (s.stats.target_calls < self.spec.out_size)
+            return going if until is None else going & (s.stats.target_calls < until)
         return lax.while_loop(cond, lambda s: self.spec.constrain(self.step(s)), s)
-
-    def output(self, s: DecodeState, pad_id) -> jax.Array:
-        """int32 [B, out_size]: each row's output tokens, pad_id after its end."""
-        j_BO = jnp.arange(self.spec.out_size)[None, :]
-        tokens = jnp.take_along_axis(s.history.tokens_BW, s.prompt_len_B[:, None] + j_BO, axis=1)
-        return jnp.where(j_BO < s.n_out[:, None], tokens, pad_id)
 
     # ---------------------------------------------------------------------------------------------------- parts
 

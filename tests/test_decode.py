@@ -239,3 +239,40 @@ def test_the_copy_check_tells_a_fill_from_a_cache():
         "ROOT %copy.5 = f32[2,1,64,8]{3,2,1,0} copy(%get-tuple-element.9)",
     ])
     assert cache_copies(hlo, ["f32[2,1,203,8]"]) == ["%copy.4 = f32[2,1,203,8]{3,2,1,0} copy(%get-tuple-element.9)"]
+
+
+@pytest.mark.parametrize("case", ["plain-eos", "tree-sampled"])
+def test_streamed_decoding_is_decoding_in_chunks(tiny_llama, case):
+    """decode_stream yields the prefill's token, then the tokens after every `steps` target calls; every chunk is a
+    prefix of the last, and the last is decode()'s result token for token (sampled, with a draft tree, too: the
+    chunks carry the caches, the drafter's state and the random keys). Plain decoding makes one token per call, so
+    its chunks grow by exactly `steps` tokens per row (a chunk that ran past its bound would show)."""
+    from spectax import DraftTree
+    from spectax.drafters import DraftModel
+
+    if case == "plain-eos":
+        kw, steps = dict(eos_id=int(spectax.decode(tiny_llama, PROMPTS[:1], 24).tokens[0, 9])), 3
+    else:
+        kw, steps = dict(drafter=DraftModel(tiny_llama, tree=DraftTree.kary((2, 1))), temperature=1.0, rng=5), 2
+    whole = spectax.decode(tiny_llama, PROMPTS, 24, **kw)
+    chunks = list(spectax.decode_stream(tiny_llama, PROMPTS, 24, steps=steps, **kw))
+    last = chunks[-1]
+    np.testing.assert_array_equal(last.tokens, whole.tokens)
+    np.testing.assert_array_equal(last.lengths, whole.lengths)
+    assert int(last.stats.target_calls) == int(whole.stats.target_calls)
+    np.testing.assert_array_equal(chunks[0].lengths, [1] * len(PROMPTS))
+    final_len = np.asarray(whole.lengths)
+    for k, chunk in enumerate(chunks):
+        n = np.asarray(chunk.lengths)
+        assert (n <= final_len).all()
+        for b in range(len(PROMPTS)):
+            assert np.asarray(chunk.tokens[b, :n[b]]).tolist() == np.asarray(whole.tokens[b, :n[b]]).tolist()
+        if case == "plain-eos":
+            np.testing.assert_array_equal(n, np.minimum(1 + k * steps, final_len))
+    assert len(chunks) == -(-int(whole.stats.target_calls) // steps) + 1
+
+
+def test_stream_steps_must_be_positive(tiny_llama):
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="steps"):
+            spectax.decode_stream(tiny_llama, PROMPTS, 8, steps=bad)
