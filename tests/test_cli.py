@@ -245,14 +245,10 @@ def test_a_second_generate_compiles_nothing(char_ckpt, tmp_path):
     assert runs[1].stdout == runs[0].stdout and any((tmp_path / "cc").iterdir())
 
 
-@pytest.mark.parametrize("drafter", [False, True], ids=["plain", "heads"])
-def test_streamed_text_is_the_text(char_ckpt, capsys, tmp_path, drafter):
-    """--stream prints, chunk by chunk, exactly the text a single run prints (and the same speed line)."""
-    from spectax.drafters import Heads
+def test_streamed_text_is_the_text(char_ckpt, capsys):
+    """--stream prints, chunk by chunk, exactly the text a single run prints (and the same speed line); chunks
+    with drafters are tested in test_decode.py."""
     argv = ["generate", "--model", str(char_ckpt), "--max-new-tokens", str(N), "hello"]
-    if drafter:
-        Heads.create(spectax.load(char_ckpt), num_heads=2).save(tmp_path / "heads")
-        argv[1:1] = ["--drafter", str(tmp_path / "heads")]
     whole, _ = run_cli(capsys, *argv)
     streamed, err = run_cli(capsys, *argv[:1], "--stream", "--stream-steps", "2", *argv[1:])
     assert streamed == whole and SPEED.match(err.strip())

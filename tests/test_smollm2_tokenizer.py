@@ -32,13 +32,19 @@ def reader(gguf_path):
     return open_gguf(gguf_path)  # parsing the metadata takes seconds: do it once
 
 
+@pytest.fixture(scope="module")
+def built(reader):
+    from spectax.io.tokenizer import from_gguf
+
+    return from_gguf(reader)
+
+
 @pytest.fixture(scope="module", params=["gguf", "saved"])
-def tok(request, reader, tmp_path_factory):
+def tok(request, built, tmp_path_factory):
     """Built from the GGUF metadata, and that tokenizer saved (HFTokenizer.save) and read back (from_dir): every
     golden check runs on both."""
-    from spectax.io.tokenizer import HFTokenizer, from_gguf
+    from spectax.io.tokenizer import HFTokenizer
 
-    built = from_gguf(reader)
     if request.param == "gguf":
         return built
     return HFTokenizer.from_dir(built.save(tmp_path_factory.mktemp("tokenizer") / "saved"))
