@@ -9,5 +9,5 @@ from spectax.models.ensemble import Ensemble
 from spectax.sampling import Sampling
 from spectax.tree import DraftTree
 
-__all__ = ["DecodeResult", "Decoder", "DraftTree", "Ensemble", "Model", "ModelConfig", "Sampling", "decode", "decode_stream",
-           "drafters", "enable_compile_cache", "load", "save"]
+__all__ = ["DecodeResult", "Decoder", "DraftTree", "Ensemble", "Model", "ModelConfig", "Sampling", "decode",
+           "decode_stream", "drafters", "enable_compile_cache", "load", "save"]

@@ -125,6 +125,12 @@ def use_compile_cache(args: argparse.Namespace) -> None:
         enable_compile_cache(args.compile_cache)
 
 
+def decode_kwargs(args: argparse.Namespace, eos, drafter) -> dict:
+    """decode()'s keyword arguments from the shared decoding flags."""
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, rng=args.seed, eos_id=eos, drafter=drafter)
+
+
 def timed_decode(model, prompts, args, drafter, eos):
     """One decode of `prompts` with the sampling flags, blocked on. Returns (DecodeResult, seconds without compile,
     Compiles): the compile time it ran (tracing, lowering, compiling or reading the cache) is measured and taken
@@ -136,9 +142,7 @@ def timed_decode(model, prompts, args, drafter, eos):
 
     with watch_compiles() as compiles:
         start = time.perf_counter()
-        out = jax.block_until_ready(spectax.decode(
-            model, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, rng=args.seed, eos_id=eos, drafter=drafter))
+        out = jax.block_until_ready(spectax.decode(model, prompts, **decode_kwargs(args, eos, drafter)))
         seconds = time.perf_counter() - start
     return out, max(seconds - compiles.seconds, 1e-9), compiles
 
@@ -176,9 +180,8 @@ def streamed_decode(model, prompt, args, drafter, eos, reply):
     shown = ""
     with watch_compiles() as compiles:
         start = time.perf_counter()
-        for out in spectax.decode_stream(model, [prompt], args.max_new_tokens, steps=args.stream_steps,
-                                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                         rng=args.seed, eos_id=eos, drafter=drafter):
+        for out in spectax.decode_stream(model, [prompt], steps=args.stream_steps,
+                                         **decode_kwargs(args, eos, drafter)):
             n = int(out.lengths[0])
             text = reply(out.tokens[0], n).rstrip("\ufffd")
             if text.startswith(shown):
