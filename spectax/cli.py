@@ -33,6 +33,8 @@ from pathlib import Path
 PROG = "spectax"
 DEMO_MODEL = "smollm2-135m-instruct"
 DEMO_DRAFTER = "medusa"
+BENCH_METHODS = ("plain", "draft-chain", "draft-tree", "blockwise", "medusa", "cerberus", "block-chain", "block-tree",
+                 "ngram", "combined", "cos")   # spectax.bench.methods.METHODS (not imported: `spectax --help` is fast)
 
 
 def _positive_int(text: str) -> int:
@@ -46,7 +48,8 @@ def _positive_int(text: str) -> int:
 
 
 def _shared_flags() -> dict[str, argparse.ArgumentParser]:
-    """The flag groups `demo` and `generate` share (one definition, one help text each)."""
+    """The flag groups the subcommands share (one definition, one help text each): compiling and tree (demo,
+    generate, bench); sampling (demo, generate) and its many-valued form (bench: a run per temperature)."""
     compiling = argparse.ArgumentParser(add_help=False)
     group = compiling.add_argument_group("compilation")
     group.add_argument("--compile-cache", metavar="DIR",
@@ -54,21 +57,31 @@ def _shared_flags() -> dict[str, argparse.ArgumentParser]:
                             "programs from here instead of compiling (default: the directory JAX is configured with, "
                             "else compile/ in the spectax cache, $SPECTAX_CACHE or ~/.cache/spectax)")
     group.add_argument("--no-compile-cache", action="store_true", help="compile every program afresh")
-    sampling = argparse.ArgumentParser(add_help=False)
-    group = sampling.add_argument_group("decoding")
-    group.add_argument("--max-new-tokens", type=_positive_int, default=128, help="default: %(default)s")
-    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    group.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
-    group.add_argument("--top-p", type=float, default=1.0, help="1 = off (default)")
-    group.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    return {"compiling": compiling, "sampling": sampling}
+    tree = argparse.ArgumentParser(add_help=False)
+    tree.add_argument_group("draft tree").add_argument(
+        "--tree", metavar="SPEC", help='the drafter\'s tree: "chain:K" (K tokens in a line), "kary:B1,B2,..." '
+                                       '(B_d children per node at depth d); bench also takes "optimal" (the Sequoia '
+                                       "tree for the acceptance measured on held-out prompts and this machine's "
+                                       "c(N)); default: each drafter's own")
+    out = {"compiling": compiling, "tree": tree}
+    for name, many in (("sampling", False), ("sampling_runs", True)):
+        sampling = argparse.ArgumentParser(add_help=False)
+        group = sampling.add_argument_group("decoding")
+        group.add_argument("--max-new-tokens", type=_positive_int, default=128, help="default: %(default)s")
+        group.add_argument("--temperature", type=float, default=[0.0] if many else 0.0, nargs="+" if many else None,
+                           help="0 = greedy (default)" + ("; several: a run for each" if many else ""))
+        group.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+        group.add_argument("--top-p", type=float, default=1.0, help="1 = off (default)")
+        group.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+        out[name] = sampling
+    return out
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Speculative and parallel decoding in JAX.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,list,train}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench,list,train}")
     shared = _shared_flags()
-    both = [shared["sampling"], shared["compiling"]]
+    both = [shared["sampling"], shared["compiling"], shared["tree"]]
 
     demo = sub.add_parser("demo", parents=both,
                           help="SmolLM2-135M-Instruct answers a chat prompt plain and with a shipped drafter",
@@ -102,6 +115,39 @@ def _parser() -> argparse.ArgumentParser:
                                                                            "(default: %(default)s)")
     gen.add_argument("--compare-plain", action="store_true",
                      help="with --drafter: also decode plain, print the speedup and whether the tokens agree")
+
+    bench = sub.add_parser("bench", parents=[shared["sampling_runs"], shared["compiling"], shared["tree"]],
+                           help="benchmark every decoding method against plain decoding on Spec-Bench",
+                           description="Times each method (--methods) interleaved with plain decoding, prompt batch "
+                                       "by prompt batch, on Spec-Bench (a stratified sample; --full: all 480), checks "
+                                       "greedy tokens against plain decoding's (exit status 1 if any differ), and "
+                                       "writes bench.json, bench.md and plots into --out.")
+    bench.add_argument("--model", default=DEMO_MODEL, help="a registered name, checkpoint, HF directory or .gguf "
+                                                           "(default: %(default)s)")
+    bench.add_argument("--tokenizer", help="as for generate (default: the model's own)")
+    bench.add_argument("--methods", nargs="+", metavar="METHOD",
+                       help="among: " + ", ".join(BENCH_METHODS) + " (default: draft-chain medusa block-chain ngram "
+                            "combined cos; plain always runs)")
+    bench.add_argument("--batch", nargs="+", type=_positive_int, help="batch sizes, a run for each (default: 1 8; "
+                                                                      "--smoke: 1)")
+    bench.add_argument("--per-category", type=_positive_int, default=1,
+                       help="Spec-Bench questions per category (13 categories; default: %(default)s)")
+    bench.add_argument("--full", action="store_true", help="all 480 Spec-Bench questions")
+    bench.add_argument("--spec-bench", metavar="FILE", help="Spec-Bench question.jsonl (default: $SPECTAX_SPEC_BENCH"
+                                                            "/question.jsonl, else ../shared/data/spec_bench)")
+    bench.add_argument("--prompt-bucket", type=_positive_int, default=512,
+                       help="prompts keep their last N tokens, padded to N (default: %(default)s)")
+    bench.add_argument("--repeats", type=_positive_int, default=1, help="timings per batch, the median kept")
+    bench.add_argument("--out", default="spectax-bench", metavar="DIR",
+                       help="where bench.json, bench.md and the PNGs go (default: %(default)s)")
+    bench.add_argument("--smoke", action="store_true", help="a tiny random model drafting for itself (plain and "
+                                                            "draft-chain), four short prompts, 32 new tokens: checks "
+                                                            "the harness in seconds")
+    bench.add_argument("--device-report", action="store_true",
+                       help="add the memory-bandwidth limit (weight bytes / measured bandwidth) and each method's "
+                            "decode tokens/s against it (for a GPU or TPU)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench.set_defaults(max_new_tokens=64)
 
     train = sub.add_parser("train", help="train a drafter (`spectax train heads --help`, `spectax train block "
                                          "--help`)", add_help=False)
@@ -233,7 +279,7 @@ def _generate(args: argparse.Namespace) -> int:
     if not all(prompts):
         raise ValueError("a prompt is empty")
     eos = stop_ids(tok, model.config)
-    drafter = None if args.drafter is None else pick_drafter(args.model, args.drafter)
+    drafter = with_tree(None if args.drafter is None else pick_drafter(args.model, args.drafter), args.tree)
 
     def reply(row, n: int) -> str:
         new = [int(t) for t in row[:n]]
@@ -267,6 +313,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_tree(drafter, spec: str | None):
+    """`drafter` with the tree of `--tree SPEC` (the drafter's own without one). ValueError for a tree without a
+    drafter, a bad spec, or "optimal" (which `spectax bench` calibrates)."""
+    if spec is None:
+        return drafter
+    from spectax.bench.methods import parse_tree
+
+    if drafter is None:
+        raise ValueError("--tree sets a drafter's tree: give --drafter")
+    tree = parse_tree(spec)
+    if tree == "optimal":
+        raise ValueError('--tree optimal is calibrated by `spectax bench --tree optimal`; generate takes "chain:K" '
+                         'or "kary:B1,B2,..."')
+    return drafter.replace(tree=tree)
+
+
 def pick_drafter(model_arg: str, drafter: str):
     """The drafter for `--drafter`: a shipped one of a registered model (a heads kind or "block"), or a drafter
     directory (heads or block)."""
@@ -288,7 +350,7 @@ def _demo(args: argparse.Namespace) -> int:
     use_compile_cache(args)
     model = spectax.load(DEMO_MODEL)
     tok = hub.tokenizer(DEMO_MODEL)
-    drafted = pick_drafter(DEMO_MODEL, args.drafter)
+    drafted = with_tree(pick_drafter(DEMO_MODEL, args.drafter), args.tree)
     ids = tok.encode_chat([{"role": "user", "content": args.prompt}])
     eos = stop_ids(tok, model.config)
     runs = {name: timed_decode(model, [ids], args, drafter, eos)
@@ -305,6 +367,13 @@ def _demo(args: argparse.Namespace) -> int:
     same = bool((a.tokens == b.tokens).all())
     print(f"--- outputs identical: {same} (CPU timings are noisy)")
     return 0 if same or args.temperature != 0 else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from spectax.bench.run import main as bench_main
+
+    use_compile_cache(args)
+    return bench_main(args)
 
 
 def _list() -> int:
@@ -326,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "demo":
             return _demo(args)
+        if args.command == "bench":
+            return _bench(args)
         if args.command == "train":
             if args.what == "block":
                 from spectax.train.block import main as train_main

@@ -1,0 +1,112 @@
+"""`spectax bench`: the smoke run writes the documented JSON, table and plots; a method whose greedy tokens differ from
+plain decoding's fails the run; the statistics and the flags."""
+
+import dataclasses
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from spectax import cli
+from spectax.bench import methods, plots, report
+from spectax.tree import DraftTree
+
+METHOD_KEYS = {"description", "reference", "tree", "tau", "acceptance_per_depth", "decode_tokens_per_s",
+               "e2e_tokens_per_s", "speedup", "speedup_median", "speedup_ci95", "decode_speedup", "eta",
+               "compile_seconds", "compiles", "program_memory_bytes", "tokens_match_reference", "batches",
+               "by_category"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    status = cli.main(["bench", "--smoke", "--quiet", "--out", str(out)])
+    return status, out
+
+
+def test_smoke_run_writes_the_schema_the_table_and_the_plots(smoke):
+    status, out = smoke
+    assert status == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["schema"] == report.SCHEMA and result["model"] == "smoke"
+    assert result["verify_cost"]["nodes"] == [0, 1, 2] and result["verify_cost"]["cost"][0] == 1.0
+    (run,) = result["runs"]
+    assert (run["batch"], run["temperature"], run["prompts"]) == (1, 0.0, 4)
+    assert list(run["methods"]) == ["plain", "draft-chain"]
+    for m in run["methods"].values():
+        assert set(m) == METHOD_KEYS
+        assert m["batches"] == 4 and m["compiles"] == 3 and m["program_memory_bytes"] > 0
+        lo, hi = m["speedup_ci95"]
+        assert lo <= m["speedup_median"] <= hi and m["e2e_tokens_per_s"] > 0
+    plain, drafted = run["methods"]["plain"], run["methods"]["draft-chain"]
+    assert plain["tau"] == 1.0 and plain["speedup"] == 1.0 and plain["tokens_match_reference"] is None
+    # the model drafting for itself: every chain of 3 is accepted, so tau is 4 but for the last step of a row
+    assert drafted["tokens_match_reference"] is True and drafted["reference"] == "plain"
+    assert 3.5 < drafted["tau"] <= 4.0 and drafted["acceptance_per_depth"] == [1.0, 1.0, 1.0]
+    assert drafted["tree"] == [[0], [0, 0], [0, 0, 0]] and set(drafted["by_category"]) == {"smoke"}
+    table = (out / "bench.md").read_text()
+    assert "| draft-chain | 3 | " in table and "| yes |" in table
+    for name in plots.PLOTS:
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_a_method_whose_greedy_tokens_differ_from_plain_fails_the_run(tmp_path, monkeypatch):
+    """No drafter can change greedy output (the verifiers are lossless against any draft), so the corrupted method
+    decodes with a perturbed copy of the target: the harness must see its tokens differ and exit 1, the JSON still
+    written and saying which."""
+    build = methods.build
+
+    def corrupted(model, registered, names):
+        out = build(model, registered, names)
+        bad = out["draft-chain"]
+        params = dict(model.params, final_norm={"scale": -model.params["final_norm"]["scale"]})
+        return {**out, "draft-chain": dataclasses.replace(bad, target=model.replace(params=params))}
+
+    monkeypatch.setattr(methods, "build", corrupted)
+    assert cli.main(["bench", "--smoke", "--quiet", "--out", str(tmp_path)]) == 1
+    run = json.loads((tmp_path / "bench.json").read_text())["runs"][0]
+    assert run["methods"]["draft-chain"]["tokens_match_reference"] is False
+    assert report.mismatches({"runs": [run]}) == ["draft-chain (batch 1, temperature 0)"]
+
+
+def test_bootstrap_interval_holds_the_median_and_narrows_with_more_batches():
+    rng = np.random.default_rng(1)
+    few = rng.normal(1.2, 0.2, 8)
+    many = rng.normal(1.2, 0.2, 400)
+    m, lo, hi = report.bootstrap_median(few)
+    assert m == np.median(few) and lo <= m <= hi
+    _, lo2, hi2 = report.bootstrap_median(many)
+    assert hi2 - lo2 < (hi - lo) / 2 and lo2 < 1.2 < hi2
+    assert report.bootstrap_median(few) == report.bootstrap_median(few)    # seeded
+
+
+def test_acceptance_per_depth_from_the_histogram():
+    # 10 speculating steps: 4 accepted nothing, 3 one token, 2 two, 1 three
+    assert report.acceptance_per_depth([4, 3, 2, 1]) == pytest.approx([6 / 10, 3 / 6, 1 / 3])
+    assert report.acceptance_per_depth([5]) == []
+
+
+def test_tree_specs():
+    assert methods.parse_tree("chain:3") == DraftTree.chain(3)
+    assert methods.parse_tree("kary:3,2") == DraftTree.kary((3, 2))
+    assert methods.parse_tree("optimal") == "optimal"
+    for bad in ("chain", "chain:0", "kary:", "kary:2,x", "star:3"):
+        with pytest.raises(ValueError, match="chain:K"):
+            methods.parse_tree(bad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--smoke", "--methods", "nope"], "unknown method"),
+    (["bench", "--smoke", "--methods", "medusa"], "registered model"),
+    (["bench", "--smoke", "--tree", "chain:9"], "deeper than it can fill"),
+    (["bench", "--smoke", "--tree", "kary"], "chain:K"),
+])
+def test_bench_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv + ["--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spectax: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "bench.json").exists()
