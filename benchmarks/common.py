@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository root: recipes' Spec-Bench setting
 from recipes import spec_bench  # noqa: E402
 from spectax.api import bucket, prepare_prompt, row_keys  # noqa: E402
+from spectax.bench.report import machine  # noqa: E402,F401  (re-exported: where a measurement ran)
 from spectax.loop import Loop  # noqa: E402
 from spectax.models import Model  # noqa: E402
 from spectax.sampling import make_sampling  # noqa: E402
@@ -75,12 +75,6 @@ def _start(model, drafter, prompt, lengths, new, sp, *, spec, size):
 @jax.jit(static_argnames=("spec",))
 def _loop(model, drafter, state, new, sp, *, spec):
     return _loop_of(model, drafter, new, sp, spec).run(state)
-
-
-def machine() -> dict:
-    """Where a measurement was taken."""
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "python": sys.version.split()[0]}
 
 
 def write_result(path: Path, result: dict) -> None:

@@ -146,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device-report", action="store_true",
                        help="add the memory-bandwidth limit (weight bytes / measured bandwidth) and each method's "
                             "decode tokens/s against it (for a GPU or TPU)")
+    bench.add_argument("--reference", action="store_true",
+                       help="also run Hugging Face transformers on the same prompts (batch 1, greedy): generate, "
+                            "assisted generation with the draft-chain draft and k, prompt lookup (needs the [bench] "
+                            "extra: torch, transformers)")
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(max_new_tokens=64)
 

@@ -49,6 +49,7 @@ class BatchRecord:
     loop_tokens: int              # tokens the loop steps committed (DecodeStats.new_tokens)
     accepted_hist: list[int]      # [D + 1] speculating steps by accepted draft tokens
     same_as_reference: bool | None
+    rows: list[list[int]]         # each row's output tokens (not in the JSON: the reference comparison reads them)
 
 
 @dataclasses.dataclass
@@ -157,7 +158,8 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
                 total_seconds=float(np.median([r[2] for r in runs])),
                 tokens=int(np.asarray(out.lengths).sum()), target_calls=int(np.asarray(st.row_calls).sum()),
                 loop_tokens=int(np.asarray(st.new_tokens).sum()),
-                accepted_hist=np.asarray(st.accepted_hist).sum(0).astype(int).tolist(), same_as_reference=same))
+                accepted_hist=np.asarray(st.accepted_hist).sum(0).astype(int).tolist(), same_as_reference=same,
+                rows=[np.asarray(t)[:n].tolist() for t, n in zip(out.tokens, np.asarray(out.lengths))]))
         if progress is not None:
             progress(len(group))
     return {name: prog.record for name, prog in programs.items()}

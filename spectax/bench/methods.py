@@ -36,6 +36,7 @@ METHODS = {
 DEFAULT_METHODS = ("draft-chain", "medusa", "block-chain", "ngram", "combined", "cos")
 NEEDS_NOTHING_TRAINED = ("plain", "draft-chain", "draft-tree", "ngram")
 DRAFT_LAYERS = 4
+DRAFT_CHAIN = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,7 @@ def build(model: Model, registered: str | None, names: list[str]) -> dict[str, M
         if name in out:
             continue
         if name == "draft-chain":
-            out[name] = Method(name, model, DraftModel(draft, tree=DraftTree.chain(3)))
+            out[name] = Method(name, model, DraftModel(draft, tree=DraftTree.chain(DRAFT_CHAIN)))
         elif name == "draft-tree":
             out[name] = Method(name, model, DraftModel(draft, tree=DraftTree.kary((3, 2, 1))))
         elif name in ("blockwise", "medusa", "cerberus"):

@@ -131,6 +131,16 @@ def markdown(result: dict) -> str:
                          f"{m['decode_tokens_per_s']:.1f} | {m['e2e_tokens_per_s']:.1f} | {m['compile_seconds']:.1f} | "
                          f"{same} |")
         lines.append("")
+    ref = result.get("reference")
+    if ref:
+        lines += [f"Hugging Face transformers {ref['versions']['transformers']} (torch {ref['versions']['torch']}, "
+                  f"{ref['threads']} threads), the same {ref['prompts']} prompts, batch 1, greedy:", "",
+                  "| method | tau | tokens/s | speedup over its greedy | same tokens as spectax plain |",
+                  "|---|---|---|---|---|"]
+        for name, m in ref["methods"].items():
+            same = "-" if m["same_tokens_as_spectax_plain"] is None else f"{m['same_tokens_as_spectax_plain']:.0%}"
+            lines.append(f"| {name} | {m['tau']:.2f} | {m['tokens_per_s']:.1f} | {m['speedup']:.2f}x | {same} |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spectax.bench import harness, methods, plots, report, workload
+from spectax.bench import harness, methods, plots, reference, report, workload
 
 SMOKE_CONFIG = dict(arch="llama", vocab_size=320, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     head_dim=8, intermediate_size=64, max_position=512)
@@ -116,6 +116,8 @@ def main(args: argparse.Namespace) -> int:
     method's tokens differed from its reference's)."""
     from tqdm import tqdm
 
+    if args.reference and not reference.available():
+        raise ValueError("--reference needs torch and transformers: pip install -e '.[bench]'")
     names = list(args.methods or (SMOKE_METHODS if args.smoke else methods.DEFAULT_METHODS))
     if args.smoke:                     # the tiny model's context is 512 positions
         args.prompt_bucket, args.max_new_tokens = min(args.prompt_bucket, 64), min(args.max_new_tokens, 32)
@@ -141,6 +143,7 @@ def main(args: argparse.Namespace) -> int:
                            "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "tree": args.tree},
               "verify_cost": cost, "device_report": None, "reference": None, "runs": []}
     out = Path(args.out)
+    plain_rows = None                       # spectax's plain greedy tokens at batch 1, for the reference
     for temperature in args.temperature:
         for batch in batches:
             with tqdm(total=len(prompts), desc=f"batch {batch}, T={temperature:g}", unit="prompt",
@@ -149,10 +152,22 @@ def main(args: argparse.Namespace) -> int:
                                           prompt_bucket=args.prompt_bucket, temperature=temperature,
                                           seed=args.seed, eos_ids=subject.eos, repeats=args.repeats,
                                           top_k=args.top_k, top_p=args.top_p, progress=bar.update)
+            if args.reference and batch == 1 and temperature == 0:
+                plain_rows = {i: b.rows[0] for i, b in enumerate(records["plain"].batches)}
             result["runs"].append({"batch": batch, "temperature": temperature, "prompts": len(prompts),
                                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                                    "methods": report.summarize(records)})
             report.write(out, result)                            # a checkpoint after every run
+    if args.reference:
+        from spectax.io import hub
+
+        if subject.registered is None or not str(hub.resolve(subject.registered)).endswith(".gguf"):
+            raise ValueError("--reference loads the model's GGUF file into transformers: it needs a registered model")
+        with tqdm(total=len(prompts), desc="transformers", unit="prompt", file=sys.stderr, disable=args.quiet) as bar:
+            result["reference"] = reference.measure(
+                hub.resolve(subject.registered), prompts, args.max_new_tokens, args.prompt_bucket,
+                methods.DRAFT_LAYERS, methods.DRAFT_CHAIN, spectax_plain=plain_rows,
+                progress=bar.update)
     if args.device_report:
         result["device_report"] = device_report(subject.model, result)
     report.write(out, result)

@@ -1,25 +1,18 @@
-"""Speculative decoding speed on SmolLM2-135M-Instruct (fp32, greedy), against spectax plain decoding.
+"""The decode loop's own overhead on SmolLM2-135M-Instruct (fp32, greedy), against spectax plain decoding.
 
-Two parts, each measured in one process with plain decoding interleaved, the decode loop (spectax.loop.run, the
-jitted while_loop decode() runs) timed from a prefilled state:
-  (a) draft model: drafts made of the target's own layers (with its final norm and tied head, no training): its
-      first `--draft-layers` layers, and all its layers but one. Each as a DraftModel with a chain, a k-ary tree and
-      the Sequoia-optimal tree (DraftTree.optimal) for the per-rank acceptance the k-ary tree measured; over
-      `--prompts` Spec-Bench prompts spread over the categories, batch 1. Reports tau, acceptance per depth,
-      tokens/s and speedup.
-  (b) replay drafts: the plain greedy output replayed as a chain draft, each token corrupted with probability p
-      chosen for tau 2, 3, 4, 5, at batch 1 and batch 8: the loop's own overhead, eta = speedup / tau. Also the bare
-      target forward over T = 1 and k + 1 tokens (no verify / commit / draft), to split a step's cost into the
-      verification forward and the rest of the loop.
+Not a method benchmark (those are `spectax bench`): replay drafts, the plain greedy output replayed as a chain draft,
+each token corrupted with probability p chosen for tau 2, 3, 4, 5, at batch 1 and batch 8: the loop's own overhead,
+eta = speedup / tau. Also the bare target forward over T = 1 and k + 1 tokens (no verify / commit / draft), to split a
+step's cost into the verification forward and the rest of the loop. The decode loop is timed from a prefilled state,
+interleaved with plain decoding in one process. (Until 2026-12-03 this was the replay part of
+benchmarks/speculative.py; its results are in results/speculative.json.)
 
-Writes JSON (default benchmarks/results/speculative.json). Run: python benchmarks/speculative.py
+Writes JSON (default benchmarks/results/loop_overhead.json). Run: python benchmarks/loop_overhead.py
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -31,7 +24,7 @@ import numpy as np
 import spectax
 from spectax import DraftTree
 from spectax.cache import KVCache
-from spectax.drafters import DraftModel, NoDraft, Replay
+from spectax.drafters import NoDraft, Replay
 from spectax.io import hub
 from spectax.models import Model
 
@@ -58,14 +51,6 @@ def forward_floor(model: Model, batch: int, context: int, T: int, steps: int):
     return lambda: run_floor(model, kv)
 
 
-def layer_subset(model: Model, layers: list[int]) -> Model:
-    """A draft made of some of the target's layers (with its final norm and tied head), no training needed."""
-    config = dataclasses.replace(model.config, num_layers=len(layers))
-    params = {k: v for k, v in model.params.items() if not k.startswith("layers_")}
-    params.update({f"layers_{i}": model.params[f"layers_{layer}"] for i, layer in enumerate(layers)})
-    return Model(config=config, params=params)
-
-
 def chat_prompts(tok, questions, n: int, max_tokens: int) -> list[dict]:
     """n chat-formatted first turns spread evenly over the Spec-Bench file (so over its categories)."""
     picked = []
@@ -79,57 +64,6 @@ def chat_prompts(tok, questions, n: int, max_tokens: int) -> list[dict]:
 
 def loop_tokens(out) -> int:
     return int(np.sum(np.asarray(out.n_out) - 1))   # the loop's tokens (the prefill made each row's first)
-
-
-def draft_model_part(model, tok, questions, args) -> dict:
-    """Part (a): SmolLM2 target; drafts made of its own layers; chain / k-ary / optimal trees; batch 1."""
-    L = model.config.num_layers
-    drafts = {f"first{args.draft_layers}": layer_subset(model, list(range(args.draft_layers))),
-              f"skip_layer{L // 2}": layer_subset(model, [i for i in range(L) if i != L // 2])}
-    prompts = chat_prompts(tok, questions, args.prompts, args.prompt_bucket)
-    trees = {"chain": DraftTree.chain(args.chain), "kary": DraftTree.kary(tuple(args.kary))}
-    result = {"drafts": {"first%d" % args.draft_layers: f"the target's first {args.draft_layers} of {L} layers",
-                         f"skip_layer{L // 2}": f"the target without layer {L // 2}"},
-              "prompts": [{k: p[k] for k in ("question_id", "category")} | {"tokens": len(p["ids"])}
-                          for p in prompts], "new_tokens": args.new, "configs": {}}
-
-    def measure(drafters: dict) -> dict:
-        """Per prompt, every drafter in turn (interleaved): loop seconds, loop tokens, summed stats."""
-        totals = {name: {"s": 0.0, "tokens": 0, "stats": None} for name in drafters}
-        for p in prompts:
-            for name, drafter in drafters.items():
-                program = LoopProgram(model, drafter, [p["ids"]], args.new, args.prompt_bucket)
-                program()  # compile (once per drafter) / warm
-                s, out = timed(program)
-                totals[name]["s"] += s
-                totals[name]["tokens"] += loop_tokens(out)
-                # the prompts' counters summed: one DecodeStats over all of them (batch-1 shapes are equal)
-                prev = totals[name]["stats"]
-                totals[name]["stats"] = out.stats if prev is None else jax.tree.map(jnp.add, prev, out.stats)
-        return totals
-
-    drafters = {"plain": NoDraft()}
-    drafters.update({f"{d}/{t}": DraftModel(draft, tree=tree) for d, draft in drafts.items()
-                     for t, tree in trees.items()})
-    measured = measure(drafters)
-    for d, draft in drafts.items():   # Sequoia: the optimal tree for the per-rank acceptance the k-ary tree measured
-        acceptance = measured[f"{d}/kary"]["stats"].rank_acceptance
-        optimal = DraftTree.optimal(acceptance, budget=trees["kary"].num_nodes, max_depth=args.optimal_depth)
-        result.setdefault("measured_rank_acceptance", {})[d] = acceptance.tolist()
-        if optimal.num_nodes:
-            drafters[f"{d}/optimal"] = DraftModel(draft, tree=optimal)
-            measured.update(measure({f"{d}/optimal": drafters[f"{d}/optimal"]}))
-    plain_rate = measured["plain"]["tokens"] / measured["plain"]["s"]
-    result["plain_tokens_per_s"] = plain_rate
-    for name, m in measured.items():
-        if name == "plain":
-            continue
-        tree, stats, rate = drafters[name].tree, m["stats"], m["tokens"] / m["s"]
-        result["configs"][name] = {
-            "tree_parents": list(tree.parents), "nodes": tree.num_nodes, "depth": tree.max_depth,
-            "tau": stats.tau, "acceptance_per_depth": stats.acceptance_per_depth.tolist(),
-            "tokens_per_s": rate, "speedup": rate / plain_rate, "eta": rate / plain_rate / stats.tau}
-    return result
 
 
 def replay_corruption(tau: float, k: int) -> float:
@@ -196,32 +130,20 @@ def replay_part(model, tok, questions, args) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", nargs="+", default=["replay", "draft"], choices=["replay", "draft"])
     ap.add_argument("--new", type=int, default=96, help="new tokens per row per measurement")
     ap.add_argument("--prompt-bucket", type=int, default=256, help="prompts are right-padded to this (<= it)")
-    ap.add_argument("--prompts", type=int, default=6, help="Spec-Bench prompts for the draft-model part")
-    ap.add_argument("--draft-layers", type=int, default=4)
-    ap.add_argument("--chain", type=int, default=3)
-    ap.add_argument("--kary", type=int, nargs="+", default=[3, 2, 1])
-    ap.add_argument("--optimal-depth", type=int, default=5)
     ap.add_argument("--taus", type=float, nargs="+", default=[2, 3, 4, 5])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--spec-bench", type=Path, default=SPEC_BENCH)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "speculative.json")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loop_overhead.json")
     args = ap.parse_args(argv)
 
     model = spectax.load(MODEL)
     tok = hub.tokenizer(MODEL)
     questions = spec_bench_prompts(args.spec_bench)
-    result = {"benchmark": "speculative", "model": MODEL, "dtype": "float32", "sampling": "greedy",
-              "machine": machine()}
-    if args.out.is_file():   # a run of some parts keeps the other parts' last results
-        result = json.loads(args.out.read_text()) | result
-    if "replay" in args.parts:
-        result["replay"] = replay_part(model, tok, questions, args)
-    if "draft" in args.parts:
-        result["draft_model"] = draft_model_part(model, tok, questions, args)
+    result = {"benchmark": "loop_overhead", "model": MODEL, "dtype": "float32", "sampling": "greedy",
+              "machine": machine(), "replay": replay_part(model, tok, questions, args)}
     write_result(args.out, result)
 
 
