@@ -110,3 +110,19 @@ def test_bench_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith("spectax: error:") and message in err and "\n" not in err
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_missing_reference_is_measured_first_and_is_its_own_reference():
+    import spectax
+    from spectax.bench import harness, run, workload
+    from spectax.drafters import DraftModel
+    from spectax.io.tokenizer import load_tokenizer
+
+    model = spectax.Model.random(spectax.ModelConfig(**run.SMOKE_CONFIG), seed=0, scale=3.0)
+    drafted = methods.Method("self-draft", model, DraftModel(model, tree=DraftTree.chain(2)), reference="plain-own")
+    prompts = workload.smoke(load_tokenizer("byte"))[:2]
+    records = harness.measure({"self-draft": drafted}, prompts, batch=1, new_tokens=8, prompt_bucket=64)
+    assert list(records) == ["plain-own", "self-draft"]
+    summary = report.summarize(records)
+    assert summary["plain-own"]["reference"] is None and summary["plain-own"]["speedup"] == 1.0
+    assert summary["self-draft"]["reference"] == "plain-own" and summary["self-draft"]["tokens_match_reference"]

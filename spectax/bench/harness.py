@@ -119,7 +119,8 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
     methods = dict(methods)
     for m in list(methods.values()):
         if m.reference not in methods:
-            methods = {m.reference: Method(m.reference, m.target, NoDraft(), max_depth=0), **methods}
+            methods = {m.reference: Method(m.reference, m.target, NoDraft(), reference=m.reference, max_depth=0),
+                       **methods}
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     greedy = temperature == 0
     programs: dict[str, _Programs] = {}

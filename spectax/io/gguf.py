@@ -13,9 +13,12 @@ GGUF facts this module relies on (checked against transformers' own GGUF import)
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from spectax.models.config import ModelConfig, freeze_rope_scaling
 
@@ -215,7 +218,8 @@ def load_gguf(path, dtype: Any = np.float32) -> tuple[ModelConfig, dict]:
     }
     if not cfg.tie_embeddings:
         params["lm_head"] = {"kernel": kernel(get("output.weight", (V, E)))}  # [E, V]
-    for i in range(cfg.num_layers):
+    for i in tqdm(range(cfg.num_layers), desc=f"converting {Path(str(path)).name}", unit="layer", file=sys.stderr,
+                  disable=None, leave=False):   # a bar on a terminal only
         b = f"blk.{i}."
         q = unpermute_qk(get(b + "attn_q.weight", (H * hd, E)), H)  # [H*hd, E]
         k = unpermute_qk(get(b + "attn_k.weight", (G * hd, E)), G)  # [G*hd, E]
