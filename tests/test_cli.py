@@ -206,7 +206,7 @@ def test_compare_plain_reports_a_speedup_and_equal_tokens(char_ckpt, capsys, tmp
     from spectax.drafters import Heads
     Heads.create(spectax.load(char_ckpt), num_heads=2).save(tmp_path / "heads")
     out, err = run_cli(capsys, "generate", "--model", str(char_ckpt), "--max-new-tokens", str(N), "--drafter",
-                       str(tmp_path / "heads"), "--compare-plain", "hello")
+                       str(tmp_path / "heads"), "--tree", "chain:1", "--compare-plain", "hello")
     plain, _ = run_cli(capsys, "generate", "--model", str(char_ckpt), "--max-new-tokens", str(N), "hello")
     assert out == plain
     assert re.search(r"^\[spectax\] plain: \d+ tokens in [0-9.]+ s; speedup [0-9.]+x; tokens identical$", err, re.M)
@@ -216,10 +216,18 @@ def test_compare_plain_reports_a_speedup_and_equal_tokens(char_ckpt, capsys, tmp
     (["--batch-file", "missing.txt"], "not a file"),
     (["--compare-plain", "hi"], "give --drafter"),
     (["--compile-cache", "cc", "--no-compile-cache", "hi"], "contradict"),
+    (["--tree", "chain:2", "hi"], "give --drafter"),
+    (["--drafter", "SHIPPED_MEDUSA", "--tree", "optimal", "hi"], "spectax bench --tree optimal"),
+    (["--drafter", "SHIPPED_MEDUSA", "--tree", "star:2", "hi"], "chain:K"),
+    (["--drafter", "SHIPPED_MEDUSA", "hi"], "vocabulary"),          # a drafter made for another model
 ])
 def test_generate_flag_errors_exit_2(char_ckpt, capsys, tmp_path, monkeypatch, extra, word):
+    from spectax.io import hub
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prompts.txt").write_text("hello\n", encoding="utf-8")
+    medusa = str(hub.shipped_drafter("smollm2-135m-instruct", "medusa"))
+    extra = [medusa if a == "SHIPPED_MEDUSA" else a for a in extra]
     code, err = run_failing(capsys, "generate", "--model", str(char_ckpt), *extra)
     assert code == 2 and err.startswith("spectax: error: ") and word in err
 
