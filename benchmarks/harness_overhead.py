@@ -1,6 +1,6 @@
 """What `spectax bench`'s timing adds: one method timed alone through `spectax.decode()` against the harness's timed
 path (the Decoder's prefill, loop and result programs, each blocked on), alternately on the same prompts, same
-shapes (prompt bucket 512, 64 new tokens, batch 1), SmolLM2-135M-Instruct, plain and the shipped Medusa heads.
+shapes (each prompt padded to its power of two, as decode() does; 64 new tokens, batch 1), SmolLM2-135M-Instruct, plain and the shipped Medusa heads.
 
     python benchmarks/harness_overhead.py          # writes benchmarks/results/harness_overhead.json
 """
@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 import spectax
+from spectax.api import bucket
 from spectax.bench import harness, methods, workload
 from spectax.cli import stop_ids
 from spectax.io import hub
@@ -43,14 +44,14 @@ def main() -> None:
     for name, m in ms.items():
         alone, timed = [], []
         for p in prompts:
-            prompt = np.zeros((1, args.bucket), np.int32)
             ids = p.ids[-args.bucket:]
+            prompt = np.zeros((1, bucket(len(ids))), np.int32)
             prompt[0, :len(ids)] = ids
             lengths = np.array([len(ids)], np.int32)
-            dec = spectax.Decoder(m.target, m.drafter, max_new_tokens=args.new, max_prompt_len=args.bucket,
+            dec = spectax.Decoder(m.target, m.drafter, max_new_tokens=args.new, max_prompt_len=prompt.shape[1],
                                   eos_id=list(eos))
             call_args = dec._program_args(m.target, prompt, lengths, 0, None, None, dec.max_new_tokens, dec.eos_ids)
-            prog = harness._Programs(m, dec, call_args)
+            prog = harness._Programs(dec, call_args)
 
             def direct():
                 return jax.block_until_ready(spectax.decode(m.target, prompt, args.new, prompt_lengths=lengths,

@@ -2,9 +2,10 @@
 
 Each method decodes through spectax's own programs (the `Decoder`'s prefill, its loop run to the end, its result:
 the three programs `decode_stream` uses, here with one chunk), so the prefill and the decode loop are timed apart,
-every result blocked on before a clock stops. A method's programs are compiled ahead of its first batch (the compile
+every result blocked on before a clock stops. A batch is padded as decode() pads it (to the power of two that holds
+its longest prompt); a method's programs for a width are compiled ahead of its first batch of that width (the compile
 time and count measured through JAX's events, XLA's memory analysis of each program kept) and warmed up once; every
-batch after that is timed `repeats` times (median). Under greedy decoding each method's tokens are compared with
+batch is timed `repeats` times (median). Under greedy decoding each method's tokens are compared with
 its reference's (plain decoding of the same target) for every batch.
 """
 
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectax.api import Decoder, advance_program, result_program, start_program
+from spectax.api import Decoder, advance_program, bucket, result_program, start_program
 from spectax.bench.methods import Method
 from spectax.compilation import watch_compiles
 from spectax.drafters import NoDraft
@@ -64,12 +65,12 @@ class MethodRecord:
 
 
 class _Programs:
-    """One method's three compiled programs for a batch shape, and a timed run of them."""
+    """One method's three compiled programs for a batch shape (compile seconds and count, XLA's memory estimate),
+    and a timed run of them."""
 
-    def __init__(self, method: Method, decoder: Decoder, example_args: tuple):
-        self.method, self.decoder = method, decoder
+    def __init__(self, decoder: Decoder, example_args: tuple):
+        self.decoder = decoder
         self.pad = jnp.int32(decoder.pad_id)
-        record = MethodRecord(method)
         with watch_compiles() as compiles:
             start = start_program.lower(decoder, *example_args).compile()
             state = jax.eval_shape(lambda *a: start_program(decoder, *a), *example_args)
@@ -77,9 +78,8 @@ class _Programs:
             loop_args = (model, drafter, state, params, max_new, end_ids, jnp.int32(UNTIL_THE_END))
             advance = advance_program.lower(decoder, *loop_args).compile()
             result = result_program.lower(decoder, state, self.pad).compile()
-        record.compile_seconds, record.compiles = compiles.seconds, compiles.programs
-        record.program_memory_bytes = max(_program_bytes(p) for p in (start, advance, result))
-        self.record = record
+        self.compile_seconds, self.compiles = compiles.seconds, compiles.programs
+        self.memory_bytes = max(_program_bytes(p) for p in (start, advance, result))
 
     def run(self, args: tuple) -> tuple[float, float, float, object]:
         """(prefill s, decode s, total s, DecodeResult) of one decode of `args`, each phase blocked on."""
@@ -113,7 +113,8 @@ def _batches(prompts: Sequence[Prompt], batch: int) -> list[list[Prompt]]:
 def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int, new_tokens: int,
             prompt_bucket: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
             eos_ids: Sequence[int] = (), repeats: int = 1, progress: Callable[[int], None] | None = None) -> dict[str, MethodRecord]:
-    """Times every method of `methods` on `prompts` (each truncated to its last `prompt_bucket` tokens) in batches of
+    """Times every method of `methods` on `prompts` (each truncated to its last `prompt_bucket` tokens, padded as
+    decode() pads them: to the power of two that holds the batch's longest, one compile per such width) in batches of
     `batch` (sampling: `temperature`, `top_k`, `top_p`, row seeds from `seed`), interleaved batch by batch in the dict's order; a method whose `reference` is not in `methods` gets it
     added (plain decoding of its target). `progress(n)` is called after each batch. Returns {name: MethodRecord}."""
     methods = dict(methods)
@@ -123,24 +124,28 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
                        **methods}
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     greedy = temperature == 0
-    programs: dict[str, _Programs] = {}
+    programs: dict[tuple[str, int], _Programs] = {}
+    records = {name: MethodRecord(m) for name, m in methods.items()}
     for group in _batches(prompts, batch):
-        prompt_BP = np.zeros((batch, prompt_bucket), np.int32)
-        lengths = np.zeros((batch,), np.int32)
-        for b, p in enumerate(group):
-            ids = p.ids[-prompt_bucket:]
-            prompt_BP[b, :len(ids)] = ids
-            lengths[b] = len(ids)
+        ids = [p.ids[-prompt_bucket:] for p in group]
+        width = min(bucket(max(map(len, ids))), prompt_bucket)   # as decode() pads: a power of two
+        prompt_BP = np.zeros((batch, width), np.int32)
+        lengths = np.array([len(x) for x in ids], np.int32)
+        for b, x in enumerate(ids):
+            prompt_BP[b, :len(x)] = x
         outputs = {}
         for name, m in methods.items():
-            if name not in programs:
-                dec = Decoder(m.target, m.drafter, max_new_tokens=new_tokens, max_prompt_len=prompt_bucket,
+            if (name, width) not in programs:
+                dec = Decoder(m.target, m.drafter, max_new_tokens=new_tokens, max_prompt_len=width,
                               sampling=sampling, eos_id=list(eos_ids) or None)
                 args = dec._program_args(m.target, prompt_BP, lengths, seed, None, None, dec.max_new_tokens,
                                          dec.eos_ids)
-                programs[name] = _Programs(m, dec, args)
-                programs[name].run(args)                     # warm-up: the first call after a compile is slow
-            prog = programs[name]
+                programs[name, width] = prog = _Programs(dec, args)
+                records[name].compile_seconds += prog.compile_seconds
+                records[name].compiles += prog.compiles
+                records[name].program_memory_bytes = max(records[name].program_memory_bytes, prog.memory_bytes)
+                prog.run(args)                               # warm-up: the first call after a compile is slow
+            prog = programs[name, width]
             args = prog.decoder._program_args(m.target, prompt_BP, lengths, seed, None, None,
                                               prog.decoder.max_new_tokens, prog.decoder.eos_ids)
             runs = [prog.run(args) for _ in range(repeats)]
@@ -152,7 +157,7 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
                 same = bool(np.array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
                             and np.array_equal(np.asarray(out.lengths), np.asarray(ref.lengths)))
             st = out.stats
-            prog.record.batches.append(BatchRecord(
+            records[name].batches.append(BatchRecord(
                 categories=[p.category for p in group],
                 prefill_seconds=float(np.median([r[0] for r in runs])),
                 decode_seconds=float(np.median([r[1] for r in runs])),
@@ -163,4 +168,4 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
                 rows=[np.asarray(t)[:n].tolist() for t, n in zip(out.tokens, np.asarray(out.lengths))]))
         if progress is not None:
             progress(len(group))
-    return {name: prog.record for name, prog in programs.items()}
+    return records
