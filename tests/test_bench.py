@@ -126,3 +126,34 @@ def test_a_missing_reference_is_measured_first_and_is_its_own_reference():
     summary = report.summarize(records)
     assert summary["plain-own"]["reference"] is None and summary["plain-own"]["speedup"] == 1.0
     assert summary["self-draft"]["reference"] == "plain-own" and summary["self-draft"]["tokens_match_reference"]
+
+
+@pytest.mark.slow
+def test_transformers_reference_counts_target_calls():
+    """The [bench] extra's reference (skipped without torch, which CI never installs): transformers' greedy makes one
+    target call per token after the prefill (tau exactly 1), its tokens are spectax's plain greedy tokens, and
+    assisted generation with the draft chain makes fewer target calls than tokens or as many."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    import spectax
+    from spectax.bench import reference, workload
+    from spectax.io import hub
+
+    name = "smollm2-135m-instruct"
+    tok = hub.tokenizer(name)
+    prompts = workload.spec_bench(tok, per_category=1)[:1] if workload.question_file().is_file() else [
+        harness_prompt(tok)]
+    ours = spectax.decode(spectax.load(name), [list(prompts[0].ids)], 12)
+    mine = np.asarray(ours.tokens[0, :int(ours.lengths[0])]).tolist()
+    ref = reference.measure(hub.resolve(name), prompts, 12, 512, methods.DRAFT_LAYERS, methods.DRAFT_CHAIN,
+                            spectax_plain={0: mine})
+    greedy, assisted = ref["methods"]["hf-greedy"], ref["methods"]["hf-assisted"]
+    assert greedy["tau"] == 1.0 and greedy["same_tokens_as_spectax_plain"] == 1.0
+    assert 1.0 <= assisted["tau"] <= methods.DRAFT_CHAIN + 1 and assisted["same_tokens_as_spectax_plain"] == 1.0
+
+
+def harness_prompt(tok):
+    from spectax.bench.harness import Prompt
+
+    return Prompt("held-out", 0, tuple(tok.encode_chat([{"role": "user", "content": "Name three rivers."}])))

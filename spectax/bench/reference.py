@@ -1,5 +1,5 @@
 """The Hugging Face transformers reference for `spectax bench --reference` (torch and transformers: the `[bench]`
-extra; never needed otherwise). On the same prompts, batch 1, greedy, fp32 on the CPU, with the weights read from the
+extra: torch, transformers, accelerate; never needed otherwise). On the same prompts, batch 1, greedy, fp32 on the CPU, with the weights read from the
 same GGUF file: plain `generate`, assisted generation with the draft-chain method's draft (the target's first layers)
 and k (a constant schedule, confidence threshold 0, so its tau is comparable with spectax's for the same chain), and
 prompt lookup. tau counts the target model's forward calls."""
@@ -16,8 +16,9 @@ PROMPT_LOOKUP_TOKENS = 4         # the `ngram` method's chain
 
 
 def available() -> bool:
-    """Whether torch and transformers can be imported."""
+    """Whether torch, transformers and accelerate (transformers needs it to read a GGUF file) can be imported."""
     try:
+        import accelerate  # noqa: F401
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError:

@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     if args.reference and not reference.available():
-        raise ValueError("--reference needs torch and transformers: pip install -e '.[bench]'")
+        raise ValueError("--reference needs torch, transformers and accelerate: pip install -e '.[bench]'")
     names = list(args.methods or (SMOKE_METHODS if args.smoke else methods.DEFAULT_METHODS))
     if args.smoke:                     # the tiny model's context is 512 positions
         args.prompt_bucket, args.max_new_tokens = min(args.prompt_bucket, 64), min(args.max_new_tokens, 32)
