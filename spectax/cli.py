@@ -77,6 +77,18 @@ def _shared_flags() -> dict[str, argparse.ArgumentParser]:
     return out
 
 
+def add_model_flag(parser, required: bool = False, default: str | None = None) -> None:
+    """--model, with the one help text generate, bench and train share."""
+    parser.add_argument("--model", required=required, default=default,
+                        help="a registered name (see `spectax list`), a spectax checkpoint directory, a Hugging Face "
+                             "directory or a .gguf file" + ("" if default is None else " (default: %(default)s)"))
+
+
+def compile_flags() -> argparse.ArgumentParser:
+    """The compilation flag group (--compile-cache, --no-compile-cache) as a parent parser (train shares it)."""
+    return _shared_flags()["compiling"]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Speculative and parallel decoding in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,bench,list,train}")
@@ -99,8 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-file", metavar="FILE",
                      help="one prompt per line, decoded as one batch; prints one JSON object per prompt "
                           '({"prompt", "reply", "tokens"}) in order')
-    gen.add_argument("--model", required=True, help="a registered name (see `spectax list`), a spectax checkpoint "
-                                                    "directory, a Hugging Face directory or a .gguf file")
+    add_model_flag(gen, required=True)
     gen.add_argument("--tokenizer", help='a tokenizer.json, a directory with one, a .gguf file, or "byte" '
                                          "(default: the model's own)")
     gen.add_argument("--raw", action="store_true", help="feed the prompt as is, without the chat template")
@@ -122,8 +133,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "by prompt batch, on Spec-Bench (a stratified sample; --full: all 480), checks "
                                        "greedy tokens against plain decoding's (exit status 1 if any differ), and "
                                        "writes bench.json, bench.md and plots into --out.")
-    bench.add_argument("--model", default=DEMO_MODEL, help="a registered name, checkpoint, HF directory or .gguf "
-                                                           "(default: %(default)s)")
+    add_model_flag(bench, default=DEMO_MODEL)
     bench.add_argument("--tokenizer", help="as for generate (default: the model's own)")
     bench.add_argument("--methods", nargs="+", metavar="METHOD",
                        help="among: " + ", ".join(BENCH_METHODS) + " (default: draft-chain medusa block-chain ngram "

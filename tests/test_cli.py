@@ -262,3 +262,24 @@ def test_streamed_text_is_the_text(char_ckpt, capsys):
     assert streamed == whole and SPEED.match(err.strip())
     code, err = run_failing(capsys, "generate", "--model", str(char_ckpt), "--stream", "--batch-file", "x.txt")
     assert code == 2 and "--stream" in err
+
+
+def test_subcommands_share_their_flags_and_help_texts(capsys):
+    """One definition per shared flag: demo, generate, bench and train print the same help for what they share."""
+    def help_of(*argv) -> str:
+        with pytest.raises(SystemExit) as e:
+            cli.main([*argv, "--help"])
+        assert e.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    helps = {argv: help_of(*argv) for argv in [("demo",), ("generate",), ("bench",), ("train", "heads"),
+                                                ("train", "block")]}
+    cache = "--compile-cache DIR JAX's persistent compilation cache: a later call with the same shapes reads"
+    model = "--model MODEL a registered name (see `spectax list`), a spectax checkpoint directory"
+    tree = '--tree SPEC the drafter\'s tree: "chain:K"'
+    sampling = "--top-p TOP_P 1 = off (default)"
+    for argv, text in helps.items():
+        assert cache in text, argv
+        assert (model in text) == (argv != ("demo",)), argv
+        assert (tree in text) == (argv[0] != "train"), argv
+        assert (sampling in text) == (argv[0] != "train"), argv

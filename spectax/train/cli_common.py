@@ -22,11 +22,14 @@ DATA_NOTE = ("self-distillation: the target's greedy answers to the prompts of s
 
 
 def training_parser(prog: str, description: str, data_help: str, what: str, config_type) -> argparse.ArgumentParser:
-    """--data (one or more dirs), --model, --out, --ckpt-dir, --stop-at, --data-note, and a flag per field of the
-    config dataclass `config_type` (--field-name, its default; a tuple field takes one or more values)."""
-    ap = argparse.ArgumentParser(prog=prog, description=description)
+    """--data (one or more dirs), --model, --out, --ckpt-dir, --stop-at, --data-note, the compile-cache flags (shared
+    with `spectax generate` / `bench`: --model's too), and a flag per field of the config dataclass `config_type`
+    (--field-name, its default; a tuple field takes one or more values)."""
+    from spectax.cli import add_model_flag, compile_flags
+
+    ap = argparse.ArgumentParser(prog=prog, description=description, parents=[compile_flags()])
     ap.add_argument("--data", nargs="+", required=True, help=data_help)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    add_model_flag(ap, default=DEFAULT_MODEL)
     ap.add_argument("--out", required=True, help=f"where to save the trained {what}")
     ap.add_argument("--ckpt-dir", help="orbax training checkpoints (default: OUT.train)")
     ap.add_argument("--stop-at", type=int, help="end this call after that step (resume later)")
@@ -48,9 +51,11 @@ def config_from_args(config_type, args: argparse.Namespace):
 
 def parse_and_load(argv: Sequence[str] | None, prog: str, description: str, data_help: str, what: str, config_type):
     """(args, config, target model, the --data dirs as Paths) of a training command line (see `training_parser`)."""
+    from spectax.cli import use_compile_cache
     from spectax.io.loader import load
 
     args = training_parser(prog, description, data_help, what, config_type).parse_args(argv)
+    use_compile_cache(args)
     return args, config_from_args(config_type, args), load(args.model), [Path(d) for d in args.data]
 
 
