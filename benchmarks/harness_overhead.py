@@ -51,7 +51,7 @@ def main() -> None:
             dec = spectax.Decoder(m.target, m.drafter, max_new_tokens=args.new, max_prompt_len=prompt.shape[1],
                                   eos_id=list(eos))
             call_args = dec._program_args(m.target, prompt, lengths, 0, None, None, dec.max_new_tokens, dec.eos_ids)
-            prog = harness._Programs(dec, call_args)
+            prog = harness.Programs(dec, call_args)
 
             def direct():
                 return jax.block_until_ready(spectax.decode(m.target, prompt, args.new, prompt_lengths=lengths,

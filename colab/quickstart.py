@@ -60,6 +60,7 @@ import matplotlib.pyplot as plt
 
 import spectax
 from spectax import DraftTree
+from spectax.cli import stop_ids
 from spectax.drafters import Block, Heads, NGram
 from spectax.io import hub
 from spectax.io.tokenizer import ByteTokenizer
@@ -83,7 +84,7 @@ else:
     model = spectax.load(NAME)
     tok = hub.tokenizer(NAME)
 ids = tok.encode_chat([{"role": "user", "content": PROMPT}])
-eos = tuple(dict.fromkeys([tok.eos_id, *model.config.eos_ids]))   # the tokenizer's EOS and the chat's end of turn
+eos = stop_ids(tok, model.config)        # the tokenizer's EOS and the chat's end of turn, as the CLI stops
 print(f"{model.config.arch}: {model.config.num_layers} layers, vocabulary {model.config.vocab_size}; "
       f"prompt of {len(ids)} tokens; end tokens {eos}")
 

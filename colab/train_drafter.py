@@ -69,6 +69,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import spectax
+from spectax.cli import stop_ids
 from spectax.drafters import Heads
 from spectax.io import hub
 from spectax.io.tokenizer import ByteTokenizer
@@ -96,7 +97,7 @@ else:
     target = spectax.load(NAME)
     tok = hub.tokenizer(NAME)
     encode = lambda text: tok.encode_chat([{"role": "user", "content": text}])          # noqa: E731
-eos = tuple(dict.fromkeys([tok.eos_id, *target.config.eos_ids]))
+eos = stop_ids(tok, target.config)
 
 train_prompts, eval_prompts = split_prompts(read_prompts())
 train_ids = [encode(p["text"]) for p in train_prompts[:N_TRAIN]]

@@ -61,8 +61,7 @@ class DecodeStats:
     def acceptance_per_depth(self) -> np.ndarray:
         """float [D]: the fraction of steps that reached depth d - 1 and accepted a node at depth d (all rows).
         Host sync."""
-        at_least = np.cumsum(np.asarray(self.accepted_hist).sum(0)[::-1])[::-1]   # [D + 1] steps with >= d accepted
-        return at_least[1:] / np.maximum(at_least[:-1], 1)
+        return acceptance_per_depth(np.asarray(self.accepted_hist).sum(0))
 
     @property
     def rank_acceptance(self) -> np.ndarray:
@@ -70,6 +69,14 @@ class DecodeStats:
         the measured positional acceptance `DraftTree.optimal` takes. Host sync."""
         hist = np.asarray(self.rank_hist, np.float64)
         return hist[:, :-1] / np.maximum(hist.sum(1, keepdims=True), 1)
+
+
+def acceptance_per_depth(hist_D1) -> np.ndarray:
+    """float [D] from counts of speculating steps by accepted draft tokens [D + 1] (DecodeStats.accepted_hist summed
+    over rows, or over several decodes): per depth d, the fraction of steps that reached depth d - 1 and accepted a
+    node at depth d."""
+    at_least = np.cumsum(np.asarray(hist_D1)[::-1])[::-1]   # [D + 1] steps with >= d accepted
+    return at_least[1:] / np.maximum(at_least[:-1], 1)
 
 
 def _rank_counts(tree: DraftTree, verdict: Verdict, active_B) -> jax.Array:

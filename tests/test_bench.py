@@ -10,6 +10,7 @@ import pytest
 
 from spectax import cli
 from spectax.bench import methods, plots, report
+from spectax.loop import acceptance_per_depth
 from spectax.tree import DraftTree
 
 METHOD_KEYS = {"description", "reference", "tree", "tau", "acceptance_per_depth", "decode_tokens_per_s",
@@ -84,8 +85,8 @@ def test_bootstrap_interval_holds_the_median_and_narrows_with_more_batches():
 
 def test_acceptance_per_depth_from_the_histogram():
     # 10 speculating steps: 4 accepted nothing, 3 one token, 2 two, 1 three
-    assert report.acceptance_per_depth([4, 3, 2, 1]) == pytest.approx([6 / 10, 3 / 6, 1 / 3])
-    assert report.acceptance_per_depth([5]) == []
+    assert acceptance_per_depth([4, 3, 2, 1]) == pytest.approx([6 / 10, 3 / 6, 1 / 3])
+    assert acceptance_per_depth([5]).size == 0                                # no tree: no depth
 
 
 def test_tree_specs():
@@ -102,6 +103,7 @@ def test_tree_specs():
     (["bench", "--smoke", "--methods", "medusa"], "registered model"),
     (["bench", "--smoke", "--tree", "chain:9"], "deeper than it can fill"),
     (["bench", "--smoke", "--tree", "kary"], "chain:K"),
+    (["bench", "--smoke", "--reference"], "--reference"),       # no torch, or no GGUF to give transformers
 ])
 def test_bench_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
@@ -157,3 +159,28 @@ def harness_prompt(tok):
     from spectax.bench.harness import Prompt
 
     return Prompt("held-out", 0, tuple(tok.encode_chat([{"role": "user", "content": "Name three rivers."}])))
+
+
+def test_the_command_line_names_the_harness_methods(capsys):
+    """cli.py lists the methods without importing the harness (a fast --help): the list and the default must be the
+    harness's."""
+    assert cli.BENCH_METHODS == tuple(methods.METHODS)
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    assert "(default: " + " ".join(methods.DEFAULT_METHODS) + ";" in " ".join(capsys.readouterr().out.split())
+
+
+def test_optimal_tree_for_a_draft_that_is_always_right():
+    """--tree optimal: the model drafting for itself accepts every rank-0 child and no other, so at a flat c(N) the
+    Sequoia tree is the deepest chain the probe allows (4 nodes), with no siblings."""
+    import argparse
+
+    from spectax.bench import run
+
+    args = argparse.Namespace(smoke=True, model=None, tokenizer=None, prompt_bucket=64, max_new_tokens=16)
+    subject = run._subject(args)
+    ms = methods.build(subject.model, None, ["draft-chain"])
+    flat = {"nodes": [0, 1, 2, 4, 8], "cost": [1.0, 1.0, 1.0, 1.0, 1.0]}
+    out = run.optimal_trees(ms, subject, flat, args)
+    assert out["plain"] is ms["plain"]
+    assert out["draft-chain"].drafter.tree == DraftTree.chain(4)

@@ -64,7 +64,7 @@ class MethodRecord:
     batches: list[BatchRecord] = dataclasses.field(default_factory=list)
 
 
-class _Programs:
+class Programs:
     """One method's three compiled programs for a batch shape (compile seconds and count, XLA's memory estimate),
     and a timed run of them."""
 
@@ -103,7 +103,7 @@ def _program_bytes(compiled) -> int:
 
 
 def _batches(prompts: Sequence[Prompt], batch: int) -> list[list[Prompt]]:
-    """Whole batches (one compile per method): the last one wraps around to the first prompts."""
+    """Whole batches (every batch of a width shares its programs): the last one wraps around to the first prompts."""
     prompts = list(prompts)
     if len(prompts) % batch:
         prompts += (prompts * batch)[:batch - len(prompts) % batch]
@@ -112,11 +112,14 @@ def _batches(prompts: Sequence[Prompt], batch: int) -> list[list[Prompt]]:
 
 def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int, new_tokens: int,
             prompt_bucket: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-            eos_ids: Sequence[int] = (), repeats: int = 1, progress: Callable[[int], None] | None = None) -> dict[str, MethodRecord]:
+            eos_ids: Sequence[int] = (), repeats: int = 1,
+            progress: Callable[[int], None] | None = None) -> dict[str, MethodRecord]:
     """Times every method of `methods` on `prompts` (each truncated to its last `prompt_bucket` tokens, padded as
-    decode() pads them: to the power of two that holds the batch's longest, one compile per such width) in batches of
-    `batch` (sampling: `temperature`, `top_k`, `top_p`, row seeds from `seed`), interleaved batch by batch in the dict's order; a method whose `reference` is not in `methods` gets it
-    added (plain decoding of its target). `progress(n)` is called after each batch. Returns {name: MethodRecord}."""
+    decode() pads them: to the power of two that holds the batch's longest, one compile per such width) in batches
+    of `batch` (sampling: `temperature`, `top_k`, `top_p`, row seeds from `seed`), interleaved batch by batch in the
+    dict's order; a method whose `reference` is not in `methods` gets it added (plain decoding of its target).
+    `progress(n)` is called after each batch with its number of prompts not yet measured (the wrapped-around ones
+    are not counted twice). Returns {name: MethodRecord}."""
     methods = dict(methods)
     for m in list(methods.values()):
         if m.reference not in methods:
@@ -124,8 +127,9 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
                        **methods}
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     greedy = temperature == 0
-    programs: dict[tuple[str, int], _Programs] = {}
+    programs: dict[tuple[str, int], Programs] = {}
     records = {name: MethodRecord(m) for name, m in methods.items()}
+    left = len(prompts)
     for group in _batches(prompts, batch):
         ids = [p.ids[-prompt_bucket:] for p in group]
         width = min(bucket(max(map(len, ids))), prompt_bucket)   # as decode() pads: a power of two
@@ -140,7 +144,7 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
                               sampling=sampling, eos_id=list(eos_ids) or None)
                 args = dec._program_args(m.target, prompt_BP, lengths, seed, None, None, dec.max_new_tokens,
                                          dec.eos_ids)
-                programs[name, width] = prog = _Programs(dec, args)
+                programs[name, width] = prog = Programs(dec, args)
                 records[name].compile_seconds += prog.compile_seconds
                 records[name].compiles += prog.compiles
                 records[name].program_memory_bytes = max(records[name].program_memory_bytes, prog.memory_bytes)
@@ -167,5 +171,6 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
                 accepted_hist=np.asarray(st.accepted_hist).sum(0).astype(int).tolist(), same_as_reference=same,
                 rows=[np.asarray(t)[:n].tolist() for t, n in zip(out.tokens, np.asarray(out.lengths))]))
         if progress is not None:
-            progress(len(group))
+            progress(min(len(group), left))
+        left -= len(group)
     return records

@@ -15,6 +15,7 @@ from typing import Any
 from spectax.drafters import Combined, CoS, DraftModel, Heads, NGram, NoDraft
 from spectax.io import hub
 from spectax.models import Model
+from spectax.models.ensemble import early_exit
 from spectax.tree import DraftTree
 
 # name -> what it is (the help text and the README's table)
@@ -37,6 +38,7 @@ DEFAULT_METHODS = ("draft-chain", "medusa", "block-chain", "ngram", "combined", 
 NEEDS_NOTHING_TRAINED = ("plain", "draft-chain", "draft-tree", "ngram")
 DRAFT_LAYERS = 4
 DRAFT_CHAIN = 3
+NGRAM_CHAIN = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +71,6 @@ def parse_tree(spec: str) -> DraftTree | str:
     raise ValueError(f"--tree {spec!r}: expected {forms} with positive integers")
 
 
-def _layer_subset(model: Model, layers: int) -> Model:
-    """The target's first `layers` layers with its embedding, final norm and head: a draft that needs no training."""
-    config = dataclasses.replace(model.config, num_layers=layers)
-    params = {k: v for k, v in model.params.items() if not k.startswith("layers_") or int(k.split("_")[1]) < layers}
-    return Model(config=config, params=params)
-
-
 def _heads(name: str, kind: str) -> Heads:
     return Heads.load(hub.shipped_drafter(name, kind))
 
@@ -92,7 +87,7 @@ def build(model: Model, registered: str | None, names: list[str]) -> dict[str, M
         if missing:
             raise ValueError(f"method(s) {missing} need drafters shipped for a registered model; for this model "
                              f"use {', '.join(NEEDS_NOTHING_TRAINED)}")
-    draft = model if registered is None else _layer_subset(model, min(DRAFT_LAYERS, model.config.num_layers))
+    draft = model if registered is None else early_exit(model, DRAFT_LAYERS)   # its first layers: no training
     out = {"plain": Method("plain", model, NoDraft(), max_depth=0)}
     for name in names:
         if name in out:
@@ -109,17 +104,18 @@ def build(model: Model, registered: str | None, names: list[str]) -> dict[str, M
             tree = DraftTree.chain(2) if name == "block-chain" else DraftTree.kary((2, 2))
             out[name] = Method(name, model, block.replace(tree=tree), max_depth=block.config.block_size)
         elif name == "ngram":
-            out[name] = Method(name, model, NGram(tree=DraftTree.chain(4)))
+            out[name] = Method(name, model, NGram(tree=DraftTree.chain(NGRAM_CHAIN)))
         elif name == "combined":
-            out[name] = Method(name, model, Combined((NGram(tree=DraftTree.chain(4)), _heads(registered, "medusa"))))
+            ngram = NGram(tree=DraftTree.chain(NGRAM_CHAIN))
+            out[name] = Method(name, model, Combined((ngram, _heads(registered, "medusa"))))
         elif name == "cos":
-            ensemble = hub_ensemble(registered)
+            ensemble = _shipped_ensemble(registered)
             out[name] = Method(name, ensemble, CoS(ensemble, proposer=1, tree=DraftTree.chain(1)),
                                reference="plain-ensemble")
     return out
 
 
-def hub_ensemble(registered: str):
+def _shipped_ensemble(registered: str):
     """The CoS ensemble shipped for a registered model (ValueError if none)."""
     from spectax.io import load
 

@@ -11,8 +11,7 @@ import time
 import numpy as np
 
 from spectax.bench.harness import Prompt
-
-PROMPT_LOOKUP_TOKENS = 4         # the `ngram` method's chain
+from spectax.bench.methods import NGRAM_CHAIN
 
 
 def available() -> bool:
@@ -43,7 +42,7 @@ def measure(gguf_path, prompts: list[Prompt], new_tokens: int, prompt_bucket: in
             spectax_plain: dict[int, list[int]] | None = None, progress=None) -> dict:
     """{"versions", "methods": {name: {"tau", "tokens_per_s", "speedup", "same_tokens_as_spectax_plain"}}} for
     transformers' greedy, assisted (draft: the target's first `draft_layers` layers, `chain` tokens per step) and
-    prompt-lookup (PROMPT_LOOKUP_TOKENS) generation; speedup against transformers' greedy, ratio of summed seconds. `spectax_plain`:
+    prompt-lookup (NGRAM_CHAIN tokens, as the `ngram` method) generation; speedup against transformers' greedy, ratio of summed seconds. `spectax_plain`:
     {prompt index: spectax's plain greedy tokens} to compare with (the fraction of prompts whose tokens agree)."""
     import copy
 
@@ -61,7 +60,7 @@ def measure(gguf_path, prompts: list[Prompt], new_tokens: int, prompt_bucket: in
     settings = {
         "hf-greedy": {},
         "hf-assisted": {"assistant_model": draft},
-        "hf-prompt-lookup": {"prompt_lookup_num_tokens": PROMPT_LOOKUP_TOKENS},
+        "hf-prompt-lookup": {"prompt_lookup_num_tokens": NGRAM_CHAIN},
     }
     target.generation_config.num_assistant_tokens = chain
     target.generation_config.num_assistant_tokens_schedule = "constant"

@@ -32,6 +32,7 @@ import numpy as np
 
 from spectax.bench.harness import MethodRecord
 from spectax.bench.methods import METHODS
+from spectax.loop import acceptance_per_depth
 
 SCHEMA = "spectax.bench/1"
 BOOTSTRAP = 2000
@@ -55,16 +56,6 @@ def bootstrap_median(values, seed: int = 0) -> tuple[float, float, float]:
     medians = np.median(v[rng.integers(0, v.size, (BOOTSTRAP, v.size))], axis=1)
     lo, hi = np.percentile(medians, [2.5, 97.5])
     return float(np.median(v)), float(lo), float(hi)
-
-
-def acceptance_per_depth(hist) -> list[float]:
-    """From counts of speculating steps by accepted tokens [D + 1]: per depth d, the fraction of steps that reached
-    depth d - 1 and accepted a token at depth d."""
-    h = np.asarray(hist, np.float64)
-    if h.size <= 1:
-        return []
-    at_least = np.cumsum(h[::-1])[::-1]
-    return (at_least[1:] / np.maximum(at_least[:-1], 1)).tolist()
 
 
 def summarize(records: dict[str, MethodRecord]) -> dict[str, dict]:
@@ -91,7 +82,7 @@ def summarize(records: dict[str, MethodRecord]) -> dict[str, dict]:
             "description": METHODS.get(name, f"plain decoding of {name.removeprefix('plain-')}"),
             "reference": r.method.reference if name != r.method.reference else None,
             "tree": [list(p) for p in r.method.drafter.tree.rank_paths],
-            "tau": tau, "acceptance_per_depth": acceptance_per_depth(hist),
+            "tau": tau, "acceptance_per_depth": acceptance_per_depth(hist).tolist(),
             "decode_tokens_per_s": loop_tokens / max(tot(r, "decode_seconds"), 1e-12),
             "e2e_tokens_per_s": tot(r, "tokens") / max(tot(r, "total_seconds"), 1e-12),
             "speedup": speedup, "speedup_median": median, "speedup_ci95": [lo, hi],

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from spectax.bench import harness, methods, plots, reference, report, workload
+from spectax.io.hub import REGISTRY, resolve
 
 SMOKE_CONFIG = dict(arch="llama", vocab_size=320, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     head_dim=8, intermediate_size=64, max_position=512)
@@ -66,12 +67,13 @@ def optimal_trees(ms: dict, subject: Subject, cost: dict, args) -> dict:
     curve = calibrate.cost_curve(cost, min(OPTIMAL_BUDGET, max(cost["nodes"])))
     out = {}
     for name, m in ms.items():
-        if name == "plain" or name in ("combined",) or m.max_depth < 1:
+        if name == "combined" or m.max_depth < 1:                         # plain, combined: no tree of their own
             out[name] = m
             continue
         depth = min(m.max_depth, 4)
         probe = methods.with_tree(m, DraftTree.kary((4, 3, 2, 1)[:depth]))
-        st = spectax.decode(probe.target, ids, args.max_new_tokens, drafter=probe.drafter, eos_id=subject.eos or None).stats
+        st = spectax.decode(probe.target, ids, args.max_new_tokens, drafter=probe.drafter,
+                            eos_id=subject.eos or None).stats
         tree = DraftTree.optimal(st.rank_acceptance, budget=len(curve) - 1, max_depth=depth, cost=curve)
         if tree.num_nodes:
             out[name] = methods.with_tree(m, tree)
@@ -118,6 +120,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.reference and not reference.available():
         raise ValueError("--reference needs torch, transformers and accelerate: pip install -e '.[bench]'")
+    if args.reference and (args.smoke or args.model not in REGISTRY or not str(resolve(args.model)).endswith(".gguf")):
+        raise ValueError("--reference loads the model's GGUF file into transformers: it needs a registered model")
     names = list(args.methods or (SMOKE_METHODS if args.smoke else methods.DEFAULT_METHODS))
     if args.smoke:                     # the tiny model's context is 512 positions
         args.prompt_bucket, args.max_new_tokens = min(args.prompt_bucket, 64), min(args.max_new_tokens, 32)
@@ -159,13 +163,9 @@ def main(args: argparse.Namespace) -> int:
                                    "methods": report.summarize(records)})
             report.write(out, result)                            # a checkpoint after every run
     if args.reference:
-        from spectax.io import hub
-
-        if subject.registered is None or not str(hub.resolve(subject.registered)).endswith(".gguf"):
-            raise ValueError("--reference loads the model's GGUF file into transformers: it needs a registered model")
         with tqdm(total=len(prompts), desc="transformers", unit="prompt", file=sys.stderr, disable=args.quiet) as bar:
             result["reference"] = reference.measure(
-                hub.resolve(subject.registered), prompts, args.max_new_tokens, args.prompt_bucket,
+                resolve(subject.registered), prompts, args.max_new_tokens, args.prompt_bucket,
                 methods.DRAFT_LAYERS, methods.DRAFT_CHAIN, spectax_plain=plain_rows,
                 progress=bar.update)
     if args.device_report:
