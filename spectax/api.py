@@ -152,8 +152,8 @@ def _check_drafter(drafter, target, batch: int | None) -> None:
 def _attn_impl(attn_impl) -> AttnImpl:
     """`attn_impl` (a name or an AttnImpl) resolved for JAX's backend; ValueError for an unknown name or a kernel
     the backend cannot run."""
-    if isinstance(attn_impl, str):       # a name picks both: "auto" the kernels where they run, "xla" XLA only
-        attn_impl = AttnImpl(attn_impl, products="auto" if attn_impl == "auto" else "xla")
+    if isinstance(attn_impl, str):       # a name picks the attention; the products stay XLA's (the CPU kernel is
+        attn_impl = AttnImpl(attn_impl)  # slower than XLA's GEMV at one row: AttnImpl(products="auto") opts in)
     if not isinstance(attn_impl, AttnImpl):
         raise ValueError(f"attn_impl must be a name ('auto', 'xla', 'pallas_tpu', 'pallas_gpu') or an AttnImpl, "
                          f"got {attn_impl!r}")

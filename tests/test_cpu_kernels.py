@@ -72,6 +72,21 @@ def test_decoding_with_the_kernel_products_gives_the_same_tokens(model_name, req
     np.testing.assert_array_equal(np.asarray(on.tokens), np.asarray(off.tokens))
 
 
+@needs_kernel
+@pytest.mark.parametrize("attn_impl", ["auto", "xla"])
+def test_the_default_decode_uses_xla_products(attn_impl, tiny_llama):
+    """The kernel is slower than XLA at one row (README, CPU kernels): an attn_impl name never opts into it."""
+    from spectax.api import _attn_impl
+
+    assert _attn_impl(attn_impl).products == "xla"
+    dec = spectax.Decoder(tiny_llama, max_new_tokens=4, max_prompt_len=8, attn_impl=attn_impl)
+    args = dec._program_args(tiny_llama, jnp.zeros((1, 8), jnp.int32), jnp.array([3]), 0, None, None, 4, dec.eos_ids)
+    text = spectax.api.decode_program.lower(dec, *args, jnp.int32(0)).as_text()
+    assert "spectax_skinny" not in text
+    opted = spectax.Decoder(tiny_llama, max_new_tokens=4, max_prompt_len=8, attn_impl=AttnImpl("xla", products="auto"))
+    assert "spectax_skinny" in spectax.api.decode_program.lower(opted, *args, jnp.int32(0)).as_text()
+
+
 def test_disabled_kernels_fall_back_to_xla(monkeypatch, tiny_llama):
     monkeypatch.setattr(mm, "library", lambda: None)
     x, w = jnp.ones((2, 64)), jnp.ones((64, 40))
