@@ -14,6 +14,7 @@ import numpy as np
 from flax import struct
 
 from pallas_kernels.tree_attention import AttnImpl
+from spectax import programs
 from spectax.checks import is_int
 from spectax.drafters import NoDraft
 from spectax.loop import DecodeStats, Loop, output_tokens
@@ -271,21 +272,22 @@ class Decoder:
 
     def _call(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos) -> DecodeResult:
         """The call, with the output limit and end tokens as data (decode() buckets its output length)."""
-        return decode_program(self, *self._program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling,
-                                                        max_new, eos), jnp.int32(self.pad_id))
+        args = self._program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos)
+        return programs.call(decode_program, self, *args, jnp.int32(self.pad_id), static_key=self._key)
 
     def _stream(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos, steps: int):
         """The call in chunks: yields the DecodeResult so far after the prefill and after every `steps` target calls
         (one host sync per chunk); the last one is the whole decode, token for token the one `_call` gives."""
         args = self._program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos)
         model, drafter, _, _, _, params, max_new, end_ids = args
-        state, calls = start_program(self, *args), 0
+        state, calls = programs.call(start_program, self, *args, static_key=self._key), 0
         while True:
-            yield result_program(self, state, jnp.int32(self.pad_id))
+            yield programs.call(result_program, self, state, jnp.int32(self.pad_id), static_key=self._key)
             calls += steps
             if bool(jnp.all(state.done)) or calls > self.spec.out_size:
                 return
-            state = advance_program(self, model, drafter, state, params, max_new, end_ids, jnp.int32(calls))
+            state = programs.call(advance_program, self, model, drafter, state, params, max_new, end_ids,
+                                  jnp.int32(calls), static_key=self._key)
 
     def _program_args(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos) -> tuple:
         """Checks a call's arguments; returns the programs' (model, drafter, prompt_BP, prompt_len_B, keys_B,

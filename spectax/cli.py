@@ -173,15 +173,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def use_compile_cache(args: argparse.Namespace) -> None:
-    """Turns JAX's persistent compilation cache on as the flags say: --compile-cache DIR; else a cache JAX is already
-    configured with stays as it is; else compile/ in the spectax cache. Nothing with --no-compile-cache."""
+    """Turns the compile caches on as the flags say (`enable_compile_cache`): --compile-cache DIR; else the directory
+    JAX is already configured with; else compile/ in the spectax cache. Nothing with --no-compile-cache."""
+    from spectax import programs
     from spectax.compilation import compile_cache_dir, enable_compile_cache
 
     if args.no_compile_cache:
         if args.compile_cache is not None:
             raise ValueError("--compile-cache and --no-compile-cache contradict each other")
         return
-    if args.compile_cache is not None or compile_cache_dir() is None:
+    configured = compile_cache_dir()
+    if args.compile_cache is None and configured is not None:    # JAX's cache as configured; spectax's programs in it
+        programs.enable(configured / "programs")
+    else:
         enable_compile_cache(args.compile_cache)
 
 
@@ -311,8 +315,9 @@ def _generate(args: argparse.Namespace) -> int:
         for text, reply, n in zip(texts, replies, lengths):
             print(json.dumps({"prompt": text, "reply": reply, "tokens": n}, ensure_ascii=False))
     n = sum(lengths)
-    cached = f", {compiles.cache_hits} of {compiles.programs} programs read from the compile cache" \
-        if compiles.programs else ", nothing compiled"
+    cached = "".join([f", {compiles.cache_hits} of {compiles.programs} programs read from the compile cache"
+                      if compiles.programs else ", nothing compiled",
+                      f", {compiles.loaded} run from the program store" if compiles.loaded else ""])
     print(f"[spectax] {n} tokens in {seconds:.2f} s: {n / seconds:.1f} tokens/s (prefill {sum(map(len, prompts))} "
           f"prompt tokens + decode; compile {compiles.seconds:.1f} s left out{cached})"
           + ("" if drafter is None else f"; tau {out.stats.tau:.2f} tokens per target call"), file=sys.stderr)

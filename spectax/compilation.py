@@ -15,6 +15,8 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+from spectax import programs
+
 TRACE, LOWER, BACKEND = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                          "/jax/core/compile/backend_compile_duration")
 CACHE_HITS = "/jax/compilation_cache/cache_hits"
@@ -23,7 +25,9 @@ CACHE_HITS = "/jax/compilation_cache/cache_hits"
 def enable_compile_cache(path=None, min_compile_seconds: float = 0.0) -> Path:
     """Turns on JAX's persistent compilation cache in the directory `path` (default: `compile/` in the spectax cache,
     `$SPECTAX_CACHE` or ~/.cache/spectax) for the whole process, from the next compile on. Programs whose compile
-    took at least `min_compile_seconds` are written. Returns the directory (created if missing)."""
+    took at least `min_compile_seconds` are written. spectax's decode programs are also saved whole, compiled, in
+    its `programs/` subdirectory (`spectax.programs`): a later process runs them without tracing or lowering them.
+    Returns the directory (created if missing)."""
     from spectax.io.hub import cache_dir
 
     if not isinstance(min_compile_seconds, (int, float)) or isinstance(min_compile_seconds, bool) \
@@ -37,6 +41,7 @@ def enable_compile_cache(path=None, min_compile_seconds: float = 0.0) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     compilation_cache.reset_cache()      # a cache JAX already opened elsewhere is replaced by this one
+    programs.enable(directory / "programs")
     return directory
 
 
@@ -50,9 +55,10 @@ def compile_cache_dir() -> Path | None:
 class Compiles:
     """The compiles seen inside a `watch_compiles()` block."""
 
-    seconds: float = 0.0     # tracing + lowering + backend compiles (reads from the persistent cache included)
+    seconds: float = 0.0     # tracing + lowering + backend compiles (reads from either cache included)
     programs: int = 0        # backend compiles requested (each either compiled or read from the cache)
     cache_hits: int = 0      # of those, the ones read from the persistent cache
+    loaded: int = 0          # spectax programs read from the program store (neither traced, lowered nor compiled)
 
 
 @contextlib.contextmanager
@@ -61,10 +67,12 @@ def watch_compiles() -> Iterator[Compiles]:
     seen = Compiles()
 
     def on_duration(event: str, duration: float, **_) -> None:
-        if event in (TRACE, LOWER, BACKEND):
+        if event in (TRACE, LOWER, BACKEND, programs.LOADED):
             seen.seconds += duration
         if event == BACKEND:
             seen.programs += 1
+        if event == programs.LOADED:
+            seen.loaded += 1
 
     def on_event(event: str, **_) -> None:
         if event == CACHE_HITS:

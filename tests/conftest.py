@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 import spectax.api as api  # noqa: E402
+from spectax import programs  # noqa: E402
 from spectax.models import Model, ModelConfig  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
@@ -41,6 +42,14 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def tiny_gpt2():
     return Model.random(TINY_GPT2, seed=1, scale=3.0)
+
+
+@pytest.fixture(autouse=True)
+def no_program_store():
+    """The program store (spectax.programs) stays off between tests: an in-process CLI test turns it on, and a saved
+    program would hide a later test's monkeypatched trace."""
+    yield
+    programs.disable()
 
 
 @pytest.fixture
