@@ -1,0 +1,5 @@
+"""APAR: auto-parallel auto-regressive decoding (Liu et al. 2024): a model that forks its answer into streams."""
+
+from spectax.apar.format import CHILD, FORK, format_answer, reassemble
+
+__all__ = ["CHILD", "FORK", "format_answer", "reassemble"]
