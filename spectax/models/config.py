@@ -17,6 +17,7 @@ class ModelConfig:
     "gpt2" (LayerNorm, learned positions, gelu_new). `rope_scaling` is a sorted tuple of (key, value)
     pairs so the config stays hashable. `eos_ids`: every token that ends a generation (the checkpoint's EOS list,
     the chat template's end-of-turn token), `eos_id` (the main one) first; decode with `eos_id=config.eos_ids`.
+    `apar_ids`: the (fork, child) control tokens of a model fine-tuned for APAR (`spectax.apar`), else None.
     """
 
     arch: str
@@ -36,6 +37,7 @@ class ModelConfig:
     bos_id: int | None = None
     eos_id: int | None = None
     eos_ids: tuple[int, ...] = ()
+    apar_ids: tuple[int, int] | None = None     # (fork, child): APAR's control tokens, for a model tuned to fork
 
     def __post_init__(self):
         ends = ((self.eos_id,) if self.eos_id is not None else ()) + tuple(self.eos_ids)
@@ -48,6 +50,13 @@ class ModelConfig:
                      "max_position"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.apar_ids is not None:
+            ids = tuple(self.apar_ids)
+            if len(ids) != 2 or len(set(ids)) != 2 or not all(isinstance(i, int) and 0 <= i < self.vocab_size
+                                                              for i in ids):
+                raise ValueError(f"apar_ids must be two distinct token ids (fork, child) below vocab_size "
+                                 f"{self.vocab_size}, got {self.apar_ids!r}")
+            object.__setattr__(self, "apar_ids", ids)
 
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
@@ -60,6 +69,8 @@ class ModelConfig:
     def from_json(cls, text: str) -> "ModelConfig":
         d = json.loads(text)
         d["eos_ids"] = tuple(d.get("eos_ids", ()))
+        if d.get("apar_ids") is not None:
+            d["apar_ids"] = tuple(d["apar_ids"])
         if d.get("rope_scaling") is not None:
             d["rope_scaling"] = tuple((k, v) for k, v in d["rope_scaling"])
         return cls(**d)
