@@ -200,3 +200,10 @@ def test_bad_input(model, tiny_llama):
         apar.decode(model, PROMPTS, 8, max_streams=0)
     with pytest.raises(ValueError, match="keeps no state"):
         apar.decode(model, PROMPTS, 8, drafter=DraftModel(model, tree=DraftTree.chain(2)))
+
+
+def test_cache_bytes_counts_the_rows_a_decode_holds(model):
+    from spectax.apar.decode import cache_bytes
+
+    cache = model.create_cache(2 * 3, 40)
+    assert cache_bytes(model, 2, 3, 40) == sum(x.nbytes for x in cache.k + cache.v)
