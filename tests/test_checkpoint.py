@@ -205,3 +205,28 @@ def test_unknown_hf_architecture(tmp_path):
     save_file({"embeddings.word_embeddings.weight": np.zeros((10, 8), np.float32)}, str(d / "model.safetensors"))
     with pytest.raises(ValueError, match="unsupported model_type 'bert'"):
         spectax.load(d)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])
+def test_the_param_check_knows_every_layer(name, request):
+    """check_params traces a one-layer model and repeats its layer: the same shapes as tracing the whole model, and
+    a missing, extra or mis-shaped layer is still refused."""
+    import jax
+    import jax.numpy as jnp
+
+    from spectax.models import check_params, decoder_module
+    from spectax.models.model import _param_shapes
+
+    config = request.getfixturevalue(name).config
+    one, mask = jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool)
+    full = jax.eval_shape(lambda: decoder_module(config, jnp.float32).init(jax.random.key(0), one, one, None,
+                                                                           one[:, 0], mask))["params"]
+    shapes = lambda tree: {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(tree)}  # noqa
+    assert shapes(_param_shapes(config, jnp.float32)) == shapes(full)
+    params = dict(request.getfixturevalue(name).params)
+    last = f"layers_{config.num_layers - 1}"
+    for broken, word in [({k: v for k, v in params.items() if k != last}, "missing"),
+                         ({**params, f"layers_{config.num_layers}": params[last]}, "unexpected"),
+                         ({**params, last: jax.tree_util.tree_map(lambda a: a[..., :1], params[last])}, "shape")]:
+        with pytest.raises(ValueError, match=word):
+            check_params(config, broken)
