@@ -50,7 +50,7 @@ def main() -> None:
             lengths = np.array([len(ids)], np.int32)
             dec = spectax.Decoder(m.target, m.drafter, max_new_tokens=args.new, max_prompt_len=prompt.shape[1],
                                   eos_id=list(eos))
-            call_args = dec._program_args(m.target, prompt, lengths, 0, None, None, dec.max_new_tokens, dec.eos_ids)
+            call_args = dec.program_args(m.target, prompt, lengths, 0, None, None, dec.max_new_tokens, dec.eos_ids)
             prog = harness.Programs(dec, call_args)
 
             def direct():

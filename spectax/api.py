@@ -272,13 +272,13 @@ class Decoder:
 
     def _call(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos) -> DecodeResult:
         """The call, with the output limit and end tokens as data (decode() buckets its output length)."""
-        args = self._program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos)
+        args = self.program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos)
         return programs.call(decode_program, self, *args, jnp.int32(self.pad_id), static_key=self._key)
 
     def _stream(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos, steps: int):
         """The call in chunks: yields the DecodeResult so far after the prefill and after every `steps` target calls
         (one host sync per chunk); the last one is the whole decode, token for token the one `_call` gives."""
-        args = self._program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos)
+        args = self.program_args(model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos)
         model, drafter, _, _, _, params, max_new, end_ids = args
         state, calls = programs.call(start_program, self, *args, static_key=self._key), 0
         while True:
@@ -289,7 +289,7 @@ class Decoder:
             state = programs.call(advance_program, self, model, drafter, state, params, max_new, end_ids,
                                   jnp.int32(calls), static_key=self._key)
 
-    def _program_args(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos) -> tuple:
+    def program_args(self, model, prompt_BP, prompt_len_B, rng, drafter, sampling, max_new, eos) -> tuple:
         """Checks a call's arguments; returns the programs' (model, drafter, prompt_BP, prompt_len_B, keys_B,
         sampling params, max_new, end_ids)."""
         if jax.tree_util.tree_structure(model) != self._model_def:
@@ -325,7 +325,7 @@ class Decoder:
                 sampling.params(), jnp.asarray(max_new, jnp.int32), end_ids)
 
 
-def _begin(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids):
+def begin(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids):
     """Inside a trace: the Loop and its state after the prefill (the first token sampled)."""
     spec = dec.spec
     B, P = prompt_BP.shape
@@ -346,7 +346,7 @@ def _loop(dec: Decoder, model, drafter, sampling, max_new, end_ids) -> Loop:
 @functools.partial(jax.jit, static_argnums=0)
 def decode_program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids, pad_id):
     """The compiled decode: prefill, then the while_loop; one program per Decoder (its static key) and shapes."""
-    loop, state = _begin(dec, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids)
+    loop, state = begin(dec, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids)
     state = run(loop, state)
     return DecodeResult(tokens=output_tokens(state, dec.spec.out_size, pad_id), lengths=state.n_out,
                         stats=state.stats)
@@ -355,7 +355,7 @@ def decode_program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B
 @functools.partial(jax.jit, static_argnums=0)
 def start_program(dec: Decoder, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids):
     """A streamed decode's first program: the prefill; returns the loop's state."""
-    return _begin(dec, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids)[1]
+    return begin(dec, model, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids)[1]
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -80,7 +80,7 @@ def test_the_default_decode_uses_xla_products(attn_impl, tiny_llama):
 
     assert _attn_impl(attn_impl).products == "xla"
     dec = spectax.Decoder(tiny_llama, max_new_tokens=4, max_prompt_len=8, attn_impl=attn_impl)
-    args = dec._program_args(tiny_llama, jnp.zeros((1, 8), jnp.int32), jnp.array([3]), 0, None, None, 4, dec.eos_ids)
+    args = dec.program_args(tiny_llama, jnp.zeros((1, 8), jnp.int32), jnp.array([3]), 0, None, None, 4, dec.eos_ids)
     text = spectax.api.decode_program.lower(dec, *args, jnp.int32(0)).as_text()
     assert "spectax_skinny" not in text
     opted = spectax.Decoder(tiny_llama, max_new_tokens=4, max_prompt_len=8, attn_impl=AttnImpl("xla", products="auto"))

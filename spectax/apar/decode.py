@@ -29,7 +29,7 @@ import numpy as np
 from flax import struct
 from jax import lax
 
-from spectax.api import Decoder, DecodeResult, _begin, bucket, prepare_prompt
+from spectax.api import Decoder, DecodeResult, begin, bucket, prepare_prompt
 from spectax.checks import is_int
 from spectax.drafters import NoDraft
 from spectax.loop import DecodeState, Loop
@@ -208,7 +208,7 @@ def apar_program(plan: Plan, model, drafter, prompt_BP, prompt_len_B, keys_B, sa
     R = B * S
     rules = Rules(model=model, fresh_B=jnp.zeros((B,), bool), fork_ok_B=jnp.zeros((B,), bool),
                   fork_id=plan.fork_id, child_id=plan.child_id)
-    _, s = _begin(dec, rules, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids)
+    _, s = begin(dec, rules, drafter, prompt_BP, prompt_len_B, keys_B, sampling, max_new, end_ids)
     s = _rows(s, lambda x: jnp.repeat(x, S, axis=0))
     slot_R = jnp.arange(R) % S
     s = s.replace(done=s.done | (slot_R > 0), rng=jax.vmap(jax.random.fold_in)(s.rng, slot_R))
@@ -347,7 +347,7 @@ def decode(model, prompt, max_new_tokens: int = 128, *, drafter=None, max_stream
     plan = Plan(dec=dec, streams=S, arena=arena, fork_id=model.config.apar_ids[0], child_id=model.config.apar_ids[1])
     prompt_BP = np.zeros((B, p_bucket), np.int32)
     prompt_BP[:, :min(tokens.shape[1], p_bucket)] = tokens[:, :p_bucket]
-    args = dec._program_args(model, prompt_BP, lengths, rng, drafter, None, int(max_new_tokens), dec.eos_ids)
+    args = dec.program_args(model, prompt_BP, lengths, rng, drafter, None, int(max_new_tokens), dec.eos_ids)
     model, drafter, prompt_BP, prompt_len_B, keys_B, params, max_new, end_ids = args
     a = jax.device_get(apar_program(plan, model, drafter, prompt_BP, prompt_len_B, keys_B, params, max_new, end_ids))
     ends = tuple(int(e) for e in dec.eos_ids)

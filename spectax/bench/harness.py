@@ -142,7 +142,7 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
             if (name, width) not in programs:
                 dec = Decoder(m.target, m.drafter, max_new_tokens=new_tokens, max_prompt_len=width,
                               sampling=sampling, eos_id=list(eos_ids) or None)
-                args = dec._program_args(m.target, prompt_BP, lengths, seed, None, None, dec.max_new_tokens,
+                args = dec.program_args(m.target, prompt_BP, lengths, seed, None, None, dec.max_new_tokens,
                                          dec.eos_ids)
                 programs[name, width] = prog = Programs(dec, args)
                 records[name].compile_seconds += prog.compile_seconds
@@ -150,7 +150,7 @@ def measure(methods: dict[str, Method], prompts: Sequence[Prompt], *, batch: int
                 records[name].program_memory_bytes = max(records[name].program_memory_bytes, prog.memory_bytes)
                 prog.run(args)                               # warm-up: the first call after a compile is slow
             prog = programs[name, width]
-            args = prog.decoder._program_args(m.target, prompt_BP, lengths, seed, None, None,
+            args = prog.decoder.program_args(m.target, prompt_BP, lengths, seed, None, None,
                                               prog.decoder.max_new_tokens, prog.decoder.eos_ids)
             runs = [prog.run(args) for _ in range(repeats)]
             out = runs[-1][3]
