@@ -171,3 +171,20 @@ def test_save_and_read_back_is_the_same_tokenizer(tmp_path):
     assert back.chat(msgs) == src.chat(msgs)
     with pytest.raises(ValueError, match="already exists"):
         src.save(saved)
+
+
+def test_special_tokens_appended_after_the_vocabulary(tmp_path):
+    """APAR's control tokens: the next ids, one id each when spelled in text, dropped by skip_special_tokens, and
+    nothing else changes."""
+    src = from_gguf(tiny_gguf(tmp_path))
+    tok = src.with_special_tokens(["[Fork]", "[Child]"])
+    v = src.vocab_size
+    assert (tok.vocab_size, tok.token_to_id("[Fork]"), tok.token_to_id("[Child]")) == (v + 2, v, v + 1)
+    ids = tok.encode("hello[Fork] world[Child]!")
+    assert ids == src.encode("hello") + [v] + src.encode(" world") + [v + 1] + src.encode("!")
+    assert tok.decode(ids, skip_special_tokens=True) == "hello world!"
+    for text in ["hello world", "<|im_start|>user\nhi<|im_end|>"]:
+        assert tok.encode(text) == src.encode(text)
+    assert src.token_to_id("[Fork]") is None                                  # the original is untouched
+    with pytest.raises(ValueError, match="already holds"):
+        tok.with_special_tokens(["[Fork]"])

@@ -196,6 +196,22 @@ class HFTokenizer(Tokenizer):
         """The id of a vocabulary token string (e.g. "<|im_end|>"), or None."""
         return self._tok.token_to_id(token)
 
+    def with_special_tokens(self, tokens: Sequence[str]) -> "HFTokenizer":
+        """A copy whose vocabulary ends with `tokens` as special tokens (ids vocab_size, vocab_size + 1, ...; text
+        spelling them encodes to those ids, and decode(skip_special_tokens=True) drops them)."""
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as _Backend
+
+        if any(self.token_to_id(t) is not None for t in tokens):
+            raise ValueError(f"the vocabulary already holds one of {list(tokens)}")
+        backend = _Backend.from_str(self._tok.to_str())
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tokens])
+        copy = HFTokenizer(backend, self.bos_id, self.eos_id, self.pad_id, self.chat_template, self.add_bos_token)
+        ids = [copy.token_to_id(t) for t in tokens]
+        if ids != list(range(self.vocab_size, self.vocab_size + len(tokens))):
+            raise ValueError(f"{list(tokens)} got ids {ids}, not the next {len(tokens)} after {self.vocab_size}")
+        return copy
+
     @classmethod
     def from_file(cls, tokenizer_json: str | os.PathLike, **kwargs) -> "HFTokenizer":
         """From a tokenizer.json file; `kwargs` as for the constructor (bos_id, eos_id, chat_template, ...)."""
