@@ -7,6 +7,7 @@
     spectax generate --model smollm2-135m-instruct --drafter block --stream "Tell me a story."
     spectax train heads --data DIR --kind medusa --out DIR
     spectax train block --data DIR --out DIR
+    spectax train apar --data DIR --eval-data DIR --out DIR
     spectax generate --model ./my_checkpoint --tokenizer ./tokenizer.json --raw --max-new-tokens 32 "Once upon"
     spectax list
 
@@ -163,9 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no progress bars")
     bench.set_defaults(max_new_tokens=64)
 
-    train = sub.add_parser("train", help="train a drafter (`spectax train heads --help`, `spectax train block "
-                                         "--help`)", add_help=False)
-    train.add_argument("what", choices=["heads", "block"])
+    train = sub.add_parser("train", help="train a drafter or the APAR adapter (`spectax train heads --help`, "
+                                         "`spectax train block --help`, `spectax train apar --help`)", add_help=False)
+    train.add_argument("what", choices=["heads", "block", "apar"])
     train.add_argument("rest", nargs=argparse.REMAINDER)
 
     sub.add_parser("list", help="list the registered model names", description="List the registered model names.")
@@ -419,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             if args.what == "block":
                 from spectax.train.block import main as train_main
+            elif args.what == "apar":
+                from spectax.train.apar import main as train_main
             else:
                 from spectax.train.heads import main as train_main
             train_main(args.rest)
