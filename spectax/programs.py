@@ -33,6 +33,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 SOURCES = ("spectax", "pallas_kernels", "cpu_kernels")    # the packages whose code goes into the programs
 SUFFIX = ".jaxexe"
+MAX_BYTES = 2 << 30                           # the store's size at most (least recently used programs go first)
 LOADED = "/spectax/programs/load_duration"     # a jax.monitoring event: a program read from the store, and how long
 
 _store: dict = {"dir": None, "loaded": {}}
@@ -134,6 +135,25 @@ def _write(path: Path, compiled) -> None:
     with open(tmp, "wb") as f:
         f.write(blob)
     os.replace(tmp, path)
+    prune(path.parent, MAX_BYTES)
+
+
+def prune(store: Path, max_bytes: int) -> None:
+    """Deletes the least recently used programs of `store` (by modification time: a read touches its file) until
+    the rest take at most `max_bytes` (each edit of spectax's source starts a new set of programs)."""
+    files = []
+    for path in store.glob(f"*{SUFFIX}"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:             # another process pruned it
+            continue
+        files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files, key=lambda f: f[0]):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
 
 
 def call(program, static, *args, static_key=None):
@@ -154,6 +174,7 @@ def call(program, static, *args, static_key=None):
     compiled = _read(path) if path.is_file() else None
     if compiled is not None:
         jax.monitoring.record_event_duration_secs(LOADED, time.perf_counter() - start)
+        os.utime(path)                        # recently used: pruned last
         try:                                 # a file that loads but does not run is compiled and written again
             out = jax.block_until_ready(compiled(*args))
             _store["loaded"][digest] = compiled

@@ -1,5 +1,7 @@
 """spectax.programs: decode programs saved compiled and read back without tracing, keyed on everything they depend on."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,10 +32,13 @@ def test_a_saved_program_runs_without_tracing(tiny_llama, tmp_path, counted):
     programs.enable(tmp_path)
     first = spectax.decode(tiny_llama, PROMPT, 10)
     assert len(counted) == 1 and len(saved(tmp_path)) == 1
+    (path,) = saved(tmp_path)
+    os.utime(path, (1.0, 1.0))
     programs.enable(tmp_path)                 # a new process, as far as the store knows: nothing loaded yet
     api.decode_program.clear_cache()
     again = spectax.decode(tiny_llama, PROMPT, 10)
     assert len(counted) == 1                  # read from disk: not traced again
+    assert path.stat().st_mtime > 1.0         # and marked as recently used
     np.testing.assert_array_equal(np.asarray(again.tokens), np.asarray(first.tokens))
     programs.disable()
     api.decode_program.clear_cache()
@@ -115,3 +120,18 @@ def test_a_file_that_loads_but_does_not_run_is_compiled_again(tiny_llama, tmp_pa
     again = spectax.decode(tiny_llama, PROMPT, 10)
     np.testing.assert_array_equal(np.asarray(again.tokens), np.asarray(first.tokens))
     assert path.stat().st_size > 1000
+
+
+def test_the_store_keeps_the_recently_used_within_its_size(tmp_path):
+    import time
+
+    for i, age in enumerate([30, 10, 20]):                      # written 30, 10 and 20 s ago, 100 bytes each
+        path = tmp_path / f"p{i}{programs.SUFFIX}"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (time.time() - age, time.time() - age))
+    (tmp_path / "other.txt").write_bytes(b"x" * 1000)            # not a program: never touched
+    programs.prune(tmp_path, 250)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", f"p1{programs.SUFFIX}",
+                                                          f"p2{programs.SUFFIX}"]
+    programs.prune(tmp_path, 100)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", f"p1{programs.SUFFIX}"]
