@@ -16,6 +16,7 @@ from spectax.train import distill, prompt_files
 PROMPTS = [[int(t) for t in np.random.default_rng(i).integers(3, 97, size=3 + (7 * i) % 13)] for i in range(7)]
 EOS = 5
 LARGE_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "prompts" / "v2.jsonl"
+APAR_PROMPTS = LARGE_PROMPTS.parent     # recipes/apar_prompts.py: structured prompts for APAR
 MAX_NEW = 12
 
 
@@ -155,7 +156,9 @@ def test_spec_bench_setting(tmp_path, monkeypatch):
     assert spec_bench.question_file() == tmp_path / "question.jsonl"
 
 
-@pytest.mark.parametrize("path, at_least", [(prompt_files.DEFAULT_OUT, 2900), (LARGE_PROMPTS, 30000)])
+@pytest.mark.parametrize("path, at_least", [(prompt_files.DEFAULT_OUT, 2900), (LARGE_PROMPTS, 30000),
+                                             (APAR_PROMPTS / "apar_train.jsonl", 1000),
+                                             (APAR_PROMPTS / "apar_bench.jsonl", 48)])
 def test_prompt_files_share_no_8_word_sequence_with_spec_bench(path, at_least, spec_bench_file):
     prompts = prompt_files.read_prompts(path)
     assert len(prompts) >= at_least and len({p["text"] for p in prompts}) == len(prompts)
@@ -168,3 +171,15 @@ def test_prompt_files_share_no_8_word_sequence_with_spec_bench(path, at_least, s
 def test_large_prompt_list_covers_the_13_families_in_the_stated_proportions():
     counts = collections.Counter(p["category"] for p in prompt_files.read_prompts(LARGE_PROMPTS))
     assert counts == build_prompts.CATEGORY_COUNTS and len(counts) == 13
+
+
+def test_apar_prompt_files_are_the_recipe_and_keep_bench_topics_out(spec_bench_file):
+    """The committed APAR prompt files are what recipes/apar_prompts.py builds; no benchmark topic is trained on."""
+    from recipes import apar_prompts
+
+    train = prompt_files.read_prompts(APAR_PROMPTS / "apar_train.jsonl")
+    bench = prompt_files.read_prompts(APAR_PROMPTS / "apar_bench.jsonl")
+    built_train, built_bench = apar_prompts.build(spec_bench_file)
+    assert (train, bench) == (built_train, built_bench) and len(train) > 1000
+    assert not any(topic in p["text"] for topic in apar_prompts.BENCH_TOPICS for p in train)
+    assert all(any(topic in p["text"] for topic in apar_prompts.BENCH_TOPICS) for p in bench)
