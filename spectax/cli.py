@@ -127,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
                                                                            "(default: %(default)s)")
     gen.add_argument("--compare-plain", action="store_true",
                      help="with --drafter: also decode plain, print the speedup and whether the tokens agree")
+    gen.add_argument("--apar", action="store_true",
+                     help="APAR: the model (one fine-tuned to fork) writes its answer in parallel streams; prints the "
+                          "reassembled answer, the streams, steps and tokens per step, and the time against plain "
+                          "decoding of its base model")
+    gen.add_argument("--max-streams", type=_positive_int, default=4,
+                     help="with --apar: streams per prompt at most (default: %(default)s)")
 
     bench = sub.add_parser("bench", parents=[shared["sampling_runs"], shared["compiling"], shared["tree"]],
                            help="benchmark every decoding method against plain decoding on Spec-Bench",
@@ -221,6 +227,7 @@ def stop_ids(tok, config) -> tuple[int, ...]:
 def pick_tokenizer(model_arg: str, tokenizer_arg: str | None):
     """The tokenizer for `--model model_arg` (and the optional `--tokenizer`); ValueError when there is none."""
     from spectax.io import hub
+    from spectax.io.loader import ADAPTER_MANIFEST, adapted_tokenizer
     from spectax.io.tokenizer import from_gguf, load_tokenizer
 
     if tokenizer_arg is not None:
@@ -228,6 +235,10 @@ def pick_tokenizer(model_arg: str, tokenizer_arg: str | None):
     if model_arg in hub.REGISTRY:
         return hub.tokenizer(model_arg)
     path = Path(model_arg).expanduser()
+    if not path.exists() and (hub.SHIPPED / path).is_dir():
+        path = hub.SHIPPED / path
+    if (path / ADAPTER_MANIFEST).is_file():
+        return adapted_tokenizer(path)
     if path.is_file() and path.suffix == ".gguf":
         return from_gguf(path)
     if path.is_dir() and ((path / "tokenizer.json").is_file() or len(list(path.glob("*.gguf"))) == 1):
@@ -276,6 +287,42 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def _generate_apar(args: argparse.Namespace, model, texts, prompts, eos, reply) -> int:
+    """`generate --apar`: APAR decoding of the prompts, then plain decoding of the base model, both timed once."""
+    from spectax import apar
+    from spectax.compilation import watch_compiles
+    from spectax.io.loader import ADAPTER_MANIFEST, load_adapted_base
+
+    if model.config.apar_ids is None:
+        raise ValueError(f"{args.model} has no APAR control tokens: --apar needs a model fine-tuned to fork (e.g. "
+                         f"checkpoints/smollm2-135m-instruct/apar)")
+    from spectax.io import hub
+
+    path = Path(args.model).expanduser()
+    path = hub.SHIPPED / path if not path.exists() and (hub.SHIPPED / path).is_dir() else path
+    base = load_adapted_base(path) if (path / ADAPTER_MANIFEST).is_file() else model
+    with watch_compiles() as compiles:
+        start = time.perf_counter()
+        out = apar.decode(model, prompts, args.max_new_tokens, max_streams=args.max_streams, eos_id=eos,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, rng=args.seed)
+        seconds = max(time.perf_counter() - start - compiles.seconds, 1e-9)
+    replies = [reply(seq, len(seq)) for seq in out.sequences]
+    if args.batch_file is None:
+        print(replies[0])
+    else:
+        for text, answer, seq, streams in zip(texts, replies, out.sequences, out.streams):
+            print(json.dumps({"prompt": text, "reply": answer, "tokens": len(seq), "streams": int(streams)},
+                             ensure_ascii=False))
+    plain, plain_seconds, _ = timed_decode(base, prompts, args, None, eos)
+    n, steps = sum(map(len, out.sequences)), out.stats.target_calls
+    print(f"[spectax] apar: {n} tokens in {seconds:.2f} s ({n / seconds:.1f} tokens/s), {int(out.streams.sum())} "
+          f"streams, {steps} steps ({max(map(len, out.sequences)) / max(steps, 1):.2f} tokens per step of the "
+          f"longest answer; compile {compiles.seconds:.1f} s left out); plain decoding of the base model: "
+          f"{int(plain.lengths.sum())} tokens in {plain_seconds:.2f} s: {plain_seconds / seconds:.2f}x",
+          file=sys.stderr)
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     import spectax
 
@@ -285,6 +332,9 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("--stream prints one reply as it grows: it cannot be combined with --batch-file")
     if args.compare_plain and args.drafter is None:
         raise ValueError("--compare-plain compares a --drafter with plain decoding: give --drafter")
+    if args.apar and (args.stream or args.drafter is not None or args.compare_plain):
+        raise ValueError("--apar runs alone: without --stream, --drafter or --compare-plain (it always compares "
+                         "with plain decoding of the base model)")
     texts = _prompts(args)
     use_compile_cache(args)
     model = spectax.load(args.model)
@@ -304,6 +354,8 @@ def _generate(args: argparse.Namespace) -> int:
         new = [int(t) for t in row[:n]]
         return tok.decode(new[:-1] if new and new[-1] in eos else new, skip_special_tokens=True)
 
+    if args.apar:
+        return _generate_apar(args, model, texts, prompts, eos, reply)
     out, seconds, compiles = (streamed_decode(model, prompts[0], args, drafter, eos, reply) if args.stream
                               else timed_decode(model, prompts, args, drafter, eos))
     lengths = [int(n) for n in out.lengths]

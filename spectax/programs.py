@@ -10,7 +10,8 @@ argument (pickled whole: a tree structure, a dataclass, a tuple), each argument'
 sharding, the source of spectax and its kernels (a digest of every file), the versions of jax and jaxlib, the backend
 and its devices, JAX's configuration and XLA_FLAGS. Anything the key cannot hold exactly (a static argument that
 does not pickle, traced arguments inside a user's jit, a program with closed-over constants) runs through `jax.jit`
-as usual, uncached; so does a saved program that no longer loads (it is compiled and saved again). Files are
+as usual, uncached; so does a saved program that no longer loads (it is compiled and saved again). A program
+XLA cannot serialize (seen: top-k sampling, "`LessThan` is not serializable") runs compiled, unsaved. Files are
 written atomically (a temporary file renamed into place). A saved executable is machine code for this machine:
 load only a store you wrote yourself (JAX's `deserialize_and_load` warning applies).
 """
@@ -129,8 +130,9 @@ def _write(path: Path, compiled) -> None:
     try:
         device_ids = [d.id for d in jax.tree_util.tree_leaves(compiled.input_shardings)[0]._device_assignment]
         blob = pickle.dumps((*serialize_executable.serialize(compiled), device_ids), protocol=5)
-    except (ValueError, NotImplementedError, pickle.PicklingError, TypeError, AttributeError):
-        return                  # a program JAX cannot serialize (closed-over constants, ...) is simply not saved
+    except (ValueError, NotImplementedError, pickle.PicklingError, TypeError, AttributeError,
+            jax.errors.JaxRuntimeError):
+        return                  # a program XLA cannot serialize (a sort's comparator, ...) is simply not saved
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(blob)

@@ -285,3 +285,30 @@ def test_subcommands_share_their_flags_and_help_texts(capsys):
         assert (model in text) == (argv != ("demo",)), argv
         assert (tree in text) == (argv[0] != "train"), argv
         assert (sampling in text) == (argv[0] != "train"), argv
+
+
+def test_generate_apar_prints_the_reassembled_answer_and_the_comparison(tmp_path, capsys, byte_ckpt):
+    """`generate --apar`: the answer apar.decode reassembles, its streams and steps, and plain decoding of the base
+    model (here the model itself) timed beside it; a model without control tokens is refused."""
+    import dataclasses
+
+    from spectax import apar
+    from spectax.io.tokenizer import ByteTokenizer
+
+    config = dataclasses.replace(spectax.load(byte_ckpt).config, vocab_size=261, apar_ids=(259, 260), eos_id=257)
+    model = Model.random(config, seed=5, scale=3.0)
+    emitted = int(spectax.decode(model, [list(b"hello there")], 8).tokens[0, 5])   # a token it writes early on
+    head = model.params["lm_head"]["kernel"]                    # [Fork] takes that token's place wherever it wins
+    head = head.at[:, 259].set(head[:, emitted]).at[:, emitted].set(0.0)
+    model = model.replace(params={**model.params, "lm_head": {"kernel": head}})
+    d = spectax.save(model, tmp_path / "apar")
+    out, err = run_cli(capsys, "generate", "--model", str(d), "--tokenizer", "byte", "--raw", "--apar",
+                       "--max-new-tokens", "40", "hello there")
+    want = apar.decode(model, [list(b"hello there")], 40, eos_id=257)
+    seq = want.sequences[0]
+    assert out == ByteTokenizer().decode(seq[:-1] if seq[-1:] == [257] else seq, skip_special_tokens=True) + "\n"
+    assert want.streams[0] >= 2 and f"{int(want.streams[0])} streams, {want.stats.target_calls} steps" in err
+    assert "plain decoding of the base model" in err
+    code, err = run_failing(capsys, "generate", "--model", str(byte_ckpt), "--tokenizer", "byte", "--raw", "--apar",
+                            "hi")
+    assert code == 2 and "no APAR control tokens" in err

@@ -135,3 +135,4 @@ def test_the_store_keeps_the_recently_used_within_its_size(tmp_path):
                                                           f"p2{programs.SUFFIX}"]
     programs.prune(tmp_path, 100)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", f"p1{programs.SUFFIX}"]
+

@@ -143,11 +143,16 @@ def _adapter_manifest(path: Path) -> dict:
     return manifest
 
 
+def load_adapted_base(path) -> Model:
+    """The base model of a `save_adapted` directory (what its adapter was trained on)."""
+    return load(_adapter_manifest(Path(path))["base"])
+
+
 def load_adapted(path) -> Model:
     """The model a `save_adapted` directory describes: its base loaded, the adapter merged, the config changed."""
     path = Path(path)
     manifest = _adapter_manifest(path)
-    base = load(manifest["base"])
+    base = load_adapted_base(path)
     try:
         with np.load(path / ADAPTER_ARRAYS) as arrays:
             adapter = from_arrays(arrays, manifest["scale"])
