@@ -207,3 +207,29 @@ def test_cache_bytes_counts_the_rows_a_decode_holds(model):
 
     cache = model.create_cache(2 * 3, 40)
     assert cache_bytes(model, 2, 3, 40) == sum(x.nbytes for x in cache.k + cache.v)
+
+
+def test_the_benchmark_runs_and_judges_coverage(tmp_path):
+    """benchmarks/apar.py --smoke (a tiny forking model) writes every method's figures; its quality rule counts the
+    base answer's list titles the APAR answer mentions."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "apar.py"
+    subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path / "apar.json")], check=True,
+                   capture_output=True, timeout=600)
+    result = json.loads((tmp_path / "apar.json").read_text())
+    assert [(r["workload"], r["batch"]) for r in result["runs"]] == [("structured", 1), ("structured", 2)]
+    for r in result["runs"]:
+        assert set(r["methods"]) == {"plain", "apar", "apar+ngram"}
+        assert r["methods"]["apar"]["fork_rate"] > 0 and r["methods"]["plain"]["fork_rate"] == 0
+        assert all(0 < m["steps_per_token"] <= 1.0 and m["speedup"] > 0 for m in r["methods"].values())
+    spec = importlib.util.spec_from_file_location("apar_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    base = "Tips:\n1. Sleep well: rest.\n2. **Drink water**: often.\n3. Walk daily: outside."
+    assert bench.coverage(base, "You should sleep, and drink some water.") == pytest.approx(2 / 3)
+    assert bench.coverage("No list here.", "anything") is None
