@@ -66,7 +66,7 @@ def run(model, base, tok, prompts: list[list[int]], batch: int, new_tokens: int,
     for i in range(0, len(prompts), batch):
         group = [prompts[(i + k) % len(prompts)] for k in range(batch)]
         for name, fn in methods.items():
-            fn(group)                                                               # compile (or reuse) first
+            jax.block_until_ready(fn(group))                                        # compile (or reuse) first
             seconds, out = timed(lambda: fn(group))
             if name == "plain":
                 seqs = [[int(t) for t in np.asarray(out.tokens[b, :int(out.lengths[b])])] for b in range(batch)]
